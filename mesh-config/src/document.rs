@@ -1,0 +1,187 @@
+//! The MeshConfig document: Kubernetes-object shaped, every field defaulted so that `spec: {}`
+//! is a complete configuration. Field names follow FSM's MeshConfig so its tracing block is
+//! accepted as is.
+
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: &str = "config.tracemesh.dev/v1alpha1";
+pub const KIND: &str = "MeshConfig";
+pub const DEFAULT_NAME: &str = "mesh-config";
+pub const DEFAULT_NAMESPACE: &str = "mesh-system";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: Spec,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            api_version: default_api_version(),
+            kind: default_kind(),
+            metadata: Metadata::default(),
+            spec: Spec::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Self {
+            name: default_name(),
+            namespace: default_namespace(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Spec {
+    pub observability: Observability,
+    pub traffic: Traffic,
+    pub sidecar: Sidecar,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Observability {
+    pub tracing: Tracing,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Tracing {
+    pub enable: bool,
+    /// Host name or IP of the collector, no scheme.
+    pub address: String,
+    pub port: u16,
+    /// HTTP path; ignored for `otlp-grpc`, whose method path is fixed.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// 0..=1. FSM writes it as a string, so the parser accepts both (see `validate`).
+    pub sampled_fraction: f64,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            address: "jaeger.mesh-system.svc.cluster.local".into(),
+            port: 9411,
+            endpoint: "/api/v2/spans".into(),
+            protocol: Protocol::Zipkin,
+            sampled_fraction: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Zipkin v2 JSON over HTTP.
+    #[default]
+    Zipkin,
+    /// OTLP protobuf over HTTP (usually port 4318, `/v1/traces`).
+    OtlpHttp,
+    /// OTLP over gRPC (usually port 4317).
+    OtlpGrpc,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Zipkin, Protocol::OtlpHttp, Protocol::OtlpGrpc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Zipkin => "zipkin",
+            Protocol::OtlpHttp => "otlp-http",
+            Protocol::OtlpGrpc => "otlp-grpc",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Traffic {
+    pub inbound_port_exclusion_list: Vec<u16>,
+    pub outbound_port_exclusion_list: Vec<u16>,
+    /// CIDRs, validated as such.
+    pub outbound_ip_range_exclusion_list: Vec<String>,
+    /// Ports where the client does not speak first, so detection would only add delay.
+    pub opaque_ports: Vec<u16>,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Self {
+            inbound_port_exclusion_list: Vec::new(),
+            outbound_port_exclusion_list: Vec::new(),
+            outbound_ip_range_exclusion_list: Vec::new(),
+            opaque_ports: vec![25, 587, 3306, 4444, 5432, 6379, 9300, 11211],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Sidecar {
+    pub log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+fn default_api_version() -> String {
+    API_VERSION.into()
+}
+fn default_kind() -> String {
+    KIND.into()
+}
+fn default_name() -> String {
+    DEFAULT_NAME.into()
+}
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.into()
+}
