@@ -1,0 +1,2 @@
+//! Development trace receiver.
+#![forbid(unsafe_code)]
