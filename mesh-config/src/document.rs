@@ -107,7 +107,7 @@ pub enum Protocol {
 impl Protocol {
     pub const ALL: [Protocol; 3] = [Protocol::Zipkin, Protocol::OtlpHttp, Protocol::OtlpGrpc];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Protocol::Zipkin => "zipkin",
             Protocol::OtlpHttp => "otlp-http",
@@ -127,7 +127,8 @@ impl std::fmt::Display for Protocol {
 pub struct Traffic {
     pub inbound_port_exclusion_list: Vec<u16>,
     pub outbound_port_exclusion_list: Vec<u16>,
-    /// CIDRs, validated as such.
+    /// CIDRs, validated as such. (camelCase would spell it `outboundIpRange...`; FSM's name wins.)
+    #[serde(rename = "outboundIPRangeExclusionList")]
     pub outbound_ip_range_exclusion_list: Vec<String>,
     /// Ports where the client does not speak first, so detection would only add delay.
     pub opaque_ports: Vec<u16>,
@@ -162,7 +163,7 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             LogLevel::Error => "error",
             LogLevel::Warn => "warn",

@@ -4,4 +4,12 @@
 #![forbid(unsafe_code)]
 
 mod document;
+mod error;
+mod parse;
+mod schema;
+mod validate;
+
 pub use document::*;
+pub use error::{ConfigError, FieldError};
+pub use parse::{merge_patch, parse, parse_strict, Parsed};
+pub use validate::parse_cidr;

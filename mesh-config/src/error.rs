@@ -1,0 +1,75 @@
+//! Errors of the MeshConfig document. A document is either unreadable as YAML/JSON at all
+//! (`Syntax`) or readable with field problems, which are all collected so a user fixes a file
+//! in one round instead of one error per try.
+
+use std::fmt;
+
+/// One problem with one field, named by its dotted path (`spec.observability.tracing.port`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The text is neither valid YAML nor valid JSON.
+    #[error("cannot parse the document: {0}")]
+    Syntax(String),
+    /// The document parsed but some fields are wrong; every one is listed.
+    #[error("{}", join(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+impl ConfigError {
+    /// Every field problem (empty for a syntax error).
+    pub fn problems(&self) -> &[FieldError] {
+        match self {
+            ConfigError::Syntax(_) => &[],
+            ConfigError::Invalid(problems) => problems,
+        }
+    }
+}
+
+/// One line, `; `-separated, so the message fits a log line and a process's exit reason.
+fn join(problems: &[FieldError]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_lists_every_problem_with_its_path() {
+        let err = ConfigError::Invalid(vec![
+            FieldError::new("spec.a", "bad"),
+            FieldError::new("spec.b", "worse"),
+        ]);
+        assert_eq!(err.to_string(), "spec.a: bad; spec.b: worse");
+        assert_eq!(err.problems().len(), 2);
+    }
+}

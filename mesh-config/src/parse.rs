@@ -1,0 +1,374 @@
+//! Reading a MeshConfig from text (YAML or JSON), applying RFC 7386 merge patches, and writing
+//! it back out. Every path into a `MeshConfig` ends in the same checks.
+
+use serde_json::Value;
+
+use crate::schema;
+use crate::{ConfigError, FieldError, MeshConfig};
+
+/// A valid document and the unknown fields it carried (a running proxy logs them and goes on).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    pub config: MeshConfig,
+    /// `<field.path>: unknown field ...`, one per unknown field.
+    pub warnings: Vec<String>,
+}
+
+/// Parses YAML or JSON; unknown fields become warnings. All errors are reported at once.
+pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
+    from_value(read_value(text)?, false)
+}
+
+/// Like [`parse`], but unknown fields are errors (`mesh config validate`).
+pub fn parse_strict(text: &str) -> Result<MeshConfig, ConfigError> {
+    from_value(read_value(text)?, true).map(|p| p.config)
+}
+
+/// RFC 7386 merge patch on the JSON form (null deletes a field, which then takes its default;
+/// arrays are replaced wholesale), then the full checks. Unknown fields in the result are
+/// errors: a typo in a patch should fail, not vanish.
+pub fn merge_patch(doc: &MeshConfig, patch: &Value) -> Result<MeshConfig, ConfigError> {
+    let mut value = doc.to_json_value();
+    json_patch::merge(&mut value, patch);
+    from_value(value, true).map(|p| p.config)
+}
+
+impl MeshConfig {
+    /// The document as YAML, every field written out.
+    pub fn to_yaml(&self) -> String {
+        // Only strings, integers, floats and enums: serialisation cannot fail.
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    /// The document as a JSON value, every field written out.
+    pub fn to_json_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// JSON first when it looks like JSON, for its better messages; YAML otherwise (or if a
+/// `{`-document is YAML flow style rather than JSON).
+fn read_value(text: &str) -> Result<Value, ConfigError> {
+    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    if trimmed.is_empty() {
+        // An empty file is what a reader sees between truncate and write: never a config.
+        return Err(ConfigError::Syntax("the document is empty".into()));
+    }
+    if trimmed.starts_with('{') {
+        match serde_json::from_str(trimmed) {
+            Ok(v) => return Ok(v),
+            Err(json_err) => {
+                return serde_yaml::from_str(trimmed)
+                    .map_err(|_| ConfigError::Syntax(format!("invalid JSON: {json_err}")))
+            }
+        }
+    }
+    serde_yaml::from_str(trimmed).map_err(|e| ConfigError::Syntax(format!("invalid YAML: {e}")))
+}
+
+fn from_value(value: Value, strict: bool) -> Result<Parsed, ConfigError> {
+    if !(value.is_object() || value.is_null()) {
+        return Err(ConfigError::Invalid(vec![FieldError::new(
+            "",
+            "the document must be a mapping",
+        )]));
+    }
+    let (cleaned, findings) = schema::check(value);
+    let mut errors = findings.errors;
+    let config: MeshConfig = serde_json::from_value(cleaned).map_err(|e| {
+        // The walk removed every field serde could reject; this is a schema/type mismatch.
+        ConfigError::Invalid(vec![FieldError::new("", e.to_string())])
+    })?;
+    errors.extend(config.problems());
+    let mut warnings = Vec::new();
+    if strict {
+        errors.extend(findings.unknown);
+    } else {
+        warnings = findings.unknown.iter().map(ToString::to_string).collect();
+    }
+    if errors.is_empty() {
+        Ok(Parsed { config, warnings })
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LogLevel, Protocol};
+    use serde_json::json;
+
+    fn messages(err: ConfigError) -> Vec<String> {
+        err.problems().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn empty_forms_are_the_defaults() {
+        for text in [
+            "{}",
+            "spec: {}",
+            "spec:",
+            "apiVersion: config.tracemesh.dev/v1alpha1\nkind: MeshConfig\nspec:\n",
+        ] {
+            let parsed = parse(text).unwrap();
+            assert_eq!(parsed.config, MeshConfig::default(), "{text}");
+            assert!(parsed.warnings.is_empty());
+        }
+    }
+
+    #[test]
+    fn empty_text_is_an_error() {
+        assert!(matches!(parse("  \n"), Err(ConfigError::Syntax(_))));
+        assert!(parse("# only a comment\n").is_ok());
+    }
+
+    #[test]
+    fn contract_example_yaml() {
+        let text = r#"
+apiVersion: config.tracemesh.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh-config, namespace: mesh-system}
+spec:
+  observability:
+    tracing:
+      enable: true
+      address: collector.local
+      port: 4318
+      endpoint: /v1/traces
+      protocol: otlp-http
+      sampledFraction: "0.25"
+  traffic:
+    inboundPortExclusionList: [22]
+    outboundPortExclusionList: []
+    outboundIPRangeExclusionList: ["10.0.0.0/8", "fd00::/8", "169.254.169.254"]
+    opaquePorts: [3306]
+  sidecar:
+    logLevel: debug
+"#;
+        let c = parse_strict(text).unwrap();
+        let t = &c.spec.observability.tracing;
+        assert!(t.enable);
+        assert_eq!(t.port, 4318);
+        assert_eq!(t.protocol, Protocol::OtlpHttp);
+        assert_eq!(t.sampled_fraction, 0.25);
+        assert_eq!(c.spec.traffic.inbound_port_exclusion_list, [22]);
+        assert_eq!(c.spec.traffic.opaque_ports, [3306]);
+        assert_eq!(c.spec.sidecar.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let c =
+            parse(r#"{"spec":{"observability":{"tracing":{"port":9412,"sampledFraction":0.5}}}}"#)
+                .unwrap()
+                .config;
+        assert_eq!(c.spec.observability.tracing.port, 9412);
+        assert_eq!(c.spec.observability.tracing.sampled_fraction, 0.5);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let text = r#"
+spec:
+  observability:
+    tracing:
+      enable: true
+      address: ""
+      port: 70000
+      endpoint: api/v2/spans
+      protocol: foo
+      sampledFraction: "2"
+  traffic:
+    inboundPortExclusionList: [0, 80]
+    outboundIPRangeExclusionList: ["10.0.0.0/40", 5]
+    opaquePorts: "3306"
+  sidecar:
+    logLevel: loud
+"#;
+        let got = messages(parse(text).unwrap_err());
+        let want = [
+            "spec.observability.tracing.port: 70000 is out of range 1..=65535",
+            r#"spec.observability.tracing.protocol: unknown protocol "foo" (expected zipkin, otlp-http, otlp-grpc)"#,
+            "spec.traffic.inboundPortExclusionList[0]: 0 is out of range 1..=65535",
+            "spec.traffic.outboundIPRangeExclusionList[1]: expected a string, found number 5",
+            r#"spec.traffic.opaquePorts: expected a list of ports, found string "3306""#,
+            r#"spec.sidecar.logLevel: unknown log level "loud" (expected error, warn, info, debug, trace)"#,
+            "spec.observability.tracing.address: must be set when tracing is enabled",
+            r#"spec.observability.tracing.endpoint: "api/v2/spans" must start with "/""#,
+            "spec.observability.tracing.sampledFraction: 2 is out of range 0..=1",
+        ];
+        for w in want {
+            assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
+        }
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn bad_types_are_named() {
+        let got = messages(
+            parse("spec:\n  observability:\n    tracing:\n      enable: \"yes\"\n      port: 9411.5\n      sampledFraction: abc\n  traffic: []\n")
+                .unwrap_err(),
+        );
+        assert_eq!(
+            got,
+            [
+                r#"spec.observability.tracing.enable: expected a boolean, found string "yes""#,
+                "spec.observability.tracing.port: expected an integer port number, found number 9411.5",
+                r#"spec.observability.tracing.sampledFraction: "abc" is not a number"#,
+                "spec.traffic: expected a mapping, found a list",
+            ]
+        );
+    }
+
+    #[test]
+    fn api_version_and_kind_must_match_when_present() {
+        let got = messages(parse("apiVersion: v1\nkind: ConfigMap\n").unwrap_err());
+        assert_eq!(
+            got,
+            [
+                r#"apiVersion: expected "config.tracemesh.dev/v1alpha1", found "v1""#,
+                r#"kind: expected "MeshConfig", found "ConfigMap""#,
+            ]
+        );
+        assert!(parse("[1, 2]").is_err());
+        assert!(matches!(parse("a: [b"), Err(ConfigError::Syntax(_))));
+        assert!(matches!(parse("{\"a\": "), Err(ConfigError::Syntax(_))));
+    }
+
+    #[test]
+    fn unknown_fields_warn_or_fail() {
+        let text = "spec:\n  observability:\n    tracing:\n      enabled: true\n  extra: 1\nmetadata:\n  labels: {a: b}\n";
+        let parsed = parse(text).unwrap();
+        let mut warnings = parsed.warnings.clone();
+        warnings.sort();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("spec.extra: unknown field"));
+        assert!(warnings[1].starts_with("spec.observability.tracing.enabled: unknown field"));
+        let mut strict = messages(parse_strict(text).unwrap_err());
+        strict.sort();
+        assert_eq!(strict.len(), 2);
+        assert!(strict[1].starts_with("spec.observability.tracing.enabled: unknown field"));
+    }
+
+    #[test]
+    fn null_means_default() {
+        let c = parse("spec:\n  traffic:\n    opaquePorts: null\n  sidecar: ~\n")
+            .unwrap()
+            .config;
+        assert_eq!(c, MeshConfig::default());
+    }
+
+    #[test]
+    fn yaml_and_json_round_trip() {
+        let mut c = MeshConfig::default();
+        c.spec.observability.tracing.enable = true;
+        c.spec.observability.tracing.address = "127.0.0.1".into();
+        c.spec.traffic.outbound_ip_range_exclusion_list = vec!["10.0.0.0/8".into()];
+        assert_eq!(parse_strict(&c.to_yaml()).unwrap(), c);
+        assert_eq!(parse_strict(&c.to_json_value().to_string()).unwrap(), c);
+        assert_eq!(
+            c.to_json_value()["spec"]["observability"]["tracing"]["port"],
+            json!(9411)
+        );
+    }
+
+    #[test]
+    fn merge_patch_sets_fields() {
+        let patched = merge_patch(
+            &MeshConfig::default(),
+            &json!({"spec": {"observability": {"tracing": {"enable": true, "address": "jaeger", "sampledFraction": "0.5"}}}}),
+        )
+        .unwrap();
+        let t = &patched.spec.observability.tracing;
+        assert!(t.enable);
+        assert_eq!(t.address, "jaeger");
+        assert_eq!(t.sampled_fraction, 0.5);
+        assert_eq!(t.port, 9411, "untouched fields stay");
+    }
+
+    #[test]
+    fn merge_patch_null_deletes_back_to_default() {
+        let mut c = MeshConfig::default();
+        c.spec.observability.tracing.port = 4318;
+        c.spec.traffic.opaque_ports = vec![1];
+        let patched = merge_patch(
+            &c,
+            &json!({"spec": {"observability": {"tracing": {"port": null}}, "traffic": {"opaquePorts": null}}}),
+        )
+        .unwrap();
+        assert_eq!(patched, MeshConfig::default());
+        // A null for a whole subtree resets all of it.
+        let patched = merge_patch(&c, &json!({"spec": null})).unwrap();
+        assert_eq!(patched, MeshConfig::default());
+    }
+
+    #[test]
+    fn merge_patch_replaces_arrays_wholesale() {
+        let mut c = MeshConfig::default();
+        c.spec.traffic.inbound_port_exclusion_list = vec![1, 2, 3];
+        let patched = merge_patch(
+            &c,
+            &json!({"spec": {"traffic": {"inboundPortExclusionList": [4]}}}),
+        )
+        .unwrap();
+        assert_eq!(patched.spec.traffic.inbound_port_exclusion_list, [4]);
+    }
+
+    #[test]
+    fn merge_patch_rfc7386_appendix_semantics() {
+        // The appendix cases on plain JSON, as json_patch::merge implements them.
+        let cases = [
+            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
+            (json!({"a":"b"}), json!({"a":null}), json!({})),
+            (
+                json!({"a":"b","b":"c"}),
+                json!({"a":null}),
+                json!({"b":"c"}),
+            ),
+            (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
+            (
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"d","c":null}}),
+                json!({"a":{"b":"d"}}),
+            ),
+            (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a":"b"}), json!(["c"]), json!(["c"])),
+            (json!({"a":"foo"}), json!(null), json!(null)),
+            (json!({"a":"foo"}), json!("bar"), json!("bar")),
+            (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
+            (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
+            (
+                json!({}),
+                json!({"a":{"bb":{"ccc":null}}}),
+                json!({"a":{"bb":{}}}),
+            ),
+        ];
+        for (mut target, patch, want) in cases {
+            json_patch::merge(&mut target, &patch);
+            assert_eq!(target, want, "patch {patch}");
+        }
+    }
+
+    #[test]
+    fn merge_patch_result_is_validated() {
+        let err = merge_patch(
+            &MeshConfig::default(),
+            &json!({"spec": {"observability": {"tracing": {"enable": true, "address": "", "port": 0}}, "trafic": {}}}),
+        )
+        .unwrap_err();
+        let got = messages(err);
+        assert!(got
+            .contains(&"spec.observability.tracing.port: 0 is out of range 1..=65535".to_string()));
+        assert!(got.contains(
+            &"spec.observability.tracing.address: must be set when tracing is enabled".to_string()
+        ));
+        assert!(got
+            .iter()
+            .any(|m| m.starts_with("spec.trafic: unknown field")));
+        assert!(merge_patch(&MeshConfig::default(), &json!(["x"])).is_err());
+    }
+}
