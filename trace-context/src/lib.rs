@@ -1,1 +1,73 @@
+//! The tracemesh trace-context codec: B3 (multi-header and single `b3`) and W3C
+//! `traceparent`/`tracestate`, read into one [`TraceContext`] and written back out.
+//!
+//! Extraction never allocates (header values are parsed in place) and never panics on input;
+//! anything malformed is dropped and reported so the proxy can count it. Injection replaces
+//! every trace header, so nothing stale is left behind for the next hop.
+#![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
+
+mod b3;
+mod context;
+mod id;
+mod inject;
+mod sampler;
+mod w3c;
+
+pub use context::{Extracted, Format, Malformed, Sampling, SpanIds, TraceContext};
+pub use id::{HexBuf, SpanId, TraceId};
+pub use inject::inject;
+pub use sampler::sampled_at;
+
+/// Header names this crate reads and writes.
+pub mod headers {
+    pub use crate::b3::{B3, FLAGS, PARENT_SPAN_ID, SAMPLED, SPAN_ID, TRACE_ID};
+    pub use crate::w3c::{TRACEPARENT, TRACESTATE};
+}
+
+use b3::Parse;
+use http::HeaderMap;
+
+/// Reads the caller's context. Precedence follows brave: the single `b3` header wins, then
+/// `x-b3-*`, then `traceparent`; a malformed format is skipped (and reported) so the next
+/// well-formed one is used. With nothing usable, only a valid sampling decision is kept.
+pub fn extract(headers: &HeaderMap) -> Extracted {
+    type Parser = fn(&HeaderMap) -> Parse;
+    const FORMATS: [(Format, Parser); 3] = [
+        (Format::B3Single, b3::parse_single),
+        (Format::B3Multi, b3::parse_multi),
+        (Format::TraceParent, w3c::parse),
+    ];
+    let mut malformed = None;
+    let mut sampling = Sampling::Deferred;
+    for (format, parse) in FORMATS {
+        match parse(headers) {
+            Parse::Absent => {}
+            Parse::Valid(context, dropped) => {
+                return Extracted {
+                    context,
+                    format,
+                    malformed: malformed.or(dropped),
+                };
+            }
+            Parse::Malformed(why, kept) => {
+                malformed = malformed.or(Some(why));
+                if sampling == Sampling::Deferred {
+                    sampling = kept;
+                }
+            }
+        }
+    }
+    Extracted {
+        context: TraceContext {
+            ids: None,
+            sampling,
+            tracestate: None,
+        },
+        format: Format::None,
+        malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,247 @@
+//! Trace and span identifiers and their lower-hex wire form.
+
+use std::fmt;
+use std::num::NonZeroU64;
+
+/// A trace id. B3 allows 64- or 128-bit ids; a 64-bit id must stay 64-bit downstream, or
+/// a 64-bit-only tracer further along would see a different trace, so the width is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TraceId {
+    hi: u64,
+    lo: u64,
+    wide: bool,
+}
+
+impl TraceId {
+    /// A 128-bit id from its halves; `None` when both are zero (zero means "no trace").
+    pub fn new_128(hi: u64, lo: u64) -> Option<Self> {
+        (hi != 0 || lo != 0).then_some(Self { hi, lo, wide: true })
+    }
+
+    /// A 64-bit id; `None` when zero.
+    pub fn new_64(lo: u64) -> Option<Self> {
+        (lo != 0).then_some(Self {
+            hi: 0,
+            lo,
+            wide: false,
+        })
+    }
+
+    /// A fresh random 128-bit id (contract: new traces are 32 lower-hex). Both halves are
+    /// non-zero so that the low half alone, which sampling and 64-bit systems use, is valid.
+    pub fn generate() -> Self {
+        Self {
+            hi: nonzero_random(),
+            lo: nonzero_random(),
+            wide: true,
+        }
+    }
+
+    pub fn high(&self) -> u64 {
+        self.hi
+    }
+
+    /// The low 64 bits: what 64-bit systems and the sampler see.
+    pub fn low(&self) -> u64 {
+        self.lo
+    }
+
+    pub fn is_128bit(&self) -> bool {
+        self.wide
+    }
+
+    /// Parses 16 or 32 lower-hex characters (the B3 spec's only two lengths).
+    pub fn parse(hex: &[u8]) -> Option<Self> {
+        match hex.len() {
+            16 => Self::new_64(parse_hex64(hex)?),
+            32 => Self::new_128(parse_hex64(&hex[..16])?, parse_hex64(&hex[16..])?),
+            _ => None,
+        }
+    }
+
+    /// Lower-hex, 16 or 32 characters, without allocating.
+    pub fn encode(&self) -> HexBuf<32> {
+        let mut buf = HexBuf {
+            bytes: [0; 32],
+            len: 0,
+        };
+        if self.wide {
+            write_hex64(self.hi, &mut buf.bytes[..16]);
+            write_hex64(self.lo, &mut buf.bytes[16..]);
+            buf.len = 32;
+        } else {
+            write_hex64(self.lo, &mut buf.bytes[..16]);
+            buf.len = 16;
+        }
+        buf
+    }
+
+    /// Always 32 hex: W3C traceparent has no 64-bit form, so a 64-bit id is left-padded with
+    /// zeros (what the W3C spec and brave do), which maps back to the same low 64 bits.
+    pub fn encode_128(&self) -> HexBuf<32> {
+        let mut buf = HexBuf {
+            bytes: [0; 32],
+            len: 32,
+        };
+        write_hex64(self.hi, &mut buf.bytes[..16]);
+        write_hex64(self.lo, &mut buf.bytes[16..]);
+        buf
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.encode().as_str())
+    }
+}
+
+/// A span id: 64 bits, never zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpanId(NonZeroU64);
+
+impl SpanId {
+    pub fn new(id: u64) -> Option<Self> {
+        NonZeroU64::new(id).map(Self)
+    }
+
+    pub fn generate() -> Self {
+        Self(NonZeroU64::new(nonzero_random()).unwrap_or(NonZeroU64::MIN))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+
+    /// Parses exactly 16 lower-hex characters, non-zero.
+    pub fn parse(hex: &[u8]) -> Option<Self> {
+        if hex.len() != 16 {
+            return None;
+        }
+        Self::new(parse_hex64(hex)?)
+    }
+
+    pub fn encode(&self) -> HexBuf<16> {
+        let mut buf = HexBuf {
+            bytes: [0; 16],
+            len: 16,
+        };
+        write_hex64(self.get(), &mut buf.bytes);
+        buf
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.encode().as_str())
+    }
+}
+
+/// Lower-hex text on the stack, so encoding an id never allocates.
+#[derive(Clone, Copy)]
+pub struct HexBuf<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> HexBuf<N> {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever filled with ASCII hex digits.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+fn nonzero_random() -> u64 {
+    loop {
+        let v = fastrand::u64(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// Parses up to 16 lower-hex characters. Upper case is rejected: the B3 spec says lower-hex,
+/// and brave (its reference implementation) refuses anything else.
+pub(crate) fn parse_hex64(hex: &[u8]) -> Option<u64> {
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in hex {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u64::from(d);
+    }
+    Some(v)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn write_hex64(v: u64, out: &mut [u8]) {
+    for (i, slot) in out.iter_mut().take(16).enumerate() {
+        *slot = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_128_round_trips() {
+        let id = TraceId::parse(b"463ac35c9f6413ad48485a3953bb6124").unwrap();
+        assert!(id.is_128bit());
+        assert_eq!(id.to_string(), "463ac35c9f6413ad48485a3953bb6124");
+        assert_eq!(id.low(), 0x48485a3953bb6124);
+    }
+
+    #[test]
+    fn trace_id_64_stays_64() {
+        let id = TraceId::parse(b"48485a3953bb6124").unwrap();
+        assert!(!id.is_128bit());
+        assert_eq!(id.to_string(), "48485a3953bb6124");
+        assert_eq!(id.encode_128().as_str(), "000000000000000048485a3953bb6124");
+    }
+
+    #[test]
+    fn rejects_upper_case_non_hex_and_wrong_lengths() {
+        assert!(TraceId::parse(b"48485A3953BB6124").is_none());
+        assert!(TraceId::parse(b"48485a3953bb612g").is_none());
+        assert!(TraceId::parse(b"48485a3953bb612").is_none());
+        assert!(TraceId::parse(b"48485a3953bb61240").is_none());
+        assert!(TraceId::parse(b"").is_none());
+        assert!(SpanId::parse(b"48485a3953bb612").is_none());
+        assert!(SpanId::parse(b"463ac35c9f6413ad48485a3953bb6124").is_none());
+        assert!(SpanId::parse(b"+8485a3953bb6124").is_none());
+    }
+
+    #[test]
+    fn rejects_all_zero_ids() {
+        assert!(TraceId::parse(b"0000000000000000").is_none());
+        assert!(TraceId::parse(b"00000000000000000000000000000000").is_none());
+        assert!(SpanId::parse(b"0000000000000000").is_none());
+        // Only the whole id must be non-zero.
+        assert!(TraceId::parse(b"00000000000000000000000000000001").is_some());
+    }
+
+    #[test]
+    fn generated_ids_have_contract_shape() {
+        for _ in 0..1000 {
+            let t = TraceId::generate().to_string();
+            assert_eq!(t.len(), 32);
+            assert!(t
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+            let s = SpanId::generate().to_string();
+            assert_eq!(s.len(), 16);
+            assert_ne!(s, "0000000000000000");
+            assert!(TraceId::generate().low() != 0);
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Conformance with the B3 spec and brave's behaviour, and what goes downstream in each case.
+
+use super::*;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+const T128: &str = "463ac35c9f6413ad48485a3953bb6124";
+const T64: &str = "48485a3953bb6124";
+const S: &str = "a2fb4a1d1a96d312";
+const P: &str = "0020000000000001";
+
+fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+fn get<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {
+    h.get(k).map(|v| v.to_str().unwrap())
+}
+
+/// What the proxy does: a child span of the caller's, with the decision made, injected.
+fn downstream(h: &HeaderMap, decide: bool) -> (Extracted, TraceContext, HeaderMap) {
+    let e = extract(h);
+    let mut child = e.context.child();
+    if child.sampling == Sampling::Deferred {
+        child.sampling = if decide {
+            Sampling::Sampled
+        } else {
+            Sampling::NotSampled
+        };
+    }
+    let mut out = h.clone();
+    inject(&child, &mut out);
+    (e, child, out)
+}
+
+fn ids(e: &Extracted) -> SpanIds {
+    e.context.ids.expect("ids")
+}
+
+#[test]
+fn multi_128bit_trace_id() {
+    let h = map(&[
+        ("x-b3-traceid", T128),
+        ("x-b3-spanid", S),
+        ("x-b3-parentspanid", P),
+        ("x-b3-sampled", "1"),
+    ]);
+    let (e, child, out) = downstream(&h, false);
+    assert_eq!(e.format, Format::B3Multi);
+    assert_eq!(e.malformed, None);
+    assert_eq!(ids(&e).trace_id.to_string(), T128);
+    assert_eq!(ids(&e).span_id.to_string(), S);
+    assert_eq!(ids(&e).parent_id.unwrap().to_string(), P);
+    assert_eq!(e.context.sampling, Sampling::Sampled);
+    assert_eq!(get(&out, "x-b3-traceid"), Some(T128));
+    assert_eq!(get(&out, "x-b3-parentspanid"), Some(S));
+    let new_span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(get(&out, "x-b3-spanid"), Some(new_span.as_str()));
+    assert_ne!(new_span, S);
+    assert_eq!(get(&out, "x-b3-sampled"), Some("1"));
+}
+
+#[test]
+fn multi_64bit_trace_id_stays_64bit_downstream() {
+    let h = map(&[("x-b3-traceid", T64), ("x-b3-spanid", S)]);
+    let (e, _, out) = downstream(&h, true);
+    assert!(!ids(&e).trace_id.is_128bit());
+    assert_eq!(get(&out, "x-b3-traceid"), Some(T64));
+}
+
+#[test]
+fn upper_case_ids_are_malformed_and_a_new_trace_starts() {
+    let h = map(&[
+        ("x-b3-traceid", &T128.to_uppercase()),
+        ("x-b3-spanid", S),
+        ("x-b3-sampled", "1"),
+    ]);
+    let (e, child, out) = downstream(&h, true);
+    assert_eq!(e.malformed, Some(Malformed::TraceId));
+    assert_eq!(e.context.ids, None);
+    // The valid sampling decision is kept; the ids are not forwarded.
+    assert_eq!(e.context.sampling, Sampling::Sampled);
+    assert_ne!(get(&out, "x-b3-traceid").unwrap().to_lowercase(), T128);
+    assert_eq!(get(&out, "x-b3-traceid").unwrap().len(), 32);
+    assert_eq!(get(&out, "x-b3-parentspanid"), None);
+    assert_eq!(child.ids.unwrap().parent_id, None);
+}
+
+#[test]
+fn non_hex_ids_are_malformed() {
+    let e = extract(&map(&[
+        ("x-b3-traceid", T64),
+        ("x-b3-spanid", "a2fb4a1d1a96d31z"),
+    ]));
+    assert_eq!(e.malformed, Some(Malformed::SpanId));
+    assert_eq!(e.context.ids, None);
+    let e = extract(&map(&[
+        ("x-b3-traceid", T64),
+        ("x-b3-spanid", S),
+        ("x-b3-parentspanid", "xyz"),
+    ]));
+    assert_eq!(e.malformed, Some(Malformed::ParentSpanId));
+    assert_eq!(e.context.ids, None);
+}
+
+#[test]
+fn wrong_length_ids_are_malformed() {
+    for (t, s) in [
+        ("48485a3953bb612", S),
+        ("463ac35c9f6413ad48485a3953bb61240", S),
+        (T64, "a2fb4a1d1a96d31"),
+        (T64, T128),
+    ] {
+        let (e, _, out) = downstream(&map(&[("x-b3-traceid", t), ("x-b3-spanid", s)]), true);
+        assert!(e.malformed.is_some(), "{t} {s}");
+        assert_eq!(e.context.ids, None);
+        assert_ne!(get(&out, "x-b3-traceid"), Some(t));
+        assert_ne!(get(&out, "x-b3-parentspanid"), Some(s));
+    }
+}
+
+#[test]
+fn all_zero_ids_are_malformed() {
+    let e = extract(&map(&[
+        ("x-b3-traceid", "00000000000000000000000000000000"),
+        ("x-b3-spanid", S),
+    ]));
+    assert_eq!(e.malformed, Some(Malformed::TraceId));
+    let e = extract(&map(&[
+        ("x-b3-traceid", T64),
+        ("x-b3-spanid", "0000000000000000"),
+    ]));
+    assert_eq!(e.malformed, Some(Malformed::SpanId));
+    // An all-zero parent is "root" as old tracers send it.
+    let e = extract(&map(&[
+        ("x-b3-traceid", T64),
+        ("x-b3-spanid", S),
+        ("x-b3-parentspanid", "0000000000000000"),
+    ]));
+    assert_eq!(e.malformed, None);
+    assert_eq!(ids(&e).parent_id, None);
+}
+
+#[test]
+fn trace_id_without_span_id_is_malformed() {
+    let (e, _, out) = downstream(&map(&[("x-b3-traceid", T128), ("x-b3-sampled", "0")]), true);
+    assert_eq!(e.malformed, Some(Malformed::IncompleteIds));
+    assert_eq!(e.context.sampling, Sampling::NotSampled);
+    assert_ne!(get(&out, "x-b3-traceid"), Some(T128));
+    assert_eq!(get(&out, "x-b3-sampled"), Some("0"));
+}
+
+#[test]
+fn span_id_without_trace_id_is_malformed() {
+    let (e, _, out) = downstream(&map(&[("x-b3-spanid", S)]), true);
+    assert_eq!(e.malformed, Some(Malformed::IncompleteIds));
+    assert_eq!(e.context.ids, None);
+    assert_eq!(get(&out, "x-b3-parentspanid"), None);
+    assert_ne!(get(&out, "x-b3-spanid"), Some(S));
+}
+
+#[test]
+fn sampled_values() {
+    let cases = [
+        ("1", Sampling::Sampled, None),
+        ("0", Sampling::NotSampled, None),
+        ("true", Sampling::Sampled, None),
+        ("false", Sampling::NotSampled, None),
+        ("TRUE", Sampling::Sampled, None),
+        ("yes", Sampling::Deferred, Some(Malformed::Sampled)),
+        ("2", Sampling::Deferred, Some(Malformed::Sampled)),
+        ("", Sampling::Deferred, None),
+    ];
+    for (v, want, bad) in cases {
+        let h = map(&[
+            ("x-b3-traceid", T64),
+            ("x-b3-spanid", S),
+            ("x-b3-sampled", v),
+        ]);
+        let (e, _, out) = downstream(&h, true);
+        assert_eq!(e.context.sampling, want, "{v:?}");
+        assert_eq!(e.malformed, bad, "{v:?}");
+        // Valid ids survive a bad decision; downstream always gets a normalized 0/1.
+        assert_eq!(ids(&e).span_id.to_string(), S);
+        let sent = get(&out, "x-b3-sampled").unwrap();
+        assert!(sent == "1" || sent == "0");
+        if want == Sampling::NotSampled {
+            assert_eq!(sent, "0");
+        }
+    }
+}
+
+#[test]
+fn debug_flag_wins_over_sampled_zero() {
+    let h = map(&[
+        ("x-b3-traceid", T64),
+        ("x-b3-spanid", S),
+        ("x-b3-sampled", "0"),
+        ("x-b3-flags", "1"),
+    ]);
+    let (e, _, out) = downstream(&h, false);
+    assert_eq!(e.context.sampling, Sampling::Debug);
+    assert_eq!(e.context.sampling.decision(), Some(true));
+    assert_eq!(get(&out, "x-b3-flags"), Some("1"));
+    assert_eq!(get(&out, "x-b3-sampled"), None);
+}
+
+#[test]
+fn flags_other_than_one_are_ignored() {
+    for flags in ["0", "2", "debug", "11"] {
+        let h = map(&[
+            ("x-b3-traceid", T64),
+            ("x-b3-spanid", S),
+            ("x-b3-sampled", "0"),
+            ("x-b3-flags", flags),
+        ]);
+        let (e, _, out) = downstream(&h, true);
+        assert_eq!(e.context.sampling, Sampling::NotSampled, "{flags}");
+        assert_eq!(e.malformed, None);
+        assert_eq!(get(&out, "x-b3-flags"), None);
+    }
+}
+
+#[test]
+fn sampling_only_multi() {
+    let (e, child, out) = downstream(&map(&[("x-b3-sampled", "0")]), true);
+    assert_eq!(e.format, Format::B3Multi);
+    assert_eq!(e.malformed, None);
+    assert_eq!(e.context.ids, None);
+    assert_eq!(e.context.sampling, Sampling::NotSampled);
+    // A new trace is started with the caller's decision.
+    assert_eq!(get(&out, "x-b3-sampled"), Some("0"));
+    assert_eq!(
+        get(&out, "x-b3-traceid").unwrap(),
+        child.ids.unwrap().trace_id.to_string()
+    );
+    assert_eq!(get(&out, "x-b3-parentspanid"), None);
+}
+
+#[test]
+fn sampling_only_single() {
+    let (e, _, out) = downstream(&map(&[("b3", "0")]), true);
+    assert_eq!(
+        (e.format, e.context.sampling, e.context.ids),
+        (Format::B3Single, Sampling::NotSampled, None)
+    );
+    assert_eq!(get(&out, "x-b3-sampled"), Some("0"));
+    assert!(get(&out, "b3").unwrap().ends_with("-0"));
+
+    let (e, _, out) = downstream(&map(&[("b3", "d")]), false);
+    assert_eq!(e.context.sampling, Sampling::Debug);
+    assert_eq!(get(&out, "x-b3-flags"), Some("1"));
+    assert!(get(&out, "b3").unwrap().ends_with("-d"));
+}
+
+#[test]
+fn deferred_decision_is_made_by_this_hop() {
+    let h = map(&[("x-b3-traceid", T128), ("x-b3-spanid", S)]);
+    let (e, _, out) = downstream(&h, true);
+    assert_eq!(e.context.sampling, Sampling::Deferred);
+    assert_eq!(get(&out, "x-b3-sampled"), Some("1"));
+    let (_, _, out) = downstream(&h, false);
+    assert_eq!(get(&out, "x-b3-sampled"), Some("0"));
+    // Without a decision nothing about sampling is written.
+    let mut raw = HeaderMap::new();
+    inject(&extract(&h).context, &mut raw);
+    assert_eq!(get(&raw, "x-b3-sampled"), None);
+    assert_eq!(get(&raw, "x-b3-flags"), None);
+}
+
+#[test]
+fn duplicate_headers_first_wins() {
+    let h = map(&[
+        ("x-b3-traceid", T64),
+        ("x-b3-traceid", T128),
+        ("x-b3-spanid", S),
+        ("x-b3-sampled", "1"),
+        ("x-b3-sampled", "0"),
+    ]);
+    let (e, _, out) = downstream(&h, false);
+    assert_eq!(ids(&e).trace_id.to_string(), T64);
+    assert_eq!(e.context.sampling, Sampling::Sampled);
+    assert_eq!(out.get_all("x-b3-traceid").iter().count(), 1);
+    assert_eq!(out.get_all("x-b3-sampled").iter().count(), 1);
+}
+
+#[test]
+fn mixed_case_header_names() {
+    let h = map(&[
+        ("X-B3-TraceId", T64),
+        ("X-B3-SpanId", S),
+        ("X-B3-Sampled", "1"),
+        ("B3", ""),
+    ]);
+    let e = extract(&h);
+    assert_eq!(ids(&e).trace_id.to_string(), T64);
+    assert_eq!(e.context.sampling, Sampling::Sampled);
+}
+
+#[test]
+fn single_header_forms() {
+    let e = extract(&map(&[("b3", &format!("{T128}-{S}-1-{P}"))]));
+    assert_eq!(e.format, Format::B3Single);
+    assert_eq!(ids(&e).parent_id.unwrap().to_string(), P);
+    assert_eq!(e.context.sampling, Sampling::Sampled);
+    let e = extract(&map(&[("b3", &format!("{T64}-{S}"))]));
+    assert_eq!(e.context.sampling, Sampling::Deferred);
+    assert!(!ids(&e).trace_id.is_128bit());
+    for bad in [
+        format!("{T64}-{S}-x"),
+        format!("{T64}-{S}-1-{P}-1"),
+        T64.to_string(),
+        "2".into(),
+        format!("{T64}-{S}-1-zz"),
+    ] {
+        let e = extract(&map(&[("b3", &bad)]));
+        assert_eq!(e.malformed, Some(Malformed::B3Single), "{bad}");
+        assert_eq!(e.context.ids, None);
+    }
+}
+
+#[test]
+fn single_wins_over_multi_unless_malformed() {
+    let other = "1111111111111111";
+    let h = map(&[
+        ("b3", &format!("{T128}-{S}-1")),
+        ("x-b3-traceid", T64),
+        ("x-b3-spanid", other),
+    ]);
+    let (e, child, out) = downstream(&h, false);
+    assert_eq!(e.format, Format::B3Single);
+    assert_eq!(ids(&e).trace_id.to_string(), T128);
+    // Both forms leave describing the same (new) span.
+    let span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(get(&out, "x-b3-traceid"), Some(T128));
+    assert_eq!(get(&out, "b3").unwrap(), format!("{T128}-{span}-1-{S}"));
+
+    let h = map(&[
+        ("b3", "garbage"),
+        ("x-b3-traceid", T64),
+        ("x-b3-spanid", other),
+    ]);
+    let (e, child, out) = downstream(&h, true);
+    assert_eq!(e.format, Format::B3Multi);
+    assert_eq!(e.malformed, Some(Malformed::B3Single));
+    assert_eq!(ids(&e).span_id.to_string(), other);
+    let span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(get(&out, "b3").unwrap(), format!("{T64}-{span}-1-{other}"));
+}
+
+#[test]
+fn traceparent_without_b3_joins_the_trace() {
+    let tp = format!("00-{T128}-{S}-01");
+    let h = map(&[("traceparent", &tp), ("tracestate", "congo=t61rcWkgMzE")]);
+    let (e, child, out) = downstream(&h, false);
+    assert_eq!(e.format, Format::TraceParent);
+    assert_eq!(ids(&e).trace_id.to_string(), T128);
+    assert_eq!(e.context.sampling, Sampling::Sampled);
+    let span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(get(&out, "x-b3-traceid"), Some(T128));
+    assert_eq!(get(&out, "x-b3-parentspanid"), Some(S));
+    assert_eq!(
+        get(&out, "traceparent").unwrap(),
+        format!("00-{T128}-{span}-01")
+    );
+    assert_eq!(get(&out, "tracestate"), Some("congo=t61rcWkgMzE"));
+
+    let e = extract(&map(&[("traceparent", &format!("00-{T128}-{S}-00"))]));
+    assert_eq!(e.context.sampling, Sampling::NotSampled);
+    for bad in [
+        format!("ff-{T128}-{S}-01"),
+        format!("00-{T128}-{S}-01-x"),
+        format!("00-{}-{S}-01", "0".repeat(32)),
+        format!("00-{T128}-{S}"),
+    ] {
+        let (e, _, out) = downstream(&map(&[("traceparent", &bad), ("tracestate", "a=b")]), true);
+        assert_eq!(e.malformed, Some(Malformed::TraceParent), "{bad}");
+        assert_ne!(get(&out, "traceparent"), Some(bad.as_str()));
+        assert!(get(&out, "traceparent").is_some_and(|t| t.len() == 55));
+        assert_eq!(get(&out, "tracestate"), None);
+    }
+    // A future version with extra fields is accepted.
+    assert!(
+        extract(&map(&[("traceparent", &format!("01-{T128}-{S}-01-abc"))]))
+            .malformed
+            .is_none()
+    );
+}
+
+#[test]
+fn b3_wins_over_traceparent_and_both_are_rewritten() {
+    let h = map(&[
+        ("traceparent", &format!("00-{}-{S}-01", "1".repeat(32))),
+        ("x-b3-traceid", T64),
+        ("x-b3-spanid", S),
+        ("x-b3-sampled", "1"),
+    ]);
+    let (_, child, out) = downstream(&h, false);
+    let span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(
+        get(&out, "traceparent").unwrap(),
+        format!("00-0000000000000000{T64}-{span}-01")
+    );
+}
+
+#[test]
+fn no_headers_new_root() {
+    let (e, child, out) = downstream(&HeaderMap::new(), true);
+    assert_eq!((e.format, e.malformed), (Format::None, None));
+    let c = child.ids.unwrap();
+    assert_eq!(c.parent_id, None);
+    assert_eq!(get(&out, "x-b3-traceid").unwrap().len(), 32);
+    assert_eq!(get(&out, "x-b3-spanid").unwrap().len(), 16);
+    assert_eq!(get(&out, "b3"), None);
+    assert_eq!(get(&out, "traceparent"), None);
+}
+
+/// Random bytes in random trace headers: never a panic, and what goes out is well-formed.
+#[test]
+fn randomized_headers_never_panic_and_output_is_well_formed() {
+    let names = [
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+        "traceparent",
+        "tracestate",
+    ];
+    let alphabet = b"0123456789abcdefABCDEF-xdz ";
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..20_000 {
+        let mut h = HeaderMap::new();
+        for _ in 0..rng.usize(0..6) {
+            let len = rng.usize(0..70);
+            let bytes: Vec<u8> = if rng.bool() {
+                (0..len)
+                    .map(|_| alphabet[rng.usize(..alphabet.len())])
+                    .collect()
+            } else {
+                (0..len).map(|_| rng.u8(0x20..0x7f)).collect()
+            };
+            if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                h.append(names[rng.usize(..names.len())], v);
+            }
+        }
+        let (e, child, out) = downstream(&h, rng.bool());
+        if e.malformed.is_none() && e.format == Format::None {
+            assert_eq!(e.context.ids, None);
+        }
+        let ids = child.ids.unwrap();
+        let hex = |s: &str, lens: &[usize]| {
+            lens.contains(&s.len())
+                && s.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        };
+        assert!(hex(get(&out, "x-b3-traceid").unwrap(), &[16, 32]));
+        assert!(hex(get(&out, "x-b3-spanid").unwrap(), &[16]));
+        assert_eq!(get(&out, "x-b3-spanid").unwrap(), ids.span_id.to_string());
+        // What goes out parses back to exactly what was sent.
+        let back = extract(&out);
+        assert_eq!(back.malformed, None);
+        assert_eq!(back.context.ids, Some(ids));
+        assert_eq!(back.context.sampling, child.sampling);
+    }
+}
