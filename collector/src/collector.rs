@@ -1,0 +1,413 @@
+//! Starting and querying a collector, in-process (tests, `mesh demo`) or as `mesh collector`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::span::Span;
+use crate::store::Store;
+
+/// Where to listen; port 0 picks a free port (see [`RunningCollector`] for the bound address).
+#[derive(Debug, Clone, Default)]
+pub struct CollectorConfig {
+    /// Zipkin v2 JSON, `POST /api/v2/spans` (Zipkin's usual port is 9411).
+    pub zipkin: Option<SocketAddr>,
+    /// OTLP/HTTP protobuf, `POST /v1/traces` (usually 4318).
+    pub otlp_http: Option<SocketAddr>,
+    /// OTLP/gRPC `TraceService/Export` (usually 4317).
+    pub otlp_grpc: Option<SocketAddr>,
+    /// Appends every span as one Zipkin v2 JSON line.
+    pub out: Option<PathBuf>,
+}
+
+/// Why a collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no receiver configured: give at least one of zipkin, otlp-http, otlp-grpc")]
+    NoReceiver,
+    #[error("cannot listen on {addr} ({receiver}): {source}")]
+    Bind {
+        receiver: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the output file {path}: {source}")]
+    Out {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why waiting for spans ended without them.
+#[derive(Debug, thiserror::Error)]
+#[error("received {got} of {want} spans within {timeout:?}")]
+pub struct WaitError {
+    pub got: usize,
+    pub want: usize,
+    pub timeout: Duration,
+}
+
+/// The collector.
+#[derive(Debug)]
+pub struct Collector;
+
+impl Collector {
+    /// Binds every configured receiver and serves them on the current tokio runtime.
+    pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartError> {
+        if config.zipkin.is_none() && config.otlp_http.is_none() && config.otlp_grpc.is_none() {
+            return Err(StartError::NoReceiver);
+        }
+        let store = Store::new(config.out.as_deref()).map_err(|source| StartError::Out {
+            path: config.out.clone().unwrap_or_default(),
+            source,
+        })?;
+        let store = Arc::new(store);
+        let mut running = RunningCollector {
+            zipkin: None,
+            otlp_http: None,
+            otlp_grpc: None,
+            store: store.clone(),
+            tasks: Vec::new(),
+        };
+        for (receiver, addr, slot) in [
+            ("zipkin", config.zipkin, &mut running.zipkin),
+            ("otlp-http", config.otlp_http, &mut running.otlp_http),
+            ("otlp-grpc", config.otlp_grpc, &mut running.otlp_grpc),
+        ] {
+            let Some(addr) = addr else { continue };
+            let bind_error = |source| StartError::Bind {
+                receiver,
+                addr,
+                source,
+            };
+            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+            *slot = Some(listener.local_addr().map_err(bind_error)?);
+            running
+                .tasks
+                .push(tokio::spawn(crate::http::serve(listener, store.clone())));
+        }
+        Ok(running)
+    }
+}
+
+/// A serving collector; dropping it stops every receiver.
+#[derive(Debug)]
+pub struct RunningCollector {
+    /// Bound Zipkin address, if configured.
+    pub zipkin: Option<SocketAddr>,
+    /// Bound OTLP/HTTP address, if configured.
+    pub otlp_http: Option<SocketAddr>,
+    /// Bound OTLP/gRPC address, if configured.
+    pub otlp_grpc: Option<SocketAddr>,
+    store: Arc<Store>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningCollector {
+    /// Every span received so far, in arrival order.
+    pub fn spans(&self) -> Vec<Span> {
+        self.store.spans()
+    }
+
+    /// Spans grouped by trace id, traces ordered by start time.
+    pub fn traces(&self) -> Vec<(String, Vec<Span>)> {
+        crate::tree::group_by_trace(&self.store.spans())
+    }
+
+    /// Waits until at least `n` spans have arrived; returns them all.
+    pub async fn wait_for_spans(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Span>, WaitError> {
+        let mut count = self.store.subscribe();
+        let reached = tokio::time::timeout(timeout, count.wait_for(|c| *c >= n))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(self.spans())
+        } else {
+            Err(WaitError {
+                got: *count.borrow(),
+                want: n,
+                timeout,
+            })
+        }
+    }
+
+    /// Traces that received no span for `quiet`, each returned once (until it receives more).
+    pub fn take_completed(&self, quiet: Duration) -> Vec<Vec<Span>> {
+        let mut done: Vec<Vec<Span>> = self
+            .store
+            .quiet_traces(quiet)
+            .into_iter()
+            .map(|id| {
+                self.store.forget_trace(&id);
+                self.store.trace(&id)
+            })
+            .filter(|spans| !spans.is_empty())
+            .collect();
+        done.sort_by_key(|spans| spans.iter().filter_map(|s| s.timestamp).min());
+        done
+    }
+
+    /// Stops every receiver.
+    pub fn shutdown(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for RunningCollector {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use opentelemetry::trace::{
+        Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider,
+    };
+    use opentelemetry::KeyValue;
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::Resource;
+
+    use super::*;
+    use crate::span::Kind;
+
+    /// Generous: nothing here should take more than a fraction of it.
+    const WAIT: Duration = Duration::from_secs(30);
+
+    fn loopback() -> Option<SocketAddr> {
+        Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    async fn start_all(out: Option<PathBuf>) -> RunningCollector {
+        Collector::start(CollectorConfig {
+            zipkin: loopback(),
+            otlp_http: loopback(),
+            otlp_grpc: loopback(),
+            out,
+        })
+        .await
+        .expect("collector starts")
+    }
+
+    async fn post(
+        addr: SocketAddr,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let request = http::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let response = client.request(request).await.expect("response");
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Sends one SERVER span with a CLIENT child through a real OpenTelemetry SDK pipeline.
+    /// The SDK's span processor exports synchronously off the runtime, as a sidecar's would not,
+    /// so the spans are ended on a blocking thread.
+    async fn send_with_sdk(exporter: opentelemetry_otlp::SpanExporter) {
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter)
+            .with_resource(Resource::builder().with_service_name("a.demo").build())
+            .build();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let _guard = handle.enter();
+            let tracer = provider.tracer("tracemesh-test");
+            let server = tracer
+                .span_builder("GET /")
+                .with_kind(SpanKind::Server)
+                .with_attributes(vec![KeyValue::new("http.request.method", "GET")])
+                .start(&tracer);
+            let cx = opentelemetry::Context::current_with_span(server);
+            let mut client = tracer
+                .span_builder("GET")
+                .with_kind(SpanKind::Client)
+                .with_attributes(vec![KeyValue::new("http.response.status_code", 500_i64)])
+                .start_with_context(&tracer, &cx);
+            client.set_status(Status::error("upstream failed"));
+            client.end();
+            cx.span().end();
+            provider.shutdown().expect("provider shuts down");
+        })
+        .await
+        .expect("exporting thread");
+    }
+
+    fn assert_sdk_spans(spans: &[Span]) {
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let server = spans
+            .iter()
+            .find(|s| s.kind == Some(Kind::Server))
+            .expect("server span");
+        let client = spans
+            .iter()
+            .find(|s| s.kind == Some(Kind::Client))
+            .expect("client span");
+        assert_eq!(server.trace_id, client.trace_id);
+        assert_eq!(server.trace_id.len(), 32);
+        assert_eq!(client.parent_id.as_deref(), Some(server.id.as_str()));
+        assert_eq!(server.parent_id, None);
+        assert_eq!(server.service(), "a.demo");
+        assert_eq!(server.name.as_deref(), Some("GET /"));
+        assert_eq!(server.tag("http.request.method"), Some("GET"));
+        assert_eq!(client.tag("http.response.status_code"), Some("500"));
+        assert_eq!(client.tag("error"), Some("upstream failed"));
+        for span in spans {
+            assert!(crate::zipkin::validate(span).is_empty(), "{span:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn otlp_grpc_from_the_sdk_exporter() {
+        let collector = start_all(None).await;
+        let addr = collector.otlp_grpc.expect("bound");
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(format!("http://{addr}"))
+            .build()
+            .expect("exporter");
+        send_with_sdk(exporter).await;
+        let spans = collector.wait_for_spans(2, WAIT).await.expect("spans");
+        assert_sdk_spans(&spans);
+    }
+
+    /// A minimal `HttpClient` for the SDK: runs each request on the test's runtime.
+    #[derive(Debug)]
+    struct HyperClient(tokio::runtime::Handle);
+
+    #[tonic::async_trait]
+    impl opentelemetry_http::HttpClient for HyperClient {
+        async fn send_bytes(
+            &self,
+            request: http::Request<Bytes>,
+        ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
+            self.0
+                .spawn(async move {
+                    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                    let response = client.request(request.map(Full::new)).await?;
+                    let (parts, body) = response.into_parts();
+                    let body = body.collect().await?.to_bytes();
+                    Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
+                })
+                .await?
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn otlp_http_protobuf_from_the_sdk_exporter() {
+        let collector = start_all(None).await;
+        let addr = collector.otlp_http.expect("bound");
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(HyperClient(tokio::runtime::Handle::current()))
+            .with_endpoint(format!("http://{addr}/v1/traces"))
+            .build()
+            .expect("exporter");
+        send_with_sdk(exporter).await;
+        let spans = collector.wait_for_spans(2, WAIT).await.expect("spans");
+        assert_sdk_spans(&spans);
+    }
+
+    #[tokio::test]
+    async fn zipkin_json_is_stored_and_written_to_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("spans.jsonl");
+        let collector = start_all(Some(out.clone())).await;
+        let addr = collector.zipkin.expect("bound");
+        let body = br#"[{"traceId":"48485a3953bb6124","id":"a2fb4a1d1a96d312","kind":"CLIENT",
+            "name":"get","timestamp":1700000000000000,"duration":20,
+            "localEndpoint":{"serviceName":"a.demo"},"tags":{"http.status_code":"200"}}]"#;
+        let (status, _) = post(addr, "/api/v2/spans", "application/json", body.to_vec()).await;
+        assert_eq!(status, 202);
+        let spans = collector.wait_for_spans(1, WAIT).await.expect("spans");
+        assert_eq!(spans[0].trace_id, "48485a3953bb6124");
+        assert_eq!(spans[0].kind, Some(Kind::Client));
+        assert_eq!(collector.traces().len(), 1);
+
+        // An OTLP span arriving on another port lands in the same file, as Zipkin JSON.
+        let otlp = prost::Message::encode_to_vec(&crate::otlp::tests::sample_request());
+        let http_addr = collector.otlp_http.expect("bound");
+        let (status, _) = post(http_addr, "/v1/traces", "application/x-protobuf", otlp).await;
+        assert_eq!(status, 200);
+        collector.wait_for_spans(2, WAIT).await.expect("spans");
+        let lines: Vec<Span> = std::fs::read_to_string(&out)
+            .expect("out file")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("zipkin json line"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].service(), "b.demo");
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_a_clear_400_and_nothing_is_stored() {
+        let collector = start_all(None).await;
+        let zipkin = collector.zipkin.expect("bound");
+        let otlp = collector.otlp_http.expect("bound");
+        let (status, body) = post(zipkin, "/api/v2/spans", "application/json", b"{".to_vec()).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("Zipkin v2"), "{body}");
+        let bad_id = br#"[{"traceId":"48485a3953bb6124","id":"A2FB4A1D1A96D312"}]"#.to_vec();
+        let (status, body) = post(zipkin, "/api/v2/spans", "application/json", bad_id).await;
+        assert_eq!(status, 400);
+        assert!(
+            body.contains("[0].id") && body.contains("lower-hex"),
+            "{body}"
+        );
+        let (status, body) =
+            post(otlp, "/v1/traces", "application/x-protobuf", vec![0xff; 7]).await;
+        assert_eq!(status, 400);
+        assert!(body.contains("OTLP"), "{body}");
+        let (status, _) = post(otlp, "/v1/traces", "application/json", b"{}".to_vec()).await;
+        assert_eq!(status, 415);
+        let (status, _) = post(otlp, "/nowhere", "application/json", Vec::new()).await;
+        assert_eq!(status, 404);
+        assert!(collector.spans().is_empty());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_spans_that_never_come_fails_with_the_count() {
+        let collector = start_all(None).await;
+        let err = collector
+            .wait_for_spans(1, Duration::from_millis(50))
+            .await
+            .expect_err("no spans");
+        assert_eq!((err.got, err.want), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn refuses_to_start_without_a_receiver() {
+        let err = Collector::start(CollectorConfig::default())
+            .await
+            .expect_err("no receiver");
+        assert!(matches!(err, StartError::NoReceiver));
+    }
+}

@@ -1,0 +1,37 @@
+//! OTLP/gRPC: the generated `TraceService` server from `opentelemetry-proto`, backed by the store.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+use crate::otlp;
+use crate::store::Store;
+
+/// Receives `TraceService/Export` calls.
+#[derive(Debug)]
+pub struct Receiver {
+    store: Arc<Store>,
+}
+
+/// The tower service that answers gRPC requests on any collector listener.
+pub fn service(store: Arc<Store>) -> TraceServiceServer<Receiver> {
+    TraceServiceServer::new(Receiver { store })
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = otlp::convert(request.get_ref())
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        self.store.push(spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}

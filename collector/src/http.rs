@@ -1,0 +1,185 @@
+//! The HTTP side of every listener: routes Zipkin v2 JSON, OTLP/HTTP protobuf and OTLP/gRPC
+//! (by its `application/grpc` content type), so one port can take all three.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+use crate::store::Store;
+use crate::{grpc, otlp, zipkin};
+
+pub const ZIPKIN_PATH: &str = "/api/v2/spans";
+pub const OTLP_PATH: &str = "/v1/traces";
+
+/// Larger batches than this are refused (413) rather than buffered.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Accepts connections until the task is aborted; aborting also ends every open connection,
+/// because they live in this task's `JoinSet`.
+pub async fn serve(listener: TcpListener, store: Arc<Store>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next() => continue,
+        };
+        let store = store.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(req, store.clone(), peer));
+            let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    store: Arc<Store>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/grpc") {
+        let response = grpc::service(store)
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|never| match never {});
+        return Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()));
+    }
+
+    let path = req.uri().path().to_string();
+    if path != ZIPKIN_PATH && path != OTLP_PATH {
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            format!("no receiver at {path}; use POST {ZIPKIN_PATH} or POST {OTLP_PATH}"),
+        ));
+    }
+    if req.method() != Method::POST {
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} accepts POST only"),
+        ));
+    }
+    if let Some(encoding) = req.headers().get(header::CONTENT_ENCODING) {
+        if encoding.as_bytes() != b"identity" {
+            return Ok(text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content-encoding {encoding:?} is not supported; send uncompressed"),
+            ));
+        }
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return Ok(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("could not read the body (limit {MAX_BODY_BYTES} bytes): {e}"),
+            ))
+        }
+    };
+
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let result = if path == ZIPKIN_PATH {
+        if !(media.is_empty() || media == "application/json") {
+            return Ok(text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("{ZIPKIN_PATH} takes application/json (Zipkin v2), not {media}"),
+            ));
+        }
+        zipkin::decode(&body).map_err(|e| e.to_string())
+    } else {
+        if media != "application/x-protobuf" {
+            return Ok(text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("{OTLP_PATH} takes application/x-protobuf (OTLP/HTTP), not {media:?}"),
+            ));
+        }
+        otlp::decode(&body).map_err(|e| e.to_string())
+    };
+    match result {
+        Ok(spans) => {
+            tracing::debug!(%peer, path, count = spans.len(), "spans received");
+            store.push(spans);
+            Ok(accepted(&path))
+        }
+        Err(message) => {
+            tracing::info!(%peer, path, %message, "refused spans");
+            Ok(text(StatusCode::BAD_REQUEST, message))
+        }
+    }
+}
+
+/// Zipkin answers 202 with no body; OTLP/HTTP answers 200 with an empty export response.
+fn accepted(path: &str) -> Response<Body> {
+    let mut response = if path == OTLP_PATH {
+        let body = prost::Message::encode_to_vec(
+            &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::default(
+            ),
+        );
+        let mut r = Response::new(full(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-protobuf"),
+        );
+        r
+    } else {
+        Response::new(full(Vec::new()))
+    };
+    *response.status_mut() = if path == OTLP_PATH {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    response
+}
+
+fn text(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(full(format!("{message}\n").into_bytes()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn full(bytes: Vec<u8>) -> Body {
+    Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
