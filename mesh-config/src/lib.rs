@@ -13,3 +13,4 @@ pub use document::*;
 pub use error::{ConfigError, FieldError};
 pub use parse::{merge_patch, parse, parse_strict, Parsed};
 pub use validate::parse_cidr;
+pub mod watch;
