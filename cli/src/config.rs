@@ -75,8 +75,7 @@ pub async fn run(
         }
         Command::Patch(args) => {
             let patch = parse_patch(&args)?;
-            let config = backend.patch_mesh_config(&patch).await?;
-            let _ = config;
+            backend.patch_mesh_config(&patch).await?;
             writeln!(
                 out,
                 "meshconfig.config.tracemesh.dev/{} patched",
@@ -132,15 +131,7 @@ fn validate(args: &ValidateArgs, out: &mut impl Write) -> anyhow::Result<()> {
             Ok(())
         }
         Err(err) => {
-            let problems = if err.problems().is_empty() {
-                format!("  {err}")
-            } else {
-                err.problems()
-                    .iter()
-                    .map(|problem| format!("  {problem}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
+            let problems = crate::backend::problem_lines(&err);
             Err(Invalid {
                 file: name,
                 problems,

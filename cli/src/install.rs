@@ -112,7 +112,12 @@ fn mesh_config(args: &Args) -> anyhow::Result<String> {
         &parsed.config,
         &json!({"spec": {"observability": {"tracing": tracing}}}),
     )
-    .map_err(|err| anyhow::anyhow!("the tracing flags make an invalid MeshConfig: {err}"))?;
+    .map_err(|err| {
+        anyhow::anyhow!(
+            "the tracing flags make an invalid MeshConfig:\n{}",
+            crate::backend::problem_lines(&err)
+        )
+    })?;
     Ok(config.to_yaml())
 }
 

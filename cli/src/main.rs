@@ -68,9 +68,7 @@ struct GlobalArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// The Kubernetes API
     Kube,
-    /// Files under the state dir
     Local,
 }
 
@@ -153,6 +151,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 namespace::run(command, &StateDirBackend::new(&global.state_dir), &mut out).await
             }
         },
+        // Checking a file needs no cluster.
+        Command::Config(command @ config::Command::Validate(_)) => {
+            config::run(command, &StateDirBackend::new(&global.state_dir), &mut out).await
+        }
         Command::Config(command) => match global.backend {
             BackendKind::Kube => {
                 config::run(command, &KubeBackend::connect().await?, &mut out).await

@@ -26,10 +26,9 @@ impl KubeBackend {
     pub async fn connect() -> anyhow::Result<Self> {
         let config = kube::Config::infer().await.map_err(|err| {
             anyhow::anyhow!(
-                "Error fetching kubeconfig: {err}\n\
-                 No Kubernetes cluster is configured (KUBECONFIG, ~/.kube/config or an in-cluster \
-                 service account). To manage a mesh on this machine, use --backend local \
-                 (or MESH_BACKEND=local)."
+                "no Kubernetes cluster is configured (KUBECONFIG, ~/.kube/config or an in-cluster \
+                 service account); to manage a mesh on this machine, use --backend local \
+                 (or MESH_BACKEND=local)\n  details: {err}"
             )
         })?;
         let client = Client::try_from(config).map_err(|err| {

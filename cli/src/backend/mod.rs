@@ -20,9 +20,9 @@ pub enum BackendError {
         name = mesh_config::DEFAULT_NAME
     )]
     MeshConfigNotFound,
-    #[error("the stored MeshConfig is not valid: {0}")]
+    #[error("the stored MeshConfig is not valid:\n{}", problem_lines(.0))]
     StoredMeshConfig(mesh_config::ConfigError),
-    #[error("the patched MeshConfig is not valid, nothing was written:\n{0}")]
+    #[error("the patched MeshConfig is not valid, nothing was written:\n{}", problem_lines(.0))]
     InvalidPatch(mesh_config::ConfigError),
     #[error("the MeshConfig kept changing while it was patched; try again")]
     Conflict,
@@ -35,6 +35,18 @@ pub enum BackendError {
     },
     #[error("{path}: not a valid object: {message}")]
     Corrupt { path: PathBuf, message: String },
+}
+
+/// One indented line per field problem, so that a long list stays readable in a terminal.
+pub fn problem_lines(err: &mesh_config::ConfigError) -> String {
+    if err.problems().is_empty() {
+        return format!("  {err}");
+    }
+    err.problems()
+        .iter()
+        .map(|problem| format!("  {problem}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The operations the CLI needs, and nothing more.
