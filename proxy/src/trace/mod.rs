@@ -3,11 +3,29 @@
 //! The HTTP path calls [`Tracer::start`] once per request, before forwarding; it rewrites the
 //! request's trace-context headers in place (so the next hop sees this hop's span) and returns
 //! an [`ActiveSpan`] that is finished when the response is known. An unsampled or disabled
-//! request gets an inert `ActiveSpan` and costs no allocation.
+//! request gets an inert `ActiveSpan` and builds no span.
 //!
-//! (Interface stub: the codec, span building, export and live reload land behind it.)
+//! Path of a span: `start` (extract, decide, inject: [`propagate`]) → `finish` (a
+//! [`span::SpanRecord`] into the bounded queue of [`pipeline`]) → batch → [`export`] (Zipkin v2
+//! JSON or OTLP through the opentelemetry exporters). [`reload`] swaps the pipeline when the
+//! MeshConfig's tracing block changes.
+
+pub mod export;
+pub mod metrics;
+pub mod pipeline;
+pub mod propagate;
+pub mod reload;
+pub mod span;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
+
+use mesh_config::Tracing;
+
+pub use metrics::TraceMetrics;
+use pipeline::Pipeline;
+use span::SpanRecord;
 
 /// Which side of the sidecar the request crossed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,26 +44,165 @@ pub struct Identity {
     pub pod_ip: Option<std::net::IpAddr>,
 }
 
+impl Identity {
+    /// `<service>.<namespace>`, or just the service when no namespace is known.
+    pub fn service_name(&self) -> String {
+        match (self.service.is_empty(), self.namespace.is_empty()) {
+            (true, _) => "unknown".to_owned(),
+            (false, true) => self.service.clone(),
+            (false, false) => format!("{}.{}", self.service, self.namespace),
+        }
+    }
+}
+
+/// The tracing settings in force: what the hot path reads on every request.
+#[derive(Debug)]
+pub(crate) struct Active {
+    /// The MeshConfig block this was built from, to tell whether a new one changes anything.
+    pub(crate) config: Tracing,
+    /// `None` when tracing is disabled.
+    pub(crate) pipeline: Option<Pipeline>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    identity: Arc<Identity>,
+    metrics: TraceMetrics,
+    /// Swapped by reload; read (one uncontended read lock and an `Arc` clone) per request.
+    active: RwLock<Arc<Active>>,
+}
+
 /// Cheap to clone; shared by every connection.
-#[derive(Clone, Debug, Default)]
-pub struct Tracer {}
+#[derive(Clone, Debug)]
+pub struct Tracer {
+    inner: Arc<Inner>,
+}
+
+impl Default for Tracer {
+    fn default() -> Self {
+        Self::disabled()
+    }
+}
 
 impl Tracer {
     /// A tracer that never records (tracing disabled).
     pub fn disabled() -> Self {
-        Self {}
+        Self::new(Identity::default(), TraceMetrics::default())
+    }
+
+    /// A tracer for this sidecar, disabled until [`Tracer::apply`] (or [`reload`]) enables it.
+    /// `metrics` is the set registered in the proxy's `/metrics` registry.
+    pub fn new(identity: Identity, metrics: TraceMetrics) -> Self {
+        let active = Active {
+            config: Tracing::default(),
+            pipeline: None,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                identity: Arc::new(identity),
+                metrics,
+                active: RwLock::new(Arc::new(active)),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &TraceMetrics {
+        &self.inner.metrics
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// Applies a MeshConfig tracing block. Must run inside a tokio runtime (the exporter and its
+    /// batch task live there). When the block is unchanged this does nothing; otherwise the new
+    /// exporter takes over at once and the old one flushes what it queued, in the background.
+    pub fn apply(&self, config: &Tracing) {
+        if self.current().config == *config {
+            return;
+        }
+        let pipeline = if config.enable {
+            match export::Exporter::build(config, &self.inner.identity) {
+                Ok(exporter) => Some(Pipeline::spawn(exporter, self.inner.metrics.clone())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "tracing exporter not built; spans are not recorded");
+                    self.inner.metrics.export_error(config.protocol);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        tracing::info!(
+            enable = config.enable,
+            protocol = ?config.protocol,
+            address = %config.address,
+            port = config.port,
+            sampled_fraction = config.sampled_fraction,
+            "tracing config applied"
+        );
+        let next = Arc::new(Active {
+            config: config.clone(),
+            pipeline,
+        });
+        // The old `Active` drops here or when its last in-flight span finishes; dropping closes
+        // its queue, and its batch task then flushes what is left to the old collector.
+        let _old = std::mem::replace(&mut *self.write(), next);
+    }
+
+    fn current(&self) -> Arc<Active> {
+        match self.inner.active.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Arc<Active>> {
+        match self.inner.active.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Called once per HTTP request before it is forwarded. `peer` is the downstream client,
     /// `upstream` the address the request is forwarded to.
     pub fn start(
         &self,
-        _direction: Direction,
-        _request: &mut http::request::Parts,
-        _peer: SocketAddr,
-        _upstream: SocketAddr,
+        direction: Direction,
+        request: &mut http::request::Parts,
+        peer: SocketAddr,
+        upstream: SocketAddr,
     ) -> ActiveSpan {
-        ActiveSpan {}
+        propagate::ensure_request_id(&mut request.headers);
+        let active = self.current();
+        let Some(pipeline) = &active.pipeline else {
+            // Disabled: the sidecar is not a tracing hop; headers pass through untouched.
+            return ActiveSpan { pending: None };
+        };
+        let decided = propagate::propagate(&mut request.headers, active.config.sampled_fraction);
+        if let Some(why) = decided.malformed {
+            self.inner.metrics.malformed(why);
+        }
+        if !decided.sampled {
+            return ActiveSpan { pending: None };
+        }
+        self.inner.metrics.started(active.config.protocol);
+        let record = SpanRecord::begin(
+            direction,
+            request,
+            decided.ids,
+            decided.debug,
+            peer,
+            upstream,
+        );
+        ActiveSpan {
+            pending: Some(Box::new(Pending {
+                record,
+                started: Instant::now(),
+                wall: SystemTime::now(),
+                sender: pipeline.sender(),
+            })),
+        }
     }
 }
 
@@ -59,16 +216,40 @@ pub struct Outcome {
     pub response_size: u64,
 }
 
+#[derive(Debug)]
+struct Pending {
+    record: SpanRecord,
+    started: Instant,
+    wall: SystemTime,
+    sender: pipeline::SpanSender,
+}
+
 /// A span in flight. Dropping it without `finish` records nothing.
 #[derive(Debug, Default)]
-pub struct ActiveSpan {}
+pub struct ActiveSpan {
+    pending: Option<Box<Pending>>,
+}
 
 impl ActiveSpan {
     /// Whether this request is recorded; the proxy may skip byte counting when it is not.
     pub fn is_recording(&self) -> bool {
-        false
+        self.pending.is_some()
     }
 
-    /// Ends the span (and queues it for export when recording). Never blocks.
-    pub fn finish(self, _outcome: Outcome) {}
+    /// Ends the span (and queues it for export when recording). Never blocks: a full queue
+    /// drops the span and counts it.
+    pub fn finish(self, outcome: Outcome) {
+        let Some(p) = self.pending else { return };
+        let Pending {
+            mut record,
+            started,
+            wall,
+            sender,
+        } = *p;
+        record.end(wall, started.elapsed(), outcome);
+        sender.send(record);
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+//! This hop's place in the trace: read the caller's context, decide sampling, and rewrite the
+//! headers so the next hop sees this hop's span as its parent.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use trace_context::{Malformed, Sampling, SpanIds};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// This hop's span and its sampling decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Decided {
+    /// This hop's span: a child of the caller's span (or a new root).
+    pub ids: SpanIds,
+    pub sampled: bool,
+    pub debug: bool,
+    pub malformed: Option<Malformed>,
+}
+
+/// Extracts the caller's context, makes this hop's span a child of it, decides sampling (the
+/// caller's decision wins; otherwise `fraction`, deterministically from the trace id), and
+/// injects the result, replacing every trace header the request carried.
+pub fn propagate(headers: &mut HeaderMap, fraction: f64) -> Decided {
+    let extracted = trace_context::extract(headers);
+    let mut child = extracted.context.child();
+    // `child` always has ids; the fallback is never taken.
+    let ids = child.ids.unwrap_or_else(SpanIds::new_root);
+    if child.sampling == Sampling::Deferred {
+        child.sampling = if trace_context::sampled_at(&ids.trace_id, fraction) {
+            Sampling::Sampled
+        } else {
+            Sampling::NotSampled
+        };
+    }
+    trace_context::inject(&child, headers);
+    Decided {
+        ids,
+        sampled: child.sampling.decision().unwrap_or(false),
+        debug: child.sampling == Sampling::Debug,
+        malformed: extracted.malformed,
+    }
+}
+
+/// Keeps the caller's `x-request-id` or adds a random UUID (v4 form), as Envoy does.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    if headers.contains_key(&REQUEST_ID) {
+        return;
+    }
+    let (hi, lo) = (fastrand::u64(..), fastrand::u64(..));
+    let hi = (hi & !0xf000) | 0x4000; // version 4
+    let lo = (lo & !(0xc << 60)) | (0x8 << 60); // RFC 4122 variant
+    let id = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_kept_or_added() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = h.get(&REQUEST_ID).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        ensure_request_id(&mut h);
+        assert_eq!(h.get(&REQUEST_ID).unwrap(), id.as_str());
+    }
+
+    #[test]
+    fn caller_decision_wins_over_fraction() {
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-sampled", HeaderValue::from_static("1"));
+        assert!(propagate(&mut h, 0.0).sampled);
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-sampled", HeaderValue::from_static("0"));
+        assert!(!propagate(&mut h, 1.0).sampled);
+        assert_eq!(h.get("x-b3-sampled").unwrap(), "0");
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-flags", HeaderValue::from_static("1"));
+        let d = propagate(&mut h, 0.0);
+        assert!(d.sampled && d.debug);
+    }
+
+    #[test]
+    fn deferred_decision_uses_fraction_and_is_propagated() {
+        let mut h = HeaderMap::new();
+        assert!(propagate(&mut h, 1.0).sampled);
+        assert_eq!(h.get("x-b3-sampled").unwrap(), "1");
+        let mut h = HeaderMap::new();
+        assert!(!propagate(&mut h, 0.0).sampled);
+        assert_eq!(h.get("x-b3-sampled").unwrap(), "0");
+    }
+
+    #[test]
+    fn next_hop_sees_this_span_as_parent() {
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-traceid", HeaderValue::from_static("48485a3953bb6124"));
+        h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
+        let d = propagate(&mut h, 1.0);
+        assert_eq!(d.ids.parent_id.unwrap().to_string(), "a2fb4a1d1a96d312");
+        assert_eq!(h.get("x-b3-traceid").unwrap(), "48485a3953bb6124");
+        assert_eq!(
+            h.get("x-b3-spanid").unwrap(),
+            d.ids.span_id.to_string().as_str()
+        );
+        assert_eq!(h.get("x-b3-parentspanid").unwrap(), "a2fb4a1d1a96d312");
+    }
+
+    #[test]
+    fn malformed_is_reported_and_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-traceid", HeaderValue::from_static("NOTHEX"));
+        h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
+        let d = propagate(&mut h, 1.0);
+        assert_eq!(d.malformed, Some(Malformed::TraceId));
+        assert_ne!(h.get("x-b3-traceid").unwrap(), "NOTHEX");
+        assert!(h.get("x-b3-parentspanid").is_none());
+    }
+}

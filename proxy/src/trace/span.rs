@@ -1,0 +1,365 @@
+//! One hop's span: what is recorded while the request runs, and its two wire shapes (Zipkin v2
+//! with Envoy's tag names, OTLP with OpenTelemetry semantic conventions).
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::SpanData;
+use serde_json::{json, Map, Value};
+use trace_context::SpanIds;
+
+use super::{Direction, Outcome};
+
+/// A finished (or running) span. Kept compact and protocol-neutral; attribute names are chosen
+/// at export time.
+#[derive(Debug)]
+pub struct SpanRecord {
+    pub direction: Direction,
+    pub ids: SpanIds,
+    pub debug: bool,
+    pub method: http::Method,
+    /// `scheme://host/path?query`.
+    pub url: String,
+    /// The path without the query, for the span name.
+    pub path: String,
+    pub host: String,
+    pub peer: SocketAddr,
+    pub upstream: SocketAddr,
+    pub http2: bool,
+    pub start: SystemTime,
+    pub duration: Duration,
+    pub outcome: Outcome,
+}
+
+impl SpanRecord {
+    /// Captures what the request says about itself before it is forwarded.
+    pub fn begin(
+        direction: Direction,
+        request: &http::request::Parts,
+        ids: SpanIds,
+        debug: bool,
+        peer: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Self {
+        let host = request
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                request
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| upstream.to_string());
+        let scheme = request.uri.scheme_str().unwrap_or("http");
+        let path_and_query = request
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        Self {
+            direction,
+            ids,
+            debug,
+            method: request.method.clone(),
+            url: format!("{scheme}://{host}{path_and_query}"),
+            path: request.uri.path().to_owned(),
+            host,
+            peer,
+            upstream,
+            http2: request.version == http::Version::HTTP_2,
+            start: SystemTime::now(),
+            duration: Duration::ZERO,
+            outcome: Outcome::default(),
+        }
+    }
+
+    /// Records the outcome. `start` is the wall clock at start (for the timestamp), `duration`
+    /// from a monotonic clock.
+    pub fn end(&mut self, start: SystemTime, duration: Duration, outcome: Outcome) {
+        self.start = start;
+        self.duration = duration;
+        self.outcome = outcome;
+    }
+
+    pub fn name(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+
+    /// An error span: the proxy failed the request, or the answer was a 5xx.
+    pub fn is_error(&self) -> bool {
+        self.outcome.error.is_some() || self.outcome.status.is_some_and(|s| s.is_server_error())
+    }
+
+    fn error_text(&self) -> Option<String> {
+        match (&self.outcome.error, self.outcome.status) {
+            (Some(e), _) => Some(e.clone()),
+            (None, Some(s)) if s.is_server_error() => Some(s.as_u16().to_string()),
+            _ => None,
+        }
+    }
+
+    /// Envoy's `upstream_cluster` analogue: where the request went.
+    fn upstream_cluster(&self) -> String {
+        match self.direction {
+            Direction::Inbound => format!("inbound|{}", self.upstream.port()),
+            Direction::Outbound => format!("outbound|{}", self.host),
+        }
+    }
+
+    /// The Zipkin v2 JSON span (zipkin2 API schema: lower-hex ids, microsecond timestamps).
+    pub fn to_zipkin(&self, service_name: &str, local_ip: Option<std::net::IpAddr>) -> Value {
+        let mut tags = Map::new();
+        let mut tag = |k: &str, v: String| {
+            tags.insert(k.to_owned(), Value::String(v));
+        };
+        tag("http.method", self.method.to_string());
+        tag("http.url", self.url.clone());
+        tag(
+            "http.protocol",
+            if self.http2 { "HTTP/2" } else { "HTTP/1.1" }.to_owned(),
+        );
+        if let Some(s) = self.outcome.status {
+            tag("http.status_code", s.as_u16().to_string());
+        }
+        tag("upstream_cluster", self.upstream_cluster());
+        tag("peer.address", self.peer.to_string());
+        tag("request_size", self.outcome.request_size.to_string());
+        tag("response_size", self.outcome.response_size.to_string());
+        if let Some(e) = self.error_text() {
+            tag("error", e);
+        }
+
+        let mut local = Map::new();
+        local.insert("serviceName".into(), Value::String(service_name.to_owned()));
+        if let Some(ip) = local_ip {
+            local.insert(
+                if ip.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+                Value::String(ip.to_string()),
+            );
+        }
+        // The other side of the hop: the caller for a SERVER span, the upstream for a CLIENT.
+        let remote_addr = match self.direction {
+            Direction::Inbound => self.peer,
+            Direction::Outbound => self.upstream,
+        };
+        let mut remote = Map::new();
+        let family = if remote_addr.is_ipv4() {
+            "ipv4"
+        } else {
+            "ipv6"
+        };
+        remote.insert(family.into(), Value::String(remote_addr.ip().to_string()));
+        remote.insert("port".into(), json!(remote_addr.port()));
+
+        let mut span = Map::new();
+        span.insert(
+            "traceId".into(),
+            Value::String(self.ids.trace_id.to_string()),
+        );
+        span.insert("id".into(), Value::String(self.ids.span_id.to_string()));
+        if let Some(parent) = self.ids.parent_id {
+            span.insert("parentId".into(), Value::String(parent.to_string()));
+        }
+        let kind = match self.direction {
+            Direction::Inbound => "SERVER",
+            Direction::Outbound => "CLIENT",
+        };
+        span.insert("kind".into(), Value::String(kind.into()));
+        span.insert("name".into(), Value::String(self.name().to_lowercase()));
+        span.insert("timestamp".into(), json!(micros_since_epoch(self.start)));
+        // zipkin2 requires a duration of at least 1 µs when present.
+        span.insert(
+            "duration".into(),
+            json!((self.duration.as_micros() as u64).max(1)),
+        );
+        span.insert("localEndpoint".into(), Value::Object(local));
+        span.insert("remoteEndpoint".into(), Value::Object(remote));
+        span.insert("tags".into(), Value::Object(tags));
+        if self.debug {
+            span.insert("debug".into(), Value::Bool(true));
+        }
+        Value::Object(span)
+    }
+
+    /// The OpenTelemetry SDK form, for the OTLP exporters (semantic-convention attributes).
+    pub fn to_span_data(&self, scope: &InstrumentationScope) -> SpanData {
+        let trace_id = opentelemetry::trace::TraceId::from_bytes(
+            ((u128::from(self.ids.trace_id.high()) << 64) | u128::from(self.ids.trace_id.low()))
+                .to_be_bytes(),
+        );
+        let span_id =
+            opentelemetry::trace::SpanId::from_bytes(self.ids.span_id.get().to_be_bytes());
+        let parent = self
+            .ids
+            .parent_id
+            .map(|p| opentelemetry::trace::SpanId::from_bytes(p.get().to_be_bytes()))
+            .unwrap_or(opentelemetry::trace::SpanId::INVALID);
+
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", self.method.to_string()),
+            KeyValue::new("url.full", self.url.clone()),
+            KeyValue::new(
+                "network.protocol.version",
+                if self.http2 { "2" } else { "1.1" },
+            ),
+            KeyValue::new("network.peer.address", self.peer.ip().to_string()),
+            KeyValue::new("network.peer.port", i64::from(self.peer.port())),
+            KeyValue::new("server.address", self.host.clone()),
+            KeyValue::new("http.request.body.size", self.outcome.request_size as i64),
+            KeyValue::new("http.response.body.size", self.outcome.response_size as i64),
+            KeyValue::new("upstream_cluster", self.upstream_cluster()),
+        ];
+        if let Some(s) = self.outcome.status {
+            attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(s.as_u16()),
+            ));
+        }
+        let status = match self.error_text() {
+            Some(e) => {
+                attributes.push(KeyValue::new("error.type", e.clone()));
+                Status::Error {
+                    description: Cow::Owned(e),
+                }
+            }
+            None => Status::Unset,
+        };
+        SpanData {
+            span_context: SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: parent,
+            parent_span_is_remote: self.ids.parent_id.is_some(),
+            span_kind: match self.direction {
+                Direction::Inbound => SpanKind::Server,
+                Direction::Outbound => SpanKind::Client,
+            },
+            name: Cow::Owned(self.name()),
+            start_time: self.start,
+            end_time: self.start + self.duration,
+            attributes,
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status,
+            instrumentation_scope: scope.clone(),
+        }
+    }
+}
+
+fn micros_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trace_context::{SpanId, TraceId};
+
+    fn record(direction: Direction, status: u16) -> SpanRecord {
+        let req = http::Request::get("http://b.default:8080/api/items?x=1")
+            .body(())
+            .unwrap();
+        let (parts, _) = req.into_parts();
+        let ids = SpanIds {
+            trace_id: TraceId::parse(b"48485a3953bb6124").unwrap(),
+            span_id: SpanId::parse(b"a2fb4a1d1a96d312").unwrap(),
+            parent_id: SpanId::parse(b"0020000000000001"),
+        };
+        let mut r = SpanRecord::begin(
+            direction,
+            &parts,
+            ids,
+            false,
+            "10.0.0.1:4000".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+        );
+        r.end(
+            SystemTime::now(),
+            Duration::from_micros(1500),
+            Outcome {
+                status: http::StatusCode::from_u16(status).ok(),
+                error: None,
+                request_size: 3,
+                response_size: 42,
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn zipkin_server_span_has_envoy_tags() {
+        let z = record(Direction::Inbound, 200)
+            .to_zipkin("b.default", Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(z["kind"], "SERVER");
+        assert_eq!(z["traceId"], "48485a3953bb6124");
+        assert_eq!(z["id"], "a2fb4a1d1a96d312");
+        assert_eq!(z["parentId"], "0020000000000001");
+        assert_eq!(z["localEndpoint"]["serviceName"], "b.default");
+        assert_eq!(z["duration"], 1500);
+        let tags = &z["tags"];
+        assert_eq!(tags["http.method"], "GET");
+        assert_eq!(tags["http.url"], "http://b.default:8080/api/items?x=1");
+        assert_eq!(tags["http.status_code"], "200");
+        assert_eq!(tags["upstream_cluster"], "inbound|8080");
+        assert_eq!(tags["peer.address"], "10.0.0.1:4000");
+        assert_eq!(tags["request_size"], "3");
+        assert_eq!(tags["response_size"], "42");
+        assert!(tags.get("error").is_none());
+        assert!(z["timestamp"].as_u64().unwrap() > 1_600_000_000_000_000);
+    }
+
+    #[test]
+    fn five_hundreds_and_proxy_errors_are_marked() {
+        let z = record(Direction::Outbound, 503).to_zipkin("a.default", None);
+        assert_eq!(z["kind"], "CLIENT");
+        assert_eq!(z["tags"]["error"], "503");
+        let mut r = record(Direction::Outbound, 200);
+        r.outcome.status = None;
+        r.outcome.error = Some("connection refused".into());
+        assert!(r.is_error());
+        assert_eq!(
+            r.to_zipkin("a", None)["tags"]["error"],
+            "connection refused"
+        );
+        assert!(!record(Direction::Outbound, 404).is_error());
+    }
+
+    #[test]
+    fn otlp_span_uses_semconv() {
+        let d = record(Direction::Outbound, 500)
+            .to_span_data(&InstrumentationScope::builder("mesh-proxy").build());
+        assert_eq!(d.span_kind, SpanKind::Client);
+        assert_eq!(d.span_context.span_id().to_string(), "a2fb4a1d1a96d312");
+        assert_eq!(
+            d.span_context.trace_id().to_string(),
+            "000000000000000048485a3953bb6124"
+        );
+        assert_eq!(d.parent_span_id.to_string(), "0020000000000001");
+        let attr = |k: &str| {
+            d.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(attr("http.request.method").as_deref(), Some("GET"));
+        assert_eq!(attr("http.response.status_code").as_deref(), Some("500"));
+        assert_eq!(
+            attr("url.full").as_deref(),
+            Some("http://b.default:8080/api/items?x=1")
+        );
+        assert!(matches!(d.status, Status::Error { .. }));
+    }
+}
