@@ -1,1 +1,57 @@
+//! End-to-end harness: real pods made of network namespaces, real sidecars, real servers and clients.
+//!
+//! ```no_run
+//! use tracemesh_tests::{Net, Pod, SidecarOpts};
+//! let net = Net::new()?;                        // a node namespace with a bridge and its own /24
+//! let server = Pod::new(&net, "server")?;       // a pod namespace on that bridge, loopback up
+//! server.init(&[])?;                            // `mesh-proxy init` inside the pod
+//! let _sidecar = server.start_sidecar(SidecarOpts::default())?; // UID 1500, waits for /ready
+//! let _app = server.spawn_server(&["http-echo", "--listen", "0.0.0.0:8080"])?; // tm-support
+//! let client = Pod::new(&net, "client")?;
+//! let out = client.exec(&["curl", "-sf", &format!("http://{}:8080/", server.ip())])?;
+//! assert!(out.ok());
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//!
+//! Everything cleans up on drop, also while a test panics: processes are killed, namespaces
+//! deleted, and the logs of every process of a pod are printed when the test is failing.
+//! Tests using this need root; mark them `#[ignore = "needs root: network namespaces and iptables"]`.
+#![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
+
+pub mod binaries;
+pub mod mesh;
+pub mod net;
+pub mod pod;
+pub mod process;
+pub mod sidecar;
+
+pub use mesh::Mesh;
+pub use net::Net;
+pub use pod::{Output, Pod};
+pub use process::Proc;
+pub use sidecar::{Sidecar, SidecarOpts};
+
+use std::time::Duration;
+
+/// Upper bound for anything a test waits on (a server getting ready, a client finishing).
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// True when running as root; e2e tests skip themselves otherwise (with a note).
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// For the first line of a root-only test: returns false (and says why) when not root, so
+/// `--include-ignored` as a normal user skips instead of failing on `ip netns add`.
+pub fn root_or_skip() -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("skipped: needs root (network namespaces and iptables)");
+    }
+    root
+}

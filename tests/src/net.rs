@@ -1,0 +1,120 @@
+//! The "node": a namespace holding a bridge that every pod of one test plugs into.
+//!
+//! Each `Net` gets its own namespace names and its own /24, so tests run in parallel without
+//! seeing each other; nothing is added to the host's namespace.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+
+/// Nets made by this test process, for unique names and subnets.
+static NETS: AtomicU32 = AtomicU32::new(0);
+
+/// A test's private network. Clone-free: pods keep what they need alive.
+pub struct Net {
+    pub(crate) inner: Arc<NetInner>,
+}
+
+pub(crate) struct NetInner {
+    /// Prefix of every namespace name of this net (`tm<pid>n<k>`).
+    pub(crate) prefix: String,
+    pub(crate) node_ns: String,
+    /// First three octets of the /24.
+    pub(crate) subnet: [u8; 3],
+    pub(crate) next_host: AtomicU32,
+    /// Logs and files of this net's processes (world-readable: sidecars run as UID 1500).
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Net {
+    pub fn new() -> anyhow::Result<Net> {
+        let k = NETS.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let prefix = format!("tm{pid}n{k}");
+        let node_ns = format!("{prefix}-node");
+        // 10.<100..199>.<0..255>.0/24: distinct per net of this process, spread by pid across
+        // processes (namespaces isolate them anyway).
+        let subnet = [
+            10,
+            100 + ((pid / 256 + k / 256) % 100) as u8,
+            ((pid + k) % 256) as u8,
+        ];
+        let dir = tempfile::Builder::new()
+            .prefix("tracemesh-e2e-")
+            .tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        run(&["ip", "netns", "add", &node_ns])?;
+        let inner = Arc::new(NetInner {
+            prefix,
+            node_ns,
+            subnet,
+            next_host: AtomicU32::new(2),
+            dir,
+        });
+        let net = Net { inner };
+        let ns = &net.inner.node_ns;
+        let gw = format!("{}/24", net.gateway());
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        run(&["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", ns, "addr", "add", &gw, "dev", "br0"])?;
+        run(&["ip", "-n", ns, "link", "set", "br0", "up"])?;
+        Ok(net)
+    }
+
+    /// The bridge's address, the pods' default gateway.
+    pub fn gateway(&self) -> Ipv4Addr {
+        let [a, b, c] = self.inner.subnet;
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// The node namespace's name (the bridge side).
+    pub fn node_ns(&self) -> &str {
+        &self.inner.node_ns
+    }
+
+    /// Directory for this net's logs and files.
+    pub fn dir(&self) -> &Path {
+        self.inner.dir.path()
+    }
+}
+
+impl Drop for NetInner {
+    fn drop(&mut self) {
+        kill_all_in(&self.node_ns);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.node_ns])
+            .status();
+    }
+}
+
+/// Kills every process still running inside a namespace (best effort, used on teardown).
+pub(crate) fn kill_all_in(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+}
+
+/// Runs a setup command, failing with its stderr.
+pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
+    let (cmd, rest) = args.split_first().context("empty command")?;
+    let out = Command::new(cmd)
+        .args(rest)
+        .output()
+        .with_context(|| format!("run {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
