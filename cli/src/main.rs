@@ -11,20 +11,20 @@
 //! cli/src/local/mod.rs   mesh run        pub struct Args (clap::Args)
 //!                                        pub async fn run(args: Args, global: &Global) -> anyhow::Result<()>
 //! cli/src/demo.rs        mesh demo       the same two items
-//! tracemesh_collector    mesh collector  tracemesh_collector::cli::{Args, run}, the same shape
+//! tracemesh_collector    mesh collector  tracemesh_collector::cli::{Args, run(args)}
 //! ```
 //!
-//! `Global` carries the resolved `--backend` and `--state-dir`. Until a module is wired in, its
-//! command answers with a "not available yet" error from `pending`.
+//! `Global` carries the resolved `--backend` and `--state-dir`.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 mod backend;
 mod certs;
 mod config;
+mod demo;
 mod install;
+mod local;
 mod namespace;
-mod pending;
 
 use backend::kube::KubeBackend;
 use backend::state_dir::StateDirBackend;
@@ -90,11 +90,11 @@ enum Command {
     /// Print the manifests that install the mesh (pipe to `kubectl apply -f -`)
     Install(install::Args),
     /// Run a workload with a sidecar on this machine (local backend)
-    Run(pending::Args),
+    Run(local::Args),
     /// Run the whole mesh on this machine: services, sidecars, collector, traces
-    Demo(pending::Args),
+    Demo(demo::Args),
     /// Development trace receiver that prints each trace as a tree
-    Collector(pending::Args),
+    Collector(tracemesh_collector::cli::Args),
     /// Print a shell completion script
     #[command(after_help = "\
 Examples:
@@ -164,9 +164,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Install(args) => install::run(&args, &mut out),
-        Command::Run(args) => pending::run("run", args, &global).await,
-        Command::Demo(args) => pending::run("demo", args, &global).await,
-        Command::Collector(args) => pending::run("collector", args, &global).await,
+        Command::Run(args) => local::run(args, &global).await,
+        Command::Demo(args) => demo::run(args, &global).await,
+        Command::Collector(args) => tracemesh_collector::cli::run(args).await,
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "mesh", &mut out);

@@ -6,8 +6,8 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod cli;
 mod collector;
-pub mod command;
 mod grpc;
 mod http;
 pub mod otlp;

@@ -32,9 +32,9 @@ pub fn enrolment(name: &str, namespace: Option<&Namespace>) -> Enrolment {
     }
     match (label(MONITORED_BY_LABEL), annotation) {
         (None, _) => Enrolment::Plain(format!("namespace {name} is not enrolled in a mesh")),
-        (Some(_), Some("disabled")) => Enrolment::Plain(format!(
-            "namespace {name} has sidecar injection disabled"
-        )),
+        (Some(_), Some("disabled")) => {
+            Enrolment::Plain(format!("namespace {name} has sidecar injection disabled"))
+        }
         (Some(mesh), _) => Enrolment::Sidecar {
             mesh: mesh.to_string(),
         },
@@ -73,11 +73,23 @@ mod tests {
             &[(MONITORED_BY_LABEL, "tracemesh")],
             &[(SIDECAR_INJECTION_ANNOTATION, "disabled")],
         );
-        assert!(matches!(enrolment("shop", Some(&disabled)), Enrolment::Plain(m) if m.contains("disabled")));
-        let ignored = namespace(&[(MONITORED_BY_LABEL, "tracemesh"), (IGNORE_LABEL, "true")], &[]);
-        assert!(matches!(enrolment("shop", Some(&ignored)), Enrolment::Plain(_)));
+        assert!(
+            matches!(enrolment("shop", Some(&disabled)), Enrolment::Plain(m) if m.contains("disabled"))
+        );
+        let ignored = namespace(
+            &[(MONITORED_BY_LABEL, "tracemesh"), (IGNORE_LABEL, "true")],
+            &[],
+        );
+        assert!(matches!(
+            enrolment("shop", Some(&ignored)),
+            Enrolment::Plain(_)
+        ));
         let plain = namespace(&[], &[]);
-        assert!(matches!(enrolment("shop", Some(&plain)), Enrolment::Plain(m) if m.contains("not enrolled")));
-        assert!(matches!(enrolment("shop", None), Enrolment::Plain(m) if m.contains("does not exist")));
+        assert!(
+            matches!(enrolment("shop", Some(&plain)), Enrolment::Plain(m) if m.contains("not enrolled"))
+        );
+        assert!(
+            matches!(enrolment("shop", None), Enrolment::Plain(m) if m.contains("does not exist"))
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! the namespace and the MeshConfig from the local backend's state dir (so `mesh config patch`
 //! reaches the sidecar live, through its file watcher).
 
+pub mod demo_app;
 pub mod enrolment;
 pub mod ports;
 pub mod probe;

@@ -68,7 +68,14 @@ impl Sidecar {
         }
         // The sidecar's own settings come from flags; a proxy variable inherited from the user's
         // shell must not redirect its export traffic.
-        for var in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        for var in [
+            "HTTP_PROXY",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
             command.env_remove(var);
         }
         if let Some(log) = &spec.log {
@@ -76,9 +83,9 @@ impl Sidecar {
                 .with_context(|| format!("creating the sidecar log {}", log.display()))?;
             command.stdout(file.try_clone()?).stderr(file);
         }
-        let child = command.spawn().with_context(|| {
-            format!("starting the sidecar {}", spec.proxy_bin.display())
-        })?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting the sidecar {}", spec.proxy_bin.display()))?;
         Ok(Self {
             child,
             outbound_port,
@@ -102,7 +109,10 @@ impl Sidecar {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("the sidecar exited during startup ({status}){}", self.log_tail());
+                bail!(
+                    "the sidecar exited during startup ({status}){}",
+                    self.log_tail()
+                );
             }
             if let Ok((200, _)) = probe::get(self.admin(), "/ready").await {
                 return Ok(());

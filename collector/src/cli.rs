@@ -14,7 +14,7 @@ pub const QUIET_PERIOD: Duration = Duration::from_secs(1);
 
 /// `mesh collector` flags.
 #[derive(Debug, Clone, clap::Args)]
-pub struct CollectorArgs {
+pub struct Args {
     /// Zipkin v2 JSON receiver (POST /api/v2/spans).
     #[arg(long, value_name = "ADDR")]
     pub zipkin: Option<SocketAddr>,
@@ -29,7 +29,7 @@ pub struct CollectorArgs {
     pub out: Option<PathBuf>,
 }
 
-impl CollectorArgs {
+impl Args {
     /// With no receiver named, listen where Zipkin and OTLP collectors usually do.
     fn config(&self) -> CollectorConfig {
         let mut config = CollectorConfig {
@@ -48,7 +48,7 @@ impl CollectorArgs {
 }
 
 /// Runs until Ctrl-C (or SIGTERM), printing traces as they complete.
-pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> anyhow::Result<()> {
     let collector = Collector::start(args.config())
         .await
         .context("starting the collector")?;
