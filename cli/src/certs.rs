@@ -79,3 +79,55 @@ fn name(common_name: &str) -> DistinguishedName {
     name.push(DnType::OrganizationName, "tracemesh");
     name
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::sync::Arc;
+
+    /// Verifies `cert_pem` for `name` against `ca_pem` exactly as a TLS client (the API server)
+    /// would: chain, validity, key usage and subject alternative name.
+    pub fn verify(ca_pem: &str, cert_pem: &str, name: &str) -> Result<(), rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM");
+        roots.add(ca)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert PEM");
+        let name = ServerName::try_from(name.to_string()).expect("server name");
+        verifier
+            .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn serving_certificate_is_signed_by_the_ca_for_the_service_names() {
+        let tls = generate("mesh-system").expect("generate");
+        for name in [
+            "mesh-injector.mesh-system.svc",
+            "mesh-injector.mesh-system.svc.cluster.local",
+        ] {
+            verify(&tls.ca_pem, &tls.cert_pem, name).expect(name);
+        }
+        assert!(verify(&tls.ca_pem, &tls.cert_pem, "evil.example.com").is_err());
+    }
+
+    #[test]
+    fn each_install_gets_its_own_ca() {
+        let first = generate("mesh-system").expect("first");
+        let second = generate("mesh-system").expect("second");
+        assert_ne!(first.ca_pem, second.ca_pem);
+        assert!(verify(
+            &first.ca_pem,
+            &second.cert_pem,
+            "mesh-injector.mesh-system.svc"
+        )
+        .is_err());
+    }
+}

@@ -9,11 +9,22 @@ use base64::Engine as _;
 use serde_json::json;
 use std::io::Write;
 
-const NAMESPACE: &str = "";
-const CRD: &str = "";
-const MESH_CONFIG: &str = "";
-const INJECTOR: &str = "";
-const WEBHOOK: &str = "";
+/// The manifests of this release, as the INSTALL stream orders them.
+pub struct Manifests {
+    pub namespace: &'static str,
+    pub crd: &'static str,
+    pub mesh_config: &'static str,
+    pub injector: &'static str,
+    pub webhook: &'static str,
+}
+
+pub const EMBEDDED: Manifests = Manifests {
+    namespace: "",
+    crd: "",
+    mesh_config: "",
+    injector: "",
+    webhook: "",
+};
 
 /// The literal the webhook manifest carries where the CA bundle goes.
 const CA_BUNDLE_PLACEHOLDER: &str = "${CA_BUNDLE}";
@@ -50,11 +61,11 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
-    out.write_all(render(args)?.as_bytes())?;
+    out.write_all(render(&EMBEDDED, args)?.as_bytes())?;
     Ok(())
 }
 
-pub fn render(args: &Args) -> anyhow::Result<String> {
+pub fn render(manifests: &Manifests, args: &Args) -> anyhow::Result<String> {
     let namespace = mesh_config::DEFAULT_NAMESPACE;
     let tls = certs::generate(namespace).context("generating the webhook certificates")?;
     let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
@@ -71,15 +82,17 @@ pub fn render(args: &Args) -> anyhow::Result<String> {
             "ca.crt": b64(&tls.ca_pem),
         }
     });
-    let webhook = WEBHOOK.replace(CA_BUNDLE_PLACEHOLDER, &b64(&tls.ca_pem));
+    let webhook = manifests
+        .webhook
+        .replace(CA_BUNDLE_PLACEHOLDER, &b64(&tls.ca_pem));
 
     let documents = [
-        NAMESPACE.to_string(),
-        CRD.to_string(),
+        manifests.namespace.to_string(),
+        manifests.crd.to_string(),
         serde_yaml::to_string(&secret)?,
-        with_mesh_name(INJECTOR, &args.mesh_name)?,
+        with_mesh_name(manifests.injector, &args.mesh_name)?,
         with_mesh_name(&webhook, &args.mesh_name)?,
-        mesh_config(args)?,
+        mesh_config(manifests.mesh_config, args)?,
     ];
     let mut stream = String::new();
     for document in documents {
@@ -93,8 +106,8 @@ pub fn render(args: &Args) -> anyhow::Result<String> {
 }
 
 /// The default MeshConfig with the tracing flags merged in, validated like any other patch.
-fn mesh_config(args: &Args) -> anyhow::Result<String> {
-    let parsed = mesh_config::parse(MESH_CONFIG).context("manifests/mesh-config.yaml")?;
+fn mesh_config(manifest: &str, args: &Args) -> anyhow::Result<String> {
+    let parsed = mesh_config::parse(manifest).context("manifests/mesh-config.yaml")?;
     let mut tracing = serde_json::Map::new();
     if args.enable_tracing {
         tracing.insert("enable".into(), json!(true));
@@ -199,4 +212,119 @@ fn split_documents(stream: &str) -> Vec<&str> {
                 .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small stand-ins with the shapes the real manifests have, so the rendering logic is tested
+    /// on its own; the embedded manifests are tested through the binary in tests/install.rs.
+    const SAMPLE: Manifests = Manifests {
+        namespace: "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh-system\n",
+        crd: "# the CRD\n---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: meshconfigs.config.tracemesh.dev\n",
+        mesh_config: "apiVersion: config.tracemesh.dev/v1alpha1\nkind: MeshConfig\nmetadata:\n  name: mesh-config\n  namespace: mesh-system\nspec: {}\n",
+        injector: "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: mesh-injector\n  namespace: mesh-system\nspec:\n  template:\n    spec:\n      containers:\n      - name: injector\n        args: [\"--mesh-name\", \"tracemesh\", \"--listen=0.0.0.0:9090\"]\n        env:\n        - name: MESH_NAME\n          value: tracemesh\n",
+        webhook: "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata:\n  name: mesh-injector\nwebhooks:\n- name: inject.tracemesh.dev\n  clientConfig:\n    caBundle: ${CA_BUNDLE}\n  namespaceSelector:\n    matchLabels:\n      tracemesh.dev/monitored-by: tracemesh\n",
+    };
+
+    fn args(mesh: &str) -> Args {
+        Args {
+            mesh_name: mesh.into(),
+            enable_tracing: false,
+            tracing_address: None,
+            tracing_port: None,
+            tracing_endpoint: None,
+        }
+    }
+
+    fn documents(stream: &str) -> Vec<serde_yaml::Value> {
+        split_documents(stream)
+            .into_iter()
+            .map(|doc| serde_yaml::from_str(doc).expect("each document parses"))
+            .collect()
+    }
+
+    #[test]
+    fn stream_holds_every_object_once_with_the_secret_before_the_injector() {
+        let docs = documents(&render(&SAMPLE, &args("tracemesh")).expect("render"));
+        let kinds: Vec<_> = docs
+            .iter()
+            .map(|d| d["kind"].as_str().expect("kind"))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "CustomResourceDefinition",
+                "Secret",
+                "Deployment",
+                "MutatingWebhookConfiguration",
+                "MeshConfig"
+            ]
+        );
+    }
+
+    #[test]
+    fn webhook_ca_bundle_is_the_ca_that_signed_the_serving_certificate() {
+        let docs = documents(&render(&SAMPLE, &args("tracemesh")).expect("render"));
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let decode = |value: &serde_yaml::Value| {
+            String::from_utf8(b64.decode(value.as_str().expect("string")).expect("base64"))
+                .expect("PEM")
+        };
+        let secret = &docs[2];
+        assert_eq!(secret["type"], "kubernetes.io/tls");
+        assert_eq!(secret["metadata"]["name"], TLS_SECRET);
+        let bundle = decode(&docs[4]["webhooks"][0]["clientConfig"]["caBundle"]);
+        assert_eq!(bundle, decode(&secret["data"]["ca.crt"]));
+        let cert = decode(&secret["data"]["tls.crt"]);
+        crate::certs::tests::verify(&bundle, &cert, "mesh-injector.mesh-system.svc")
+            .expect("chain");
+        assert!(decode(&secret["data"]["tls.key"]).contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn mesh_name_reaches_the_selector_the_args_and_the_env() {
+        let docs = documents(&render(&SAMPLE, &args("blue")).expect("render"));
+        let container = &docs[3]["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["args"][1], "blue");
+        assert_eq!(container["args"][2], "--listen=0.0.0.0:9090");
+        assert_eq!(container["env"][0]["value"], "blue");
+        assert_eq!(
+            docs[4]["webhooks"][0]["namespaceSelector"]["matchLabels"][MONITORED_BY_LABEL],
+            "blue"
+        );
+    }
+
+    #[test]
+    fn tracing_flags_set_the_mesh_config_and_are_validated() {
+        let mut with_tracing = args("tracemesh");
+        with_tracing.enable_tracing = true;
+        with_tracing.tracing_address = Some("zipkin.tracing".into());
+        with_tracing.tracing_port = Some(9411);
+        with_tracing.tracing_endpoint = Some("/api/v2/spans".into());
+        let docs = documents(&render(&SAMPLE, &with_tracing).expect("render"));
+        let tracing = &docs[5]["spec"]["observability"]["tracing"];
+        assert_eq!(tracing["enable"], true);
+        assert_eq!(tracing["address"], "zipkin.tracing");
+
+        let mut bad = args("tracemesh");
+        bad.tracing_endpoint = Some("no-slash".into());
+        let err = render(&SAMPLE, &bad).expect_err("invalid endpoint");
+        assert!(
+            err.to_string()
+                .contains("spec.observability.tracing.endpoint"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn split_ignores_empty_and_comment_only_documents() {
+        assert_eq!(
+            split_documents("---\n# c\n---\na: 1\n---\n"),
+            vec!["a: 1\n"]
+        );
+        assert_eq!(split_documents("a: 1\n--- \nb: 2\n").len(), 2);
+    }
 }
