@@ -1,0 +1,231 @@
+//! Transparent interception for real: a client pod (app + sidecar) talks to a server pod
+//! (sidecar + app) through `mesh-proxy init` rules, for each protocol the sidecar handles.
+//!
+//! The server app reports the addresses it saw: `local` must be the original destination (the
+//! pod IP and port the client dialled) and `peer` the server pod's own IP, which is only the case
+//! when the inbound sidecar made the last hop. The client side is intercepted because nothing but
+//! the sidecar answers on 15001 (the init tests show a redirected connection is refused otherwise).
+
+use std::net::Ipv4Addr;
+
+use tracemesh_tests::{root_or_skip, Mesh, Output, SidecarOpts};
+
+fn mesh() -> Mesh {
+    Mesh::new(SidecarOpts::default()).expect("meshed client and server pods")
+}
+
+/// The value of a response header in `curl -D -` output (case-insensitive name).
+fn header(out: &str, name: &str) -> Option<String> {
+    out.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+fn ip_of(addr: &str) -> Option<Ipv4Addr> {
+    addr.rsplit_once(':')?.0.parse().ok()
+}
+
+fn curl(mesh: &Mesh, args: &[&str]) -> Output {
+    let mut full = vec!["curl", "-sS", "--max-time", "20"];
+    full.extend_from_slice(args);
+    mesh.client
+        .exec(&full)
+        .expect("run curl")
+        .check("curl")
+        .expect("curl through both sidecars")
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn http1_get_crosses_both_sidecars_to_the_original_destination() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    let _app = mesh
+        .server
+        .spawn_server(&["http-echo", "--listen", "0.0.0.0:8080"])
+        .expect("app");
+    let url = format!("http://{}:8080/hello?x=1", mesh.server.ip());
+    let out = curl(&mesh, &["-D", "/dev/stderr", "-H", "x-test: kept", &url]);
+    let info: serde_json::Value = serde_json::from_str(&out.stdout).expect("echo JSON");
+    assert_eq!(info["path"], "/hello?x=1");
+    assert_eq!(info["method"], "GET");
+    assert_eq!(info["headers"]["x-test"], "kept");
+    assert_eq!(
+        info["local"],
+        format!("{}:8080", mesh.server.ip()),
+        "app did not see the original destination"
+    );
+    let peer = info["peer"].as_str().and_then(ip_of);
+    assert_eq!(
+        peer,
+        Some(mesh.server.ip()),
+        "inbound sidecar not in the path"
+    );
+    assert!(out.stderr.contains("HTTP/1.1 200"), "{}", out.stderr);
+
+    // Keep-alive: several requests on one client connection all work.
+    let out = curl(
+        &mesh,
+        &["-o", "/dev/null", "-w", "%{http_code}\n", &url, &url, &url],
+    );
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["200", "200", "200"]
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn http1_streamed_post_body_is_echoed_whole() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    let _app = mesh
+        .server
+        .spawn_server(&["http-echo", "--listen", "0.0.0.0:8080"])
+        .expect("app");
+    // 3 MiB of varied bytes, sent chunked so nothing knows the length up front.
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+        .collect();
+    let input = mesh.net.dir().join("body.in");
+    let output = mesh.net.dir().join("body.out");
+    std::fs::write(&input, &body).expect("write body");
+    let url = format!("http://{}:8080/upload", mesh.server.ip());
+    let data = format!("@{}", input.display());
+    let out = curl(
+        &mesh,
+        &[
+            "-D",
+            "-",
+            "-o",
+            &output.to_string_lossy(),
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &data,
+            &url,
+        ],
+    );
+    let echoed = std::fs::read(&output).expect("read echoed body");
+    assert_eq!(echoed.len(), body.len(), "headers:\n{}", out.stdout);
+    assert!(echoed == body, "echoed body differs");
+    let peer = header(&out.stdout, "x-echo-peer");
+    assert_eq!(peer.as_deref().and_then(ip_of), Some(mesh.server.ip()));
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn h2c_prior_knowledge_crosses_both_sidecars() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    let _app = mesh
+        .server
+        .spawn_server(&["http-echo", "--listen", "0.0.0.0:8080"])
+        .expect("app");
+    let url = format!("http://{}:8080/h2", mesh.server.ip());
+    let out = curl(
+        &mesh,
+        &["--http2-prior-knowledge", "-D", "/dev/stderr", &url],
+    );
+    assert!(
+        out.stderr.contains("HTTP/2 200"),
+        "not HTTP/2 to the client: {}",
+        out.stderr
+    );
+    let info: serde_json::Value = serde_json::from_str(&out.stdout).expect("echo JSON");
+    assert_eq!(info["path"], "/h2");
+    assert_eq!(info["local"], format!("{}:8080", mesh.server.ip()));
+    assert_eq!(
+        info["peer"].as_str().and_then(ip_of),
+        Some(mesh.server.ip())
+    );
+
+    let out = curl(
+        &mesh,
+        &["--http2-prior-knowledge", "--data-binary", "h2 body", &url],
+    );
+    assert_eq!(out.stdout, "h2 body");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn opaque_port_server_speaks_first() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    // 6379 is in the default opaquePorts: the server's banner must come through before the client
+    // has sent anything, so no sidecar may wait for client bytes to detect a protocol.
+    let _redis = mesh
+        .server
+        .spawn_server(&["tcp-echo", "--listen", "0.0.0.0:6379", "--banner", "+OK"])
+        .expect("server");
+    let addr = format!("{}:6379", mesh.server.ip());
+    let out = mesh
+        .client
+        .support(&["tcp-client", "--banner", &addr, "PING\r\n"])
+        .expect("run client")
+        .check("tcp-client")
+        .expect("opaque TCP through both sidecars");
+    let mut lines = out.stdout.splitn(2, '\n');
+    let banner = lines.next().unwrap_or_default();
+    assert!(
+        banner.starts_with(&format!("+OK local={addr} peer={}:", mesh.server.ip())),
+        "banner: {banner:?}"
+    );
+    assert_eq!(lines.next(), Some("PING\r\n"));
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn opaque_tcp_on_a_detected_port_falls_back_to_tcp() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    let _echo = mesh
+        .server
+        .spawn_server(&["tcp-echo", "--listen", "0.0.0.0:7000"])
+        .expect("server");
+    let addr = format!("{}:7000", mesh.server.ip());
+    let message = "\u{1}\u{2}not http at all\nsecond line\n";
+    let out = mesh
+        .client
+        .support(&["tcp-client", &addr, message])
+        .expect("run client")
+        .check("tcp-client")
+        .expect("TCP through both sidecars");
+    assert_eq!(out.stdout, message);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn websocket_echo_crosses_both_sidecars() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    let _ws = mesh
+        .server
+        .spawn_server(&["ws-echo", "--listen", "0.0.0.0:8081"])
+        .expect("server");
+    let url = format!("ws://{}:8081/chat", mesh.server.ip());
+    let out = mesh
+        .client
+        .support(&["ws-client", &url, "hello over websocket"])
+        .expect("run client")
+        .check("ws-client")
+        .expect("WebSocket through both sidecars");
+    assert_eq!(out.stdout.trim_end(), "hello over websocket");
+}
