@@ -183,7 +183,8 @@ pub struct HyperClient {
 }
 
 impl HyperClient {
-    /// Must be called inside a tokio runtime.
+    /// Must be called inside a tokio runtime (so no `Default`: it would panic elsewhere).
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
