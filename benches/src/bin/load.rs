@@ -1,0 +1,285 @@
+//! Load bench: the same bounded load against an echo server directly, through one sidecar
+//! (explicit inbound), and through two (client → sidecar A outbound forward proxy → sidecar B
+//! inbound → server), all in one run so the three share the machine's conditions.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use mesh_config::{LogLevel, MeshConfig, Protocol};
+use tracemesh_benches::sidecar::{free_port, Sidecar, Spec};
+use tracemesh_benches::stats::Summary;
+use tracemesh_benches::{echo, load, sink};
+
+#[derive(Parser, Debug)]
+#[command(about = "Latency and throughput through tracemesh sidecars vs a direct baseline")]
+struct Args {
+    /// The mesh-proxy binary.
+    #[arg(long, default_value = "target/release/mesh-proxy")]
+    proxy: PathBuf,
+    /// Requests per scenario and concurrency level.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Concurrency levels (connections), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<usize>,
+    /// Hard time limit per measurement, seconds.
+    #[arg(long, default_value_t = 30)]
+    time_limit: u64,
+    /// Warm-up requests before each measurement (not counted).
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
+    /// Request body size in bytes (echoed back).
+    #[arg(long, default_value_t = 128)]
+    body_size: usize,
+    /// Worker threads per sidecar (`--threads`).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Tracing in the sidecars, at 100% sampling, exporting to a local sink.
+    #[arg(long, value_enum, default_value_t = TracingMode::Off)]
+    tracing: TracingMode,
+    /// Span protocol when tracing is on.
+    #[arg(long, default_value = "zipkin")]
+    protocol: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TracingMode {
+    Off,
+    On,
+    Both,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Two workers: the client must not be the bottleneck, and the machine is small.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let server = echo::start()?;
+    let proxy = locate_proxy(&args.proxy);
+    let work = std::env::temp_dir().join(format!("tracemesh-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    println!(
+        "echo server {server}; proxy {}; logs in {}",
+        proxy.display(),
+        work.display()
+    );
+
+    let modes: &[bool] = match args.tracing {
+        TracingMode::Off => &[false],
+        TracingMode::On => &[true],
+        TracingMode::Both => &[false, true],
+    };
+    let result = async {
+        if !proxy.exists() {
+            println!("\n{} not found (build it: cargo build --release -p mesh-proxy); direct baseline only", proxy.display());
+            for &c in &args.concurrency {
+                let s = measure(&args, &load::Target::direct(server), c).await;
+                println!("c={c:<3} direct {s}");
+            }
+            anyhow::bail!("no proxy binary");
+        }
+        for &tracing in modes {
+            run_mode(&args, &proxy, &work, server, tracing).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn locate_proxy(flag: &Path) -> PathBuf {
+    if flag.is_absolute() || flag.exists() {
+        return flag.to_path_buf();
+    }
+    // `cargo run` may start us outside the workspace root.
+    let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(flag);
+    if from_manifest.exists() {
+        from_manifest
+    } else {
+        flag.to_path_buf()
+    }
+}
+
+async fn run_mode(
+    args: &Args,
+    proxy: &Path,
+    work: &Path,
+    server: SocketAddr,
+    tracing: bool,
+) -> anyhow::Result<()> {
+    let sink = if tracing {
+        Some(sink::start().await?)
+    } else {
+        None
+    };
+    let config_path = work.join(format!(
+        "mesh-config-{}.yaml",
+        if tracing { "tracing" } else { "plain" }
+    ));
+    let mut config = MeshConfig::default();
+    config.spec.sidecar.log_level = LogLevel::Warn;
+    if let Some((addr, _)) = &sink {
+        let t = &mut config.spec.observability.tracing;
+        t.enable = true;
+        t.address = addr.ip().to_string();
+        t.port = addr.port();
+        t.sampled_fraction = 1.0;
+        t.protocol = match args.protocol.as_str() {
+            "otlp-http" => Protocol::OtlpHttp,
+            "otlp-grpc" => Protocol::OtlpGrpc,
+            _ => Protocol::Zipkin,
+        };
+        t.endpoint = match t.protocol {
+            Protocol::Zipkin => "/api/v2/spans".into(),
+            _ => "/v1/traces".into(),
+        };
+    }
+    config.validate().context("bench mesh config")?;
+    std::fs::write(&config_path, config.to_yaml())?;
+
+    println!(
+        "\n== tracing {} (sampledFraction 1.0{}), sidecar threads {}, {} requests x {:?} connections, {} B bodies",
+        if tracing { "ON" } else { "off" },
+        if tracing { format!(", {}", args.protocol) } else { String::new() },
+        args.threads,
+        args.requests,
+        args.concurrency,
+        args.body_size
+    );
+
+    let b_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let b = Sidecar::start(Spec {
+        name: "sidecar-b",
+        proxy,
+        mesh_config: &config_path,
+        inbound: vec![(b_listen, server)],
+        threads: args.threads,
+        log_dir: work,
+    })
+    .await?;
+    let a = match Sidecar::start(Spec {
+        name: "sidecar-a",
+        proxy,
+        mesh_config: &config_path,
+        inbound: Vec::new(),
+        threads: args.threads,
+        log_dir: work,
+    })
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            b.stop().await;
+            return Err(e);
+        }
+    };
+    // Let allocations from startup settle before reading the idle footprint.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = (a.rss_kib(), b.rss_kib());
+
+    let scenarios = [
+        ("direct", load::Target::direct(server)),
+        ("1 sidecar", load::Target::direct(b_listen)),
+        (
+            "2 sidecars",
+            load::Target::via_proxy(a.outbound(), b_listen)?,
+        ),
+    ];
+    for &c in &args.concurrency {
+        let mut summaries = Vec::new();
+        for (name, target) in &scenarios {
+            let s = measure(args, target, c).await;
+            println!("c={c:<3} {name:<10} {s}");
+            summaries.push(s);
+        }
+        report_overhead(c, &summaries[0], &summaries[1], &summaries[2]);
+    }
+    let loaded = (a.rss_kib(), b.rss_kib());
+    println!(
+        "RSS sidecar A: idle {} KiB, after load {} KiB; sidecar B: idle {} KiB, after load {} KiB",
+        kib(idle.0),
+        kib(loaded.0),
+        kib(idle.1),
+        kib(loaded.1)
+    );
+    if let Some((_, counts)) = &sink {
+        // Give the exporters a moment to flush their last batch.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!(
+            "trace sink: {} export requests, {} bytes",
+            counts.posts.load(std::sync::atomic::Ordering::Relaxed),
+            counts.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+    Ok(())
+}
+
+fn kib(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+}
+
+async fn measure(args: &Args, target: &load::Target, concurrency: usize) -> Summary {
+    let body = Bytes::from(vec![b'x'; args.body_size]);
+    let warm = load::Plan {
+        requests: args.warmup,
+        concurrency,
+        time_limit: Duration::from_secs(5),
+        body: body.clone(),
+    };
+    load::run(target, &warm).await;
+    let plan = load::Plan {
+        requests: args.requests,
+        concurrency,
+        time_limit: Duration::from_secs(args.time_limit),
+        body,
+    };
+    load::run(target, &plan).await
+}
+
+/// Added latency per sidecar (one sidecar: the difference; two: half of it) and ratios.
+fn report_overhead(c: usize, direct: &Summary, one: &Summary, two: &Summary) {
+    let added = |x: Duration, base: Duration, n: u32| -> String {
+        let d = x.as_secs_f64() - base.as_secs_f64();
+        format!("{:+.1}", d * 1e6 / f64::from(n))
+    };
+    let ratio = |x: Duration, base: Duration| -> String {
+        if base.is_zero() {
+            "?".into()
+        } else {
+            format!("{:.2}x", x.as_secs_f64() / base.as_secs_f64())
+        }
+    };
+    println!(
+        "c={c:<3} added per sidecar: p50 {} µs (1 sidecar) / {} µs (2 sidecars, per hop); p99 {} / {} µs; \
+         p50 ratio vs direct {} / {}; throughput ratio {:.2} / {:.2}",
+        added(one.p50, direct.p50, 1),
+        added(two.p50, direct.p50, 2),
+        added(one.p99, direct.p99, 1),
+        added(two.p99, direct.p99, 2),
+        ratio(one.p50, direct.p50),
+        ratio(two.p50, direct.p50),
+        safe_div(one.throughput(), direct.throughput()),
+        safe_div(two.throughput(), direct.throughput()),
+    );
+}
+
+fn safe_div(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}

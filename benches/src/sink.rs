@@ -1,0 +1,54 @@
+//! A trace sink for the tracing-cost runs: accepts any POST (Zipkin JSON or OTLP/HTTP) and
+//! answers 202, counting requests and bytes so the report shows spans really left the sidecars.
+//! Decoding them would measure the collector, not the sidecar.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+#[derive(Default, Debug)]
+pub struct Counts {
+    pub posts: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let counts = Arc::new(Counts::default());
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let c = c.clone();
+                    async move {
+                        let len = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        c.posts.fetch_add(1, Ordering::Relaxed);
+                        c.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        let mut resp = http::Response::new(Empty::<Bytes>::new());
+                        *resp.status_mut() = http::StatusCode::ACCEPTED;
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, counts))
+}
