@@ -19,11 +19,11 @@ pub struct Manifests {
 }
 
 pub const EMBEDDED: Manifests = Manifests {
-    namespace: "",
-    crd: "",
-    mesh_config: "",
-    injector: "",
-    webhook: "",
+    namespace: include_str!("../../manifests/namespace.yaml"),
+    crd: include_str!("../../manifests/crd.yaml"),
+    mesh_config: include_str!("../../manifests/mesh-config.yaml"),
+    injector: include_str!("../../manifests/injector.yaml"),
+    webhook: include_str!("../../manifests/webhook.yaml"),
 };
 
 /// The literal the webhook manifest carries where the CA bundle goes.
