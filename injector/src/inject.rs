@@ -6,7 +6,6 @@
 //! `/spec/volumes` does not exist (the classic injector bug).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
@@ -462,19 +461,9 @@ fn join(ports: &[i32]) -> String {
         .join(",")
 }
 
-/// Checks `addr/prefix`; iptables takes exactly this form.
+/// Checks `addr/prefix` with the same rules as the MeshConfig's list.
 pub fn parse_cidr(cidr: &str) -> Result<(), String> {
-    let (addr, prefix) = cidr
-        .split_once('/')
-        .ok_or_else(|| format!("{cidr:?} is not a CIDR (addr/prefix)"))?;
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{cidr:?}: {addr:?} is not an IP address"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    match prefix.parse::<u8>() {
-        Ok(p) if p <= max => Ok(()),
-        _ => Err(format!("{cidr:?}: prefix must be 0..={max}")),
-    }
+    mesh_config::parse_cidr(cidr).map(|_| ())
 }
 
 fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
