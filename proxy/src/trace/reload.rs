@@ -30,3 +30,11 @@ where
         }
     })
 }
+
+/// [`follow`] for the proxy's config watch (`mesh_config::watch`): what `mesh-proxy run` uses.
+pub fn follow_snapshots(
+    tracer: Tracer,
+    rx: watch::Receiver<Arc<mesh_config::watch::Snapshot>>,
+) -> tokio::task::JoinHandle<()> {
+    follow(tracer, rx, |snapshot| snapshot.config.clone())
+}
