@@ -590,6 +590,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn kube_list_of_every_mesh_selects_on_the_label_key() {
+        let (backend, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            let (_, send) = expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces?&labelSelector=tracemesh.dev%2Fmonitored-by",
+            )
+            .await;
+            reply(
+                send,
+                200,
+                json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": []}),
+            );
+        });
+        let (result, out) =
+            run_to_string(Command::List(ListArgs { mesh_name: None }), &backend).await;
+        server.await.expect("server");
+        result.expect("listed");
+        assert_eq!(out, "No namespaces in any mesh\n");
+    }
+
+    #[tokio::test]
     async fn local_add_creates_then_reports_already_added_then_removes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let backend = StateDirBackend::new(dir.path());
