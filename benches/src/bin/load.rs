@@ -94,7 +94,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
-    let _ = std::fs::remove_dir_all(&work);
+    // Keep the sidecars' logs when something failed: they say why.
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     result
 }
 
