@@ -106,15 +106,18 @@ impl Sidecar {
         self.admin("/metrics")
     }
 
-    /// Sum of every sample of `metric` (any labels) whose label set contains all of `labels`
-    /// (`key="value"` fragments), e.g. `metric_sum(&text, "requests_total", &["direction=\"inbound\""])`.
+    /// Sum of every sample of `metric` whose label set contains all of `labels` (`key="value"`
+    /// fragments). `metric` also matches names that end with `_<metric>`, so a registry prefix
+    /// does not matter: `metric_sum(&text, "requests_total", &["direction=\"inbound\""])`.
     pub fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {
                 let (series, value) = l.rsplit_once(' ')?;
                 let name = series.split('{').next()?;
-                if name != metric || !labels.iter().all(|f| series.contains(f)) {
+                if !(name == metric || name.ends_with(&format!("_{metric}")))
+                    || !labels.iter().all(|f| series.contains(f))
+                {
                     return None;
                 }
                 value.parse::<f64>().ok()
@@ -129,18 +132,30 @@ impl Sidecar {
                 return Ok(());
             }
             if !self.proc.is_running() {
-                bail!(
-                    "sidecar exited before ready; stderr:\n{}",
-                    self.proc.stderr()
-                );
+                bail!("sidecar exited before ready\n{}", self.proc.describe());
             }
             if start.elapsed() > WAIT {
-                bail!(
-                    "sidecar not ready after {WAIT:?}; stderr:\n{}",
-                    self.proc.stderr()
-                );
+                bail!("sidecar not ready after {WAIT:?}\n{}", self.proc.describe());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sidecar;
+
+    #[test]
+    fn metric_sum_matches_name_suffix_and_labels() {
+        let text = "# HELP x\n\
+                    mesh_requests_total{direction=\"inbound\",protocol=\"http1\"} 2\n\
+                    mesh_requests_total{direction=\"outbound\",protocol=\"http1\"} 5\n\
+                    requests_total{direction=\"inbound\",protocol=\"h2\"} 1\n\
+                    other_requests_totals{direction=\"inbound\"} 100\n";
+        let inbound = ["direction=\"inbound\""];
+        assert_eq!(Sidecar::metric_sum(text, "requests_total", &inbound), 3.0);
+        assert_eq!(Sidecar::metric_sum(text, "requests_total", &[]), 8.0);
+        assert_eq!(Sidecar::metric_sum(text, "missing", &[]), 0.0);
     }
 }

@@ -1,0 +1,631 @@
+//! Tracing end to end: three services A → B → C, each behind its own `mesh-proxy`, and a
+//! collector decoding what the sidecars send (Zipkin v2 JSON / OTLP protobuf).
+//!
+//! The apps are not instrumented: like Istio's sample apps they copy the trace headers of the
+//! request they serve onto the request they make (a small Python relay). The sidecars alone
+//! must turn that into one connected tree: A SERVER → A CLIENT → B SERVER → B CLIENT → C SERVER.
+//!
+//! Explicit mode (loopback, no root) runs in every `cargo test`; transparent mode (pods, iptables)
+//! is root-only like the rest of the e2e suite.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracemesh_collector::span::Span;
+use tracemesh_collector::{Collector, CollectorConfig, RunningCollector};
+use tracemesh_tests::{binaries, root_or_skip, Pod, Proc, SidecarOpts, WAIT};
+
+/// An uninstrumented app: serves GET, calls `NEXT` (if set) with the trace headers it received.
+const RELAY: &str = r#"
+import http.server, os, sys, urllib.request
+HOST, PORT, NEXT = sys.argv[1], int(sys.argv[2]), os.environ.get("NEXT", "")
+KEEP = {"x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
+        "b3", "traceparent", "tracestate", "x-request-id"}
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+class Relay(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        status, body = 200, b"leaf"
+        if NEXT:
+            headers = {k: v for k, v in self.headers.items() if k.lower() in KEEP}
+            try:
+                with OPENER.open(urllib.request.Request(NEXT + self.path, headers=headers), timeout=20) as r:
+                    body = r.read()
+            except Exception as e:
+                status, body = 502, str(e).encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer((HOST, PORT), Relay)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+/// A Zipkin receiver for pods (the in-process collector is not reachable from a namespace):
+/// appends each POSTed body as one line to a file.
+const RECEIVER: &str = r#"
+import http.server, sys
+OUT = sys.argv[2]
+class Receiver(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        with open(OUT, "ab") as f:
+            f.write(body.replace(b"\n", b" ") + b"\n")
+        self.send_response(202)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Receiver)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// Assertions on what the collector received.
+
+fn is_lower_hex(s: &str, lens: &[usize]) -> bool {
+    lens.contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+/// The zipkin2 API schema's rules for one span.
+fn assert_zipkin_schema(s: &Span) {
+    assert!(is_lower_hex(&s.trace_id, &[16, 32]), "traceId {s:?}");
+    assert!(is_lower_hex(&s.id, &[16]), "id {s:?}");
+    if let Some(p) = &s.parent_id {
+        assert!(is_lower_hex(p, &[16]), "parentId {s:?}");
+    }
+    // Epoch microseconds: after 2020, before 2100.
+    let ts = s.timestamp.expect("timestamp");
+    assert!(
+        (1_577_836_800_000_000..4_102_444_800_000_000).contains(&ts),
+        "timestamp {ts}"
+    );
+    assert!(s.duration.expect("duration") >= 1);
+}
+
+/// One request's trace: A SERVER → A CLIENT → B SERVER → B CLIENT → C SERVER, connected by
+/// parent ids, with the contract's services and tags.
+fn assert_chain(spans: &[Span], services: [&str; 3], zipkin_tags: bool) {
+    assert_eq!(spans.len(), 5, "one span per hop and side: {spans:#?}");
+    let trace = &spans[0].trace_id;
+    assert!(
+        spans.iter().all(|s| &s.trace_id == trace),
+        "one trace: {spans:#?}"
+    );
+    let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
+    assert_eq!(by_id.len(), 5, "distinct span ids: {spans:#?}");
+    let roots: Vec<_> = spans.iter().filter(|s| s.parent_id.is_none()).collect();
+    assert_eq!(roots.len(), 1, "exactly one root: {spans:#?}");
+
+    let expected = [
+        ("SERVER", services[0]),
+        ("CLIENT", services[0]),
+        ("SERVER", services[1]),
+        ("CLIENT", services[1]),
+        ("SERVER", services[2]),
+    ];
+    let mut current = roots[0];
+    for (i, (kind, service)) in expected.iter().enumerate() {
+        assert_zipkin_schema(current);
+        assert_eq!(
+            current.kind.map(|k| k.as_str()),
+            Some(*kind),
+            "hop {i}: {current:#?}"
+        );
+        assert_eq!(current.service(), *service, "hop {i}: {current:#?}");
+        if zipkin_tags {
+            assert_eq!(current.tag("http.method"), Some("GET"), "{current:#?}");
+            assert_eq!(current.tag("http.status_code"), Some("200"), "{current:#?}");
+            assert!(
+                current
+                    .tag("http.url")
+                    .is_some_and(|u| u.starts_with("http://")),
+                "{current:#?}"
+            );
+            for tag in [
+                "upstream_cluster",
+                "peer.address",
+                "request_size",
+                "response_size",
+            ] {
+                assert!(current.tag(tag).is_some(), "{tag} missing: {current:#?}");
+            }
+            assert!(current.tag("error").is_none(), "{current:#?}");
+        }
+        let children: Vec<_> = spans
+            .iter()
+            .filter(|s| s.parent_id.as_deref() == Some(current.id.as_str()))
+            .collect();
+        if i + 1 < expected.len() {
+            assert_eq!(children.len(), 1, "hop {i} has one child: {spans:#?}");
+            current = children[0];
+        } else {
+            assert!(children.is_empty());
+        }
+    }
+}
+
+fn group(spans: &[Span]) -> BTreeMap<String, Vec<Span>> {
+    let mut traces: BTreeMap<String, Vec<Span>> = BTreeMap::new();
+    for s in spans {
+        traces
+            .entry(s.trace_id.clone())
+            .or_default()
+            .push(s.clone());
+    }
+    traces
+}
+
+// ---------------------------------------------------------------------------------------------
+// Explicit mode: every process on loopback, distinct ports, no root.
+
+/// A child process killed on drop; its stderr is printed when the test fails.
+struct Spawned {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Spawned {
+    fn start(name: &str, mut cmd: Command, dir: &Path) -> Spawned {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Spawned {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} ---\n{}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(start.elapsed() < WAIT, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tracing_yaml(enable: bool, protocol: &str, port: u16, endpoint: &str) -> String {
+    format!(
+        "apiVersion: config.tracemesh.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: mesh-config, namespace: mesh-system}}\n\
+         spec:\n  observability:\n    tracing:\n      enable: {enable}\n      address: 127.0.0.1\n      port: {port}\n      \
+         endpoint: {endpoint}\n      protocol: {protocol}\n      sampledFraction: 1.0\n"
+    )
+}
+
+/// Rewrites the MeshConfig atomically, as `mesh config patch` does.
+fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// A → B → C on loopback. `entry` is A's inbound listener, where requests enter the mesh.
+struct ExplicitMesh {
+    _procs: Vec<Spawned>,
+    entry: SocketAddr,
+    config: PathBuf,
+    admin_ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+fn explicit_mesh(config_yaml: &str) -> ExplicitMesh {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay.py");
+    std::fs::write(&relay, RELAY).expect("relay script");
+    let config = dir.path().join("mesh-config.yaml");
+    write_config(&config, config_yaml);
+    let proxy = binaries::mesh_proxy().expect("mesh-proxy binary");
+
+    let mut procs = Vec::new();
+    let mut admin_ports = Vec::new();
+    // Built from the leaf up, so each knows its next hop's entry point.
+    let mut next_entry: Option<u16> = None;
+    for name in ["c", "b", "a"] {
+        let app_port = free_port();
+        let mut app = Command::new("python3");
+        app.arg(&relay)
+            .arg("127.0.0.1")
+            .arg(app_port.to_string())
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY");
+        let route_port = free_port();
+        if next_entry.is_some() {
+            app.env("NEXT", format!("http://127.0.0.1:{route_port}"));
+        }
+        procs.push(Spawned::start(&format!("{name}-app"), app, dir.path()));
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], app_port)));
+
+        let inbound_port = free_port();
+        let admin_port = free_port();
+        let mut sidecar = Command::new(&proxy);
+        sidecar
+            .args(["run", "--mesh-config"])
+            .arg(&config)
+            .args([
+                "--service",
+                name,
+                "--namespace",
+                "demo",
+                "--pod-ip",
+                "127.0.0.1",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--inbound-port", &free_port().to_string()])
+            .args(["--outbound-port", &free_port().to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
+            .args([
+                "--inbound",
+                &format!("127.0.0.1:{inbound_port}=127.0.0.1:{app_port}"),
+            ])
+            .env("RUST_LOG", "info");
+        if let Some(next) = next_entry {
+            sidecar.args([
+                "--outbound",
+                &format!("127.0.0.1:{route_port}=127.0.0.1:{next}"),
+            ]);
+        }
+        procs.push(Spawned::start(
+            &format!("{name}-sidecar"),
+            sidecar,
+            dir.path(),
+        ));
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], inbound_port)));
+        admin_ports.push(admin_port);
+        next_entry = Some(inbound_port);
+    }
+    let entry = SocketAddr::from(([127, 0, 0, 1], next_entry.expect("a's entry")));
+    ExplicitMesh {
+        _procs: procs,
+        entry,
+        config,
+        admin_ports,
+        _dir: dir,
+    }
+}
+
+/// One GET through the mesh; the status (0 on a transport error).
+async fn get(client: &HyperClient, url: &str) -> u16 {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return 0;
+    };
+    let request = http::Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new());
+    let Ok(request) = request else { return 0 };
+    match tokio::time::timeout(WAIT, client.request(request)).await {
+        Ok(Ok(response)) => {
+            let status = response.status().as_u16();
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            status
+        }
+        _ => 0,
+    }
+}
+
+type HyperClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+fn client() -> HyperClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new())
+}
+
+async fn collector() -> RunningCollector {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    Collector::start(CollectorConfig {
+        zipkin: Some(any),
+        otlp_http: Some(any),
+        otlp_grpc: Some(any),
+        out: None,
+    })
+    .await
+    .expect("collector")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_mode_a_b_c_is_one_connected_tree_over_zipkin() {
+    let collector = collector().await;
+    let port = collector.zipkin.expect("zipkin").port();
+    let mesh = explicit_mesh(&tracing_yaml(true, "zipkin", port, "/api/v2/spans"));
+    let client = client();
+    const REQUESTS: usize = 5;
+    for _ in 0..REQUESTS {
+        assert_eq!(
+            get(&client, &format!("http://{}/items/7", mesh.entry)).await,
+            200
+        );
+    }
+    let spans = collector
+        .wait_for_spans(5 * REQUESTS, WAIT)
+        .await
+        .expect("every span");
+    let traces = group(&spans);
+    assert_eq!(traces.len(), REQUESTS, "one trace per request");
+    for spans in traces.values() {
+        assert_chain(spans, ["a.demo", "b.demo", "c.demo"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_mode_tree_over_otlp_http_and_grpc() {
+    let collector = collector().await;
+    for (protocol, port, endpoint) in [
+        (
+            "otlp-http",
+            collector.otlp_http.expect("otlp-http").port(),
+            "/v1/traces",
+        ),
+        (
+            "otlp-grpc",
+            collector.otlp_grpc.expect("otlp-grpc").port(),
+            "/ignored",
+        ),
+    ] {
+        let before = collector.spans().len();
+        let mesh = explicit_mesh(&tracing_yaml(true, protocol, port, endpoint));
+        assert_eq!(
+            get(&client(), &format!("http://{}/x", mesh.entry)).await,
+            200
+        );
+        let spans = collector
+            .wait_for_spans(before + 5, WAIT)
+            .await
+            .expect("every span");
+        let new: Vec<Span> = spans[before..].to_vec();
+        assert_chain(&new, ["a.demo", "b.demo", "c.demo"], false);
+        // OTLP carries semantic-convention attributes.
+        assert!(
+            new.iter()
+                .all(|s| s.tag("http.request.method") == Some("GET")),
+            "{protocol}: {new:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_mode_reload_under_load_moves_spans_without_failures_or_loss() {
+    let old = collector().await;
+    let new = collector().await;
+    let mesh = explicit_mesh(&tracing_yaml(
+        true,
+        "zipkin",
+        old.zipkin.expect("zipkin").port(),
+        "/api/v2/spans",
+    ));
+    let url = format!("http://{}/load", mesh.entry);
+
+    // Bounded load: 4 workers, 300 requests, running while the document flips.
+    const REQUESTS: usize = 300;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (sent, failed, url, client) = (sent.clone(), failed.clone(), url.clone(), client());
+        workers.push(tokio::spawn(async move {
+            while sent.fetch_add(1, Ordering::SeqCst) < REQUESTS {
+                if get(&client, &url).await != 200 {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    while sent.load(Ordering::SeqCst) < REQUESTS / 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    write_config(
+        &mesh.config,
+        &tracing_yaml(
+            true,
+            "otlp-http",
+            new.otlp_http.expect("otlp-http").port(),
+            "/v1/traces",
+        ),
+    );
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed across the reload"
+    );
+
+    // Requests after the switch reach the new collector.
+    for _ in 0..5 {
+        assert_eq!(get(&client(), &url).await, 200);
+    }
+    let total = 5 * (REQUESTS + 5);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (o, n) = (old.spans().len(), new.spans().len());
+        if o + n >= total {
+            assert_eq!(o + n, total, "no span lost or duplicated");
+            assert!(n >= 25, "the new collector gets the new spans ({n})");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans lost: old {o} + new {n} < {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each sidecar counted nothing dropped.
+    for port in &mesh.admin_ports {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("trace_spans_started"), "{text}");
+        let dropped: f64 = text
+            .lines()
+            .filter(|l| l.contains("trace_spans_dropped") && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        assert_eq!(dropped, 0.0, "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_mode_collector_down_requests_still_succeed() {
+    let mesh = explicit_mesh(&tracing_yaml(true, "zipkin", free_port(), "/api/v2/spans"));
+    let client = client();
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, &format!("http://{}/down", mesh.entry)).await,
+            200
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transparent mode: pods, iptables, sidecars as UID 1500.
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn transparent_mode_a_b_c_is_one_connected_tree() {
+    if !root_or_skip() {
+        return;
+    }
+    let net = tracemesh_tests::Net::new().expect("net");
+    let scripts = net.dir().join("relay.py");
+    std::fs::write(&scripts, RELAY).expect("relay");
+    let receiver = net.dir().join("receiver.py");
+    std::fs::write(&receiver, RECEIVER).expect("receiver");
+    let spans_file = net.dir().join("spans.jsonl");
+
+    let collector = Pod::new(&net, "collector").expect("collector pod");
+    let mut receiver_proc = collector
+        .spawn(
+            "receiver",
+            &[
+                "python3",
+                &receiver.to_string_lossy(),
+                "9411",
+                &spans_file.to_string_lossy(),
+            ],
+        )
+        .expect("receiver");
+    receiver_proc
+        .wait_for_stdout("ready", WAIT)
+        .expect("receiver ready");
+
+    let config = format!(
+        "apiVersion: config.tracemesh.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: mesh-config, namespace: mesh-system}}\n\
+         spec:\n  observability:\n    tracing:\n      enable: true\n      address: {}\n      port: 9411\n      \
+         endpoint: /api/v2/spans\n      protocol: zipkin\n      sampledFraction: \"1.0\"\n",
+        collector.ip()
+    );
+    let pods: Vec<Pod> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Pod::new(&net, n).expect("pod"))
+        .collect();
+    let mut keep: Vec<(tracemesh_tests::Sidecar, Proc)> = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        pod.init(&[]).expect("init");
+        let sidecar = pod
+            .start_sidecar(SidecarOpts {
+                mesh_config: Some(config.clone()),
+                namespace: Some("demo".into()),
+                ..Default::default()
+            })
+            .expect("sidecar");
+        let mut cmd = vec!["env".to_string()];
+        if let Some(next) = pods.get(i + 1) {
+            cmd.push(format!("NEXT=http://{}:8080", next.ip()));
+        }
+        cmd.extend([
+            "python3".into(),
+            scripts.to_string_lossy().into_owned(),
+            "0.0.0.0".into(),
+            "8080".into(),
+        ]);
+        let mut app = pod
+            .spawn("app", &cmd.iter().map(String::as_str).collect::<Vec<_>>())
+            .expect("app");
+        app.wait_for_stdout("ready", WAIT).expect("app ready");
+        keep.push((sidecar, app));
+    }
+
+    // A client pod without a sidecar calls A.
+    let client = Pod::new(&net, "client").expect("client pod");
+    const REQUESTS: usize = 3;
+    for _ in 0..REQUESTS {
+        let out = client
+            .exec(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                &format!("http://{}:8080/items", pods[0].ip()),
+            ])
+            .expect("curl")
+            .check("curl A")
+            .expect("request through A → B → C");
+        assert_eq!(out.stdout, "leaf");
+    }
+
+    let deadline = Instant::now() + WAIT;
+    let spans = loop {
+        let text = std::fs::read_to_string(&spans_file).unwrap_or_default();
+        let spans: Vec<Span> = text
+            .lines()
+            .flat_map(|l| serde_json::from_str::<Vec<Span>>(l).expect("Zipkin v2 JSON list"))
+            .collect();
+        if spans.len() >= 5 * REQUESTS {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} spans arrived",
+            spans.len(),
+            5 * REQUESTS
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let traces = group(&spans);
+    assert_eq!(traces.len(), REQUESTS);
+    for spans in traces.values() {
+        assert_chain(spans, ["a.demo", "b.demo", "c.demo"], true);
+    }
+    drop(keep);
+}
