@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use tracemesh_tests::{root_or_skip, Mesh, Output, SidecarOpts};
+use tracemesh_tests::{root_or_skip, Mesh, Output, Sidecar, SidecarOpts};
 
 fn mesh() -> Mesh {
     Mesh::new(SidecarOpts::default()).expect("meshed client and server pods")
@@ -76,6 +76,20 @@ fn http1_get_crosses_both_sidecars_to_the_original_destination() {
     assert_eq!(
         out.stdout.lines().collect::<Vec<_>>(),
         ["200", "200", "200"]
+    );
+
+    // Each sidecar counted the four requests in its own direction.
+    let server = mesh.server_sidecar.metrics().expect("server metrics");
+    let client = mesh.client_sidecar.metrics().expect("client metrics");
+    let inbound = ["direction=\"inbound\""];
+    let outbound = ["direction=\"outbound\""];
+    assert!(
+        Sidecar::metric_sum(&server, "requests_total", &inbound) >= 4.0,
+        "{server}"
+    );
+    assert!(
+        Sidecar::metric_sum(&client, "requests_total", &outbound) >= 4.0,
+        "{client}"
     );
 }
 
