@@ -3,7 +3,7 @@
 //! Each `Net` gets its own namespace names and its own /24, so tests run in parallel without
 //! seeing each other; nothing is added to the host's namespace.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
@@ -62,6 +62,8 @@ impl Net {
         run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         run(&["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])?;
         run(&["ip", "-n", ns, "addr", "add", &gw, "dev", "br0"])?;
+        let gw6 = format!("{}/64", net.gateway6());
+        run(&["ip", "-n", ns, "addr", "add", &gw6, "dev", "br0", "nodad"])?;
         run(&["ip", "-n", ns, "link", "set", "br0", "up"])?;
         Ok(net)
     }
@@ -70,6 +72,11 @@ impl Net {
     pub fn gateway(&self) -> Ipv4Addr {
         let [a, b, c] = self.inner.subnet;
         Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// The bridge's IPv6 address; pods get `fd00:10:<b>:<c>::<host>` in the same /64.
+    pub fn gateway6(&self) -> Ipv6Addr {
+        ipv6_of(self.inner.subnet, 1)
     }
 
     /// The node namespace's name (the bridge side).
@@ -90,6 +97,11 @@ impl Drop for NetInner {
             .args(["netns", "del", &self.node_ns])
             .status();
     }
+}
+
+/// The IPv6 twin of `10.<b>.<c>.<host>` (the octets written as hex groups).
+pub(crate) fn ipv6_of([_, b, c]: [u8; 3], host: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, b.into(), c.into(), 0, 0, 0, host.into())
 }
 
 /// Kills every process still running inside a namespace (best effort, used on teardown).

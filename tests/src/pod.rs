@@ -1,13 +1,13 @@
 //! A pod: its own network namespace on the test's bridge, with the processes started in it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 
-use crate::net::{kill_all_in, run, Net, NetInner};
+use crate::net::{ipv6_of, kill_all_in, run, Net, NetInner};
 use crate::process::Proc;
 use crate::sidecar::{Sidecar, SidecarOpts};
 use crate::{binaries, WAIT};
@@ -18,6 +18,7 @@ pub struct Pod {
     name: String,
     ns: String,
     ip: Ipv4Addr,
+    ip6: Ipv6Addr,
 }
 
 /// What a finished command left behind.
@@ -48,7 +49,8 @@ impl Output {
 }
 
 impl Pod {
-    /// Creates pod `name` (letters, digits, '-') on `net`, with `eth0` on the bridge and `lo` up.
+    /// Creates pod `name` (letters, digits, '-') on `net`, with `eth0` on the bridge (IPv4 and
+    /// IPv6) and `lo` up.
     pub fn new(net: &Net, name: &str) -> anyhow::Result<Pod> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             bail!("pod name {name:?}: use letters, digits and '-'");
@@ -61,6 +63,7 @@ impl Pod {
         let [a, b, c] = inner.subnet;
         let ip = Ipv4Addr::new(a, b, c, host as u8);
         let ns = format!("{}-{name}", inner.prefix);
+        let inner_subnet = inner.subnet;
         run(&["ip", "netns", "add", &ns])?;
         // From here on, Drop deletes the namespace if a step fails.
         let pod = Pod {
@@ -68,6 +71,7 @@ impl Pod {
             name: name.to_string(),
             ns,
             ip,
+            ip6: ipv6_of(inner_subnet, host as u8),
         };
         let node = pod.net.node_ns.as_str();
         let peer = format!("vp{host}");
@@ -83,6 +87,11 @@ impl Pod {
         ])?;
         run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         run(&["ip", "-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
+        // nodad: the address is usable at once instead of after duplicate detection.
+        let cidr6 = format!("{}/64", pod.ip6);
+        run(&[
+            "ip", "-n", ns, "addr", "add", &cidr6, "dev", "eth0", "nodad",
+        ])?;
         run(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
         run(&["ip", "-n", ns, "route", "add", "default", "via", &gw])?;
         Ok(pod)
@@ -100,6 +109,11 @@ impl Pod {
     /// The pod IP (on `eth0`).
     pub fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+
+    /// The pod's IPv6 address (on `eth0`, same /64 as the other pods of the net).
+    pub fn ip6(&self) -> Ipv6Addr {
+        self.ip6
     }
 
     /// A command that runs `args` inside the pod (as root), not started yet.

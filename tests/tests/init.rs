@@ -233,3 +233,61 @@ fn inbound_is_redirected_except_admin_probe_ports_and_exclusions() {
         "excluded port redirected (lo)"
     );
 }
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn ipv6_gets_the_same_rules_and_its_own_cidr_exclusions() {
+    if !root_or_skip() {
+        return;
+    }
+    let net = Net::new().expect("net");
+    let app = Pod::new(&net, "app").expect("pod");
+    let other = Pod::new(&net, "other").expect("pod");
+    let _echo = other
+        .spawn_server(&["http-echo", "--listen", "[::]:8080"])
+        .expect("echo");
+    let url = format!("http://[{}]:8080/", other.ip6());
+    let curl6 = |uid: Option<u32>| {
+        let args = [
+            "curl",
+            "-g",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            &url,
+        ];
+        match uid {
+            Some(uid) => app.exec_as(uid, &args),
+            None => app.exec(&args),
+        }
+        .expect("run curl")
+        .code
+    };
+    assert_eq!(curl6(None), Some(0), "before init");
+    app.init(&[]).expect("init");
+    assert_eq!(curl6(None), Some(7), "IPv6 app traffic not redirected");
+    assert_eq!(curl6(Some(1500)), Some(0), "IPv6 proxy UID was redirected");
+
+    let cidr = format!("{}/128", other.ip6());
+    app.init(&["--outbound-ip-range-exclusions", &cidr])
+        .expect("init");
+    assert_eq!(curl6(None), Some(0), "excluded IPv6 CIDR redirected");
+    let v6 = app
+        .exec(&["ip6tables-save", "-t", "nat"])
+        .expect("save")
+        .stdout;
+    assert!(v6.contains(&cidr), "{v6}");
+    assert!(
+        !app.nat_rules().expect("save").contains(&cidr),
+        "IPv6 CIDR in iptables"
+    );
+
+    app.init(&["--cleanup"]).expect("cleanup");
+    let v6 = app
+        .exec(&["ip6tables-save", "-t", "nat"])
+        .expect("save")
+        .stdout;
+    assert!(!v6.contains("MESH_PROXY"), "{v6}");
+}

@@ -243,3 +243,30 @@ fn websocket_echo_crosses_both_sidecars() {
         .expect("WebSocket through both sidecars");
     assert_eq!(out.stdout.trim_end(), "hello over websocket");
 }
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn http1_over_ipv6_crosses_both_sidecars() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    let _app = mesh
+        .server
+        .spawn_server(&["http-echo", "--listen", "[::]:8080"])
+        .expect("app");
+    let url = format!("http://[{}]:8080/v6", mesh.server.ip6());
+    let out = curl(&mesh, &["-g", &url]);
+    let info: serde_json::Value = serde_json::from_str(&out.stdout).expect("echo JSON");
+    assert_eq!(info["path"], "/v6");
+    assert_eq!(info["local"], format!("[{}]:8080", mesh.server.ip6()));
+    let peer = info["peer"]
+        .as_str()
+        .and_then(|p| p.rsplit_once(':'))
+        .map(|(ip, _)| ip);
+    assert_eq!(
+        peer,
+        Some(format!("[{}]", mesh.server.ip6()).as_str()),
+        "inbound sidecar not in the path"
+    );
+}
