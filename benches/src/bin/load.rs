@@ -95,7 +95,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     .await;
     // Keep the sidecars' logs when something failed: they say why.
-    if result.is_ok() {
+    let has_logs = std::fs::read_dir(&work)
+        .map(|dir| {
+            dir.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "log"))
+        })
+        .unwrap_or(false);
+    if result.is_ok() || !has_logs {
         let _ = std::fs::remove_dir_all(&work);
     }
     result
