@@ -71,7 +71,19 @@ fn http1_get_crosses_both_sidecars_to_the_original_destination() {
     // Keep-alive: several requests on one client connection all work.
     let out = curl(
         &mesh,
-        &["-o", "/dev/null", "-w", "%{http_code}\n", &url, &url, &url],
+        &[
+            "-w",
+            "%{http_code}\n",
+            "-o",
+            "/dev/null",
+            &url,
+            "-o",
+            "/dev/null",
+            &url,
+            "-o",
+            "/dev/null",
+            &url,
+        ],
     );
     assert_eq!(
         out.stdout.lines().collect::<Vec<_>>(),
