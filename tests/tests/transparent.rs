@@ -282,3 +282,31 @@ fn http1_over_ipv6_crosses_both_sidecars() {
         "inbound sidecar not in the path"
     );
 }
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn app_calling_its_own_pod_ip_passes_its_inbound_sidecar_once() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    let _app = mesh
+        .server
+        .spawn_server(&["http-echo", "--listen", "0.0.0.0:8080"])
+        .expect("app");
+    let url = format!("http://{}:8080/self", mesh.server.ip());
+    let out = mesh
+        .server
+        .exec(&["curl", "-sS", "--max-time", "20", &url])
+        .expect("run curl")
+        .check("curl to own pod IP")
+        .expect("app -> own pod IP");
+    let info: serde_json::Value = serde_json::from_str(&out.stdout).expect("echo JSON");
+    assert_eq!(info["path"], "/self");
+    assert_eq!(info["local"], format!("{}:8080", mesh.server.ip()));
+    let metrics = mesh.server_sidecar.metrics().expect("metrics");
+    let inbound = Sidecar::metric_sum(&metrics, "requests_total", &["direction=\"inbound\""]);
+    let outbound = Sidecar::metric_sum(&metrics, "requests_total", &["direction=\"outbound\""]);
+    // Exactly one inbound hop: the sidecar's own connection to the app was not redirected again.
+    assert_eq!((inbound, outbound), (1.0, 0.0), "{metrics}");
+}
