@@ -37,7 +37,9 @@ pub struct TraceMetrics {
 impl TraceMetrics {
     /// Registers under the `mesh_proxy_trace_` prefix (the registry adds `_total`).
     pub fn register(&self, registry: &mut Registry) {
-        let sub = registry.sub_registry_with_prefix("trace");
+        let sub = registry
+            .sub_registry_with_prefix("mesh_proxy")
+            .sub_registry_with_prefix("trace");
         sub.register(
             "spans_started",
             "Spans started (sampled requests)",

@@ -237,11 +237,11 @@ async fn malformed_context_is_counted_and_replaced() {
     tracer.metrics().register(&mut registry);
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
-        text.contains("trace_malformed_contexts_total{header=\"b3\"} 1"),
+        text.contains("mesh_proxy_trace_malformed_contexts_total{header=\"b3\"} 1"),
         "{text}"
     );
     assert!(
-        text.contains("trace_spans_started_total{protocol=\"zipkin\"} 1"),
+        text.contains("mesh_proxy_trace_spans_started_total{protocol=\"zipkin\"} 1"),
         "{text}"
     );
 }
