@@ -115,10 +115,11 @@ async fn handle(
         .trim()
         .to_string();
     let result = if path == ZIPKIN_PATH {
-        if !(media.is_empty() || media == "application/json") {
+        // Like Zipkin itself: protobuf is announced, anything else is read as JSON.
+        if media == "application/x-protobuf" {
             return Ok(text(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("{ZIPKIN_PATH} takes application/json (Zipkin v2), not {media}"),
+                format!("{ZIPKIN_PATH} takes Zipkin v2 JSON here, not proto3"),
             ));
         }
         zipkin::decode(&body).map_err(|e| e.to_string())

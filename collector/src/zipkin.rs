@@ -21,7 +21,21 @@ pub enum ZipkinError {
 
 /// Parses a `POST /api/v2/spans` body (a JSON array of spans) and validates every span.
 pub fn decode(body: &[u8]) -> Result<Vec<Span>, ZipkinError> {
-    let spans: Vec<Span> = serde_json::from_slice(body)?;
+    let mut spans: Vec<Span> = serde_json::from_slice(body)?;
+    for span in &mut spans {
+        // Zipkin reads an all-zero parent as "no parent" (opentelemetry-zipkin sends roots so).
+        if span
+            .parent_id
+            .as_deref()
+            .is_some_and(|p| p.len() == 16 && p.bytes().all(|b| b == b'0'))
+        {
+            span.parent_id = None;
+        }
+        // Likewise a zero duration is "unknown" to Zipkin; exporters send it for sub-µs spans.
+        if span.duration == Some(0) {
+            span.duration = None;
+        }
+    }
     let problems: Vec<String> = spans
         .iter()
         .enumerate()
@@ -62,9 +76,6 @@ pub fn validate(span: &Span) -> Vec<String> {
                 "timestamp: {ts} is too large for epoch microseconds (nanoseconds?)"
             ));
         }
-    }
-    if span.duration == Some(0) {
-        problems.push("duration: must be at least 1 microsecond when present".into());
     }
     for (field, endpoint) in [
         ("localEndpoint", &span.local_endpoint),
@@ -151,6 +162,27 @@ mod tests {
         assert_eq!(s.local_endpoint.as_ref().and_then(|e| e.port), Some(8080));
         assert_eq!(s.tag("http.status_code"), Some("200"));
         assert_eq!(spans[1].trace_id, "48485a3953bb6124");
+    }
+
+    /// What opentelemetry-zipkin 0.33 sends for a root span.
+    #[test]
+    fn accepts_the_opentelemetry_zipkin_exporter_output() {
+        let body = r#"[{"traceId":"21a938813ea4f706fd610b799507ce1f","parentId":"0000000000000000",
+            "id":"df7e1cfe868cd02e","kind":"SERVER","name":"GET /","timestamp":1795289941930102,
+            "duration":1962,"localEndpoint":{},"annotations":[],
+            "tags":{"http.request.method":"GET","otel.library.name":"tracemesh-test"},
+            "debug":false,"shared":false}]"#;
+        let spans = decode(body.as_bytes()).expect("valid");
+        assert_eq!(spans[0].parent_id, None);
+        assert_eq!(spans[0].debug, Some(false));
+    }
+
+    #[test]
+    fn an_all_zero_parent_and_a_zero_duration_mean_absent() {
+        let body = r#"[{"traceId":"48485a3953bb6124","id":"a2fb4a1d1a96d312","parentId":"0000000000000000","duration":0}]"#;
+        let spans = decode(body.as_bytes()).expect("valid");
+        assert_eq!(spans[0].parent_id, None);
+        assert_eq!(spans[0].duration, None);
     }
 
     fn err(body: &str) -> String {
