@@ -310,3 +310,53 @@ fn app_calling_its_own_pod_ip_passes_its_inbound_sidecar_once() {
     // Exactly one inbound hop: the sidecar's own connection to the app was not redirected again.
     assert_eq!((inbound, outbound), (1.0, 0.0), "{metrics}");
 }
+
+/// Runs `tm-support stream-client` from the client pod to the server's echo on 8080.
+fn stream(mesh: &Mesh, extra: &[&str]) -> String {
+    let addr = format!("{}:8080", mesh.server.ip());
+    let mut args = vec!["stream-client", addr.as_str(), "--chunks", "8"];
+    args.extend_from_slice(extra);
+    mesh.client
+        .support(&args)
+        .expect("run stream client")
+        .check("stream-client")
+        .expect("bodies streamed both ways through both sidecars")
+        .stdout
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn http1_bodies_stream_both_ways_in_lockstep() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    let _app = mesh
+        .server
+        .spawn_server(&["http-echo", "--listen", "0.0.0.0:8080"])
+        .expect("app");
+    // Each chunk is sent only once the previous one has come back: a hop that waits for the whole
+    // request body before answering makes this hang until the client's deadline.
+    let out = stream(&mesh, &[]);
+    assert!(out.contains("8 chunks echoed in lockstep"), "{out}");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn h2c_bodies_stream_in_lockstep_and_trailers_pass() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    let _app = mesh
+        .server
+        .spawn_server(&["http-echo", "--listen", "0.0.0.0:8080"])
+        .expect("app");
+    // gRPC's shape: a streamed HTTP/2 body ending in trailers (the echo returns them).
+    let out = stream(&mesh, &["--http2", "--trailer", "grpc-status: 0"]);
+    assert!(out.contains("8 chunks echoed in lockstep"), "{out}");
+    assert!(
+        out.contains("trailer grpc-status: 0"),
+        "trailers lost: {out}"
+    );
+}

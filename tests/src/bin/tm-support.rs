@@ -62,6 +62,21 @@ enum Cmd {
     },
     /// Sends MESSAGE as one text frame and prints the first message received.
     WsClient { url: String, message: String },
+    /// POSTs CHUNKS chunks to an echo server, sending each only after the previous one came back:
+    /// passes only if every hop streams both bodies (a buffering hop hangs until the deadline).
+    /// With --trailer NAME:VALUE, sends it as a request trailer and prints response trailers.
+    StreamClient {
+        addr: SocketAddr,
+        #[arg(long, default_value = "/stream")]
+        path: String,
+        #[arg(long, default_value_t = 5)]
+        chunks: usize,
+        /// HTTP/2 prior knowledge instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
+        #[arg(long)]
+        trailer: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +95,13 @@ fn main() -> anyhow::Result<()> {
                 banner,
             } => deadline(tcp_client(addr, message, banner)).await,
             Cmd::WsClient { url, message } => deadline(ws_client(url, message)).await,
+            Cmd::StreamClient {
+                addr,
+                path,
+                chunks,
+                http2,
+                trailer,
+            } => deadline(stream_client(addr, path, chunks, http2, trailer)).await,
         }
     })
 }
@@ -235,5 +257,96 @@ async fn ws_client(url: String, message: String) -> anyhow::Result<()> {
         }
     }
     let _ = ws.close(None).await;
+    Ok(())
+}
+
+type Frames = tokio::sync::mpsc::Sender<Result<hyper::body::Frame<Bytes>, Infallible>>;
+
+async fn stream_client(
+    addr: SocketAddr,
+    path: String,
+    chunks: usize,
+    http2: bool,
+    trailer: Option<String>,
+) -> anyhow::Result<()> {
+    use hyper::body::Frame;
+
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    let (tx, mut rx): (Frames, _) = tokio::sync::mpsc::channel(1);
+    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let body = http_body_util::StreamBody::new(frames);
+    let chunk = |i: usize| Bytes::from(format!("chunk-{i}:{}\n", "x".repeat(1000)));
+
+    tx.send(Ok(Frame::data(chunk(0)))).await?;
+    let response = if http2 {
+        let uri = format!("http://{addr}{path}");
+        let req = Request::post(uri).body(body)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?
+    } else {
+        let req = Request::post(path)
+            .header("host", addr.to_string())
+            .body(body)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?
+    };
+    anyhow::ensure!(
+        response.status().is_success(),
+        "status {}",
+        response.status()
+    );
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..chunks {
+        expected.extend_from_slice(&chunk(i));
+        while received.len() < expected.len() {
+            let frame = body
+                .frame()
+                .await
+                .with_context(|| format!("response ended before chunk {i} came back"))??;
+            if let Ok(data) = frame.into_data() {
+                received.extend_from_slice(&data);
+            }
+        }
+        anyhow::ensure!(received == expected, "chunk {i} came back different");
+        if i + 1 < chunks {
+            tx.send(Ok(Frame::data(chunk(i + 1)))).await?;
+        }
+    }
+    if let Some(t) = trailer {
+        let (name, value) = t.split_once(':').context("--trailer NAME:VALUE")?;
+        let mut map = http::HeaderMap::new();
+        map.insert(
+            http::HeaderName::from_bytes(name.trim().as_bytes())?,
+            http::HeaderValue::from_str(value.trim())?,
+        );
+        tx.send(Ok(Frame::trailers(map))).await?;
+    }
+    drop(tx);
+    while let Some(frame) = body.frame().await {
+        match frame?.into_trailers() {
+            Ok(trailers) => {
+                for (name, value) in &trailers {
+                    println!(
+                        "trailer {}: {}",
+                        name,
+                        String::from_utf8_lossy(value.as_bytes())
+                    );
+                }
+            }
+            Err(data) => {
+                if let Ok(data) = data.into_data() {
+                    anyhow::ensure!(data.is_empty(), "unexpected data after the last chunk");
+                }
+            }
+        }
+    }
+    println!("{chunks} chunks echoed in lockstep");
     Ok(())
 }
