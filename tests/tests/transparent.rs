@@ -360,3 +360,49 @@ fn h2c_bodies_stream_in_lockstep_and_trailers_pass() {
         "trailers lost: {out}"
     );
 }
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn refused_upstream_is_a_gateway_error_not_a_hang() {
+    if !root_or_skip() {
+        return;
+    }
+    let mesh = mesh();
+    // Nothing listens on 8089 in the server pod.
+    let url = format!("http://{}:8089/", mesh.server.ip());
+    let out = mesh
+        .client
+        .exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+            &url,
+        ])
+        .expect("run curl");
+    assert!(
+        matches!(out.stdout.as_str(), "502" | "503"),
+        "status {:?}, curl exit {:?}",
+        out.stdout,
+        out.code
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and iptables"]
+fn sidecar_exits_zero_on_sigterm() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut mesh = mesh();
+    let status = mesh
+        .server_sidecar
+        .proc
+        .terminate(std::time::Duration::from_secs(30))
+        .expect("sidecar stops after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
