@@ -57,6 +57,19 @@ pub struct Args {
 
 /// Runs the workload until it exits or Ctrl-C; exits with the workload's status.
 pub async fn run(args: Args, global: &Global) -> anyhow::Result<()> {
+    let name = args.name.clone();
+    match run_workload(args, global).await? {
+        Some(status) if !status.success() => {
+            // The workload's own exit code is what a caller scripting `mesh run` wants to see.
+            eprintln!("{name} exited with {status}");
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The workload's exit status, or `None` when a signal stopped it.
+async fn run_workload(args: Args, global: &Global) -> anyhow::Result<Option<ExitStatus>> {
     if args.transparent {
         bail!(
             "--transparent needs the workload in its own network namespace with the rules of \
@@ -117,15 +130,7 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<()> {
             status?
         }
     };
-    match status {
-        Some(status) if status.success() => Ok(()),
-        Some(status) => {
-            // The workload's own exit code is what a caller scripting `mesh run` wants to see.
-            eprintln!("{} exited with {status}", args.name);
-            std::process::exit(status.code().unwrap_or(1));
-        }
-        None => Ok(()),
-    }
+    Ok(status)
 }
 
 fn app_command(command: &[String]) -> anyhow::Result<Command> {
@@ -159,4 +164,114 @@ fn ensure_mesh_config(backend: &StateDirBackend) -> anyhow::Result<PathBuf> {
             .context("writing the default MeshConfig")?;
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::{MONITORED_BY_LABEL, SIDECAR_INJECTION_ANNOTATION};
+    use crate::BackendKind;
+
+    fn args(namespace: &str, command: &[&str]) -> Args {
+        Args {
+            namespace: namespace.into(),
+            name: "web".into(),
+            port: Some(18080),
+            app_port: None,
+            transparent: false,
+            command: command.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn global(dir: &std::path::Path) -> Global {
+        Global {
+            backend: BackendKind::Local,
+            state_dir: dir.to_path_buf(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_workload_outside_the_mesh_runs_plain_on_its_port() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let check = r#"test "$PORT" = 18080"#;
+        let status = run_workload(args("shop", &["sh", "-c", check]), &global(dir.path()))
+            .await
+            .expect("runs");
+        assert!(status.expect("exited").success());
+        let status = run_workload(args("shop", &["sh", "-c", "exit 3"]), &global(dir.path()))
+            .await
+            .expect("runs");
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+    }
+
+    #[tokio::test]
+    async fn an_enrolled_workload_starts_its_sidecar_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = StateDirBackend::new(dir.path());
+        backend
+            .patch_namespace_blocking(
+                "shop",
+                &serde_json::json!({"metadata": {
+                    "labels": {MONITORED_BY_LABEL: "tracemesh"},
+                    "annotations": {SIDECAR_INJECTION_ANNOTATION: "enabled"},
+                }}),
+            )
+            .expect("enrol");
+        // A stand-in sidecar that records its arguments and fails, as a broken proxy would.
+        let fake = dir.path().join("mesh-proxy");
+        let recorded = dir.path().join("args");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$@\" > {}\necho bad flag >&2\nexit 2\n",
+                recorded.display()
+            ),
+        )
+        .expect("fake proxy");
+        std::process::Command::new("chmod")
+            .args(["+x"])
+            .arg(&fake)
+            .status()
+            .expect("chmod");
+        let spec = SidecarSpec {
+            service: "web".into(),
+            namespace: "shop".into(),
+            mesh_config: ensure_mesh_config(&backend).expect("default MeshConfig"),
+            inbound: Some((18080, 18081)),
+            log: Some(dir.path().join("proxy.log")),
+            proxy_bin: fake,
+        };
+        assert!(spec.mesh_config.exists());
+        let mut sidecar = Sidecar::spawn(&spec).expect("spawned");
+        let err = sidecar
+            .wait_ready(SIDECAR_READY_TIMEOUT)
+            .await
+            .expect_err("the stand-in never gets ready")
+            .to_string();
+        assert!(
+            err.contains("exited during startup") && err.contains("bad flag"),
+            "{err}"
+        );
+        let recorded = std::fs::read_to_string(&recorded).expect("recorded args");
+        assert!(recorded.starts_with("run --mesh-config "), "{recorded}");
+        assert!(
+            recorded.contains("--service web --namespace shop"),
+            "{recorded}"
+        );
+        assert!(
+            recorded.contains("--inbound 0.0.0.0:18080=127.0.0.1:18081"),
+            "{recorded}"
+        );
+    }
+
+    #[tokio::test]
+    async fn transparent_mode_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = args("shop", &["true"]);
+        a.transparent = true;
+        let err = run_workload(a, &global(dir.path()))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("network namespace"), "{err}");
+    }
 }
