@@ -13,6 +13,18 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 //!
+//! Building blocks, for tests of their own:
+//! - [`Net::new`] / [`Pod::new`]: a private /24 and /64 (`pod.ip()`, `pod.ip6()`); pods reach each
+//!   other over the node's bridge; the node namespace (`net.node_ns()`) can host shared services.
+//! - [`Pod::exec`] / [`Pod::exec_as`] run and wait (bounded by [`WAIT`]); [`Pod::spawn`] starts a
+//!   background [`Proc`] (killed on drop); [`Pod::spawn_server`] / [`Pod::support`] run the
+//!   `tm-support` servers and clients (`http-echo`, `tcp-echo`, `ws-echo`, `tcp-client`,
+//!   `ws-client`, `stream-client`; see `tm-support --help`).
+//! - [`Mesh::new`]: the usual client pod + server pod, both initialised, both with sidecars.
+//! - [`Sidecar::admin`] / [`Sidecar::metrics`] / [`Sidecar::metric_sum`] read the admin server;
+//!   `sidecar.mesh_config` is the watched MeshConfig file (rewrite it to reload).
+//! - [`binaries::path`] finds any workspace binary (`mesh`, `mesh-proxy`, ...) of the same build.
+//!
 //! Everything cleans up on drop, also while a test panics: processes are killed, namespaces
 //! deleted, and the logs of every process of a pod are printed when the test is failing.
 //! Tests using this need root; mark them `#[ignore = "needs root: network namespaces and iptables"]`.
