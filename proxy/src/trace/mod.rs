@@ -150,6 +150,29 @@ impl Tracer {
         let _old = std::mem::replace(&mut *self.write(), next);
     }
 
+    /// At shutdown, after connections drained: stops recording and waits (at most `limit`) for
+    /// the queued spans to reach the collector. Async, so it never blocks a runtime worker.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let config = Tracing {
+            enable: false,
+            ..self.current().config.clone()
+        };
+        let old = std::mem::replace(
+            &mut *self.write(),
+            Arc::new(Active {
+                config,
+                pipeline: None,
+            }),
+        );
+        let Some(finished) = old.pipeline.as_ref().map(Pipeline::finished) else {
+            return;
+        };
+        drop(old);
+        if tokio::time::timeout(limit, finished).await.is_err() {
+            tracing::warn!("spans still queued at shutdown were not all exported");
+        }
+    }
+
     fn current(&self) -> Arc<Active> {
         match self.inner.active.read() {
             Ok(guard) => guard.clone(),

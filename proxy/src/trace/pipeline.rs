@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use mesh_config::Protocol;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::export::Exporter;
 use super::metrics::TraceMetrics;
@@ -25,6 +25,8 @@ pub const BATCH_DELAY: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct Pipeline {
     sender: SpanSender,
+    /// Becomes true when the batch task has exported everything and ended.
+    done: watch::Receiver<bool>,
 }
 
 /// The data path's handle: a non-blocking send that counts drops.
@@ -47,19 +49,31 @@ impl Pipeline {
     /// Starts the batch task on the current runtime.
     pub fn spawn(exporter: Exporter, metrics: TraceMetrics) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (done_tx, done) = watch::channel(false);
         let protocol = exporter.protocol;
-        tokio::spawn(run(exporter, rx, metrics.clone()));
-        Self {
-            sender: SpanSender {
-                tx,
-                protocol,
-                metrics,
-            },
-        }
+        let task_metrics = metrics.clone();
+        tokio::spawn(async move {
+            run(exporter, rx, task_metrics).await;
+            let _ = done_tx.send(true);
+        });
+        let sender = SpanSender {
+            tx,
+            protocol,
+            metrics,
+        };
+        Self { sender, done }
     }
 
     pub fn sender(&self) -> SpanSender {
         self.sender.clone()
+    }
+
+    /// Resolves when the batch task has flushed and ended (after every sender is dropped).
+    pub fn finished(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut done = self.done.clone();
+        async move {
+            let _ = done.wait_for(|d| *d).await;
+        }
     }
 }
 

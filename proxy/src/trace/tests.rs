@@ -372,3 +372,25 @@ async fn reload_moves_spans_to_the_new_collector_and_flushes_the_old() {
     drop(tx);
     follower.await.unwrap();
 }
+
+#[tokio::test]
+async fn flush_at_shutdown_exports_what_is_queued() {
+    let c = collector().await;
+    let tracer = Tracer::new(identity(), TraceMetrics::default());
+    tracer.apply(&config(Protocol::OtlpHttp, c.otlp_http.unwrap()));
+    for _ in 0..700 {
+        one(&tracer, Direction::Inbound, &[], 200);
+    }
+    tracer.flush(WAIT).await;
+    assert_eq!(tracer.metrics().totals().exported, 700);
+    assert_eq!(c.spans().len(), 700);
+    // Nothing is recorded after the flush.
+    assert!(!tracer
+        .start(
+            Direction::Inbound,
+            &mut request(&[]),
+            PEER.parse().unwrap(),
+            UPSTREAM.parse().unwrap()
+        )
+        .is_recording());
+}
