@@ -33,6 +33,8 @@ pub(crate) struct NetInner {
 
 impl Net {
     pub fn new() -> anyhow::Result<Net> {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(sweep_stale);
         let k = NETS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let prefix = format!("tm{pid}n{k}");
@@ -102,6 +104,30 @@ impl Drop for NetInner {
 /// The IPv6 twin of `10.<b>.<c>.<host>` (the octets written as hex groups).
 pub(crate) fn ipv6_of([_, b, c]: [u8; 3], host: u8) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x10, b.into(), c.into(), 0, 0, 0, host.into())
+}
+
+/// Deletes namespaces left by test processes that were killed before their drops ran (names
+/// carry the pid: `tm<pid>n<k>-...`), so repeated runs on one machine do not pile them up.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("tm")
+            .and_then(|rest| rest.split_once('n'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            kill_all_in(name);
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
 }
 
 /// Kills every process still running inside a namespace (best effort, used on teardown).
