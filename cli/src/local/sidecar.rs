@@ -6,7 +6,7 @@
 //!   `0.0.0.0:P=127.0.0.1:Q`, where `Q` is the app's own port (`--app-port`, or a free one) that
 //!   the app learns from `$PORT`;
 //! - the sidecar's outbound (forward proxy), transparent inbound and admin listeners take free
-//!   loopback ports; the app gets `HTTP_PROXY=http://127.0.0.1:<outbound>`.
+//!   ports on 127.0.0.1; the app gets `HTTP_PROXY=http://127.0.0.1:<outbound>`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -55,7 +55,9 @@ impl Sidecar {
             .arg("--mesh-config")
             .arg(&spec.mesh_config)
             .args(["--service", &spec.service, "--namespace", &spec.namespace])
-            .args(["--pod-ip", "127.0.0.1", "--threads", "1"])
+            // Loopback only: a forward proxy and an admin port open to the network would let
+            // anyone on it use this machine as a relay.
+            .args(["--bind", "127.0.0.1", "--pod-ip", "127.0.0.1", "--threads", "1"])
             .args(["--outbound-port", &outbound_port.to_string()])
             .args(["--inbound-port", &inbound_port.to_string()])
             .args(["--admin-port", &admin_port.to_string()])
