@@ -471,3 +471,15 @@ fn randomized_headers_never_panic_and_output_is_well_formed() {
         assert_eq!(back.context.sampling, child.sampling);
     }
 }
+
+#[test]
+fn undecided_single_header_has_no_parent() {
+    // `b3` orders sampling before the parent, so an undecided context is `{trace}-{span}`.
+    let h = map(&[("b3", &format!("{T64}-{S}")), ("x-b3-parentspanid", P)]);
+    let child = extract(&h).context.child();
+    let mut out = h.clone();
+    inject(&child, &mut out);
+    let span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(get(&out, "b3").unwrap(), format!("{T64}-{span}"));
+    assert_eq!(get(&out, "x-b3-parentspanid"), Some(S));
+}

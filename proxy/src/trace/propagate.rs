@@ -45,18 +45,20 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     if headers.contains_key(&REQUEST_ID) {
         return;
     }
-    let (hi, lo) = (fastrand::u64(..), fastrand::u64(..));
-    let hi = (hi & !0xf000) | 0x4000; // version 4
-    let lo = (lo & !(0xc << 60)) | (0x8 << 60); // RFC 4122 variant
-    let id = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    );
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    let hi = (fastrand::u64(..) & !0xf000) | 0x4000; // version 4
+    let lo = (fastrand::u64(..) & !(0xc << 60)) | (0x8 << 60); // RFC 4122 variant
+    let bits = (u128::from(hi) << 64) | u128::from(lo);
+    // 8-4-4-4-12 hex digits, written on the stack.
+    let mut id = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, slot) in id.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *slot = b"0123456789abcdef"[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&id) {
         headers.insert(REQUEST_ID, v);
     }
 }

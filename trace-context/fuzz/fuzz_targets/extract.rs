@@ -17,7 +17,25 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let extracted = trace_context::extract(&headers);
-    let child = extracted.context.child();
+    let mut child = extracted.context.child();
+
+    // Undecided, `b3` cannot carry a parent (its sampling field comes first): only the ids of
+    // the span itself must survive.
+    let mut deferred = headers.clone();
+    trace_context::inject(&child, &mut deferred);
+    let back = trace_context::extract(&deferred);
+    assert_eq!(back.malformed, None);
+    let (sent, got) = (child.ids.expect("child ids"), back.context.ids.expect("ids"));
+    assert_eq!((sent.trace_id, sent.span_id), (got.trace_id, got.span_id));
+
+    // Decided, as the proxy always is when it injects: everything round-trips.
+    if child.sampling == trace_context::Sampling::Deferred {
+        child.sampling = if data.len() % 2 == 0 {
+            trace_context::Sampling::Sampled
+        } else {
+            trace_context::Sampling::NotSampled
+        };
+    }
     trace_context::inject(&child, &mut headers);
     let back = trace_context::extract(&headers);
     assert_eq!(back.malformed, None);
