@@ -57,6 +57,10 @@ struct Mesh {
 }
 
 pub async fn run(args: Args, _global: &Global) -> anyhow::Result<()> {
+    run_with(args, find_proxy_bin()?).await
+}
+
+async fn run_with(args: Args, proxy_bin: PathBuf) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tracemesh-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let loopback = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
@@ -69,7 +73,7 @@ pub async fn run(args: Args, _global: &Global) -> anyhow::Result<()> {
     .await
     .context("starting the collector")?;
 
-    let mut mesh = match start_mesh(&dir, &collector, args.protocol).await {
+    let mut mesh = match start_mesh(&dir, &collector, args.protocol, proxy_bin).await {
         Ok(mesh) => mesh,
         Err(e) => bail!("{e:#}\n(state dir and logs kept in {})", dir.display()),
     };
@@ -109,6 +113,7 @@ async fn start_mesh(
     dir: &std::path::Path,
     collector: &RunningCollector,
     protocol: Protocol,
+    proxy_bin: PathBuf,
 ) -> anyhow::Result<Mesh> {
     let backend = StateDirBackend::new(dir);
     backend.patch_namespace_blocking(
@@ -139,7 +144,6 @@ async fn start_mesh(
         bail!("the demo namespace should be enrolled, but {reason}");
     }
 
-    let proxy_bin = find_proxy_bin()?;
     let mut mesh = Mesh {
         dir: dir.to_path_buf(),
         sidecars: Vec::new(),
@@ -265,6 +269,29 @@ mod tests {
                 ..Endpoint::default()
             }),
             ..Span::default()
+        }
+    }
+
+    /// The whole demo with real sidecars, in each export protocol.
+    #[tokio::test]
+    #[ignore = "needs mesh-proxy built beside the tests (cargo build --bins; scripts/test does)"]
+    async fn the_demo_gives_one_tree_per_request_in_every_protocol() {
+        let exe = std::env::current_exe().expect("test executable");
+        // target/<profile>/deps/<test> -> target/<profile>/mesh-proxy
+        let proxy_bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|profile| profile.join("mesh-proxy"))
+            .filter(|p| p.is_file())
+            .expect("mesh-proxy is built in the profile directory");
+        for protocol in [Protocol::Zipkin, Protocol::OtlpHttp, Protocol::OtlpGrpc] {
+            let args = Args {
+                requests: Some(2),
+                protocol,
+            };
+            run_with(args, proxy_bin.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{protocol:?}: {e:#}"));
         }
     }
 
