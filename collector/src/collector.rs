@@ -443,6 +443,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn gzip_bodies_are_inflated_and_bad_gzip_is_refused() {
+        use std::io::Write as _;
+        let collector = start_all(None).await;
+        let addr = collector.zipkin.expect("bound");
+        let json = br#"[{"traceId":"48485a3953bb6124","id":"a2fb4a1d1a96d312"}]"#;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(json).expect("compress");
+        let gzipped = encoder.finish().expect("compress");
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let send = |body: Vec<u8>| {
+            let request = http::Request::post(format!("http://{addr}/api/v2/spans"))
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .body(Full::new(Bytes::from(body)))
+                .expect("request");
+            client.request(request)
+        };
+        assert_eq!(send(gzipped).await.expect("response").status(), 202);
+        assert_eq!(
+            collector.wait_for_spans(1, WAIT).await.expect("span").len(),
+            1
+        );
+        assert_eq!(send(json.to_vec()).await.expect("response").status(), 400);
+    }
+
+    #[tokio::test]
     async fn waiting_for_spans_that_never_come_fails_with_the_count() {
         let collector = start_all(None).await;
         let err = collector

@@ -87,14 +87,17 @@ async fn handle(
             format!("{path} accepts POST only"),
         ));
     }
-    if let Some(encoding) = req.headers().get(header::CONTENT_ENCODING) {
-        if encoding.as_bytes() != b"identity" {
+    let gzip = match req.headers().get(header::CONTENT_ENCODING) {
+        None => false,
+        Some(e) if e.as_bytes().eq_ignore_ascii_case(b"identity") => false,
+        Some(e) if e.as_bytes().eq_ignore_ascii_case(b"gzip") => true,
+        Some(encoding) => {
             return Ok(text(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("content-encoding {encoding:?} is not supported; send uncompressed"),
-            ));
+                format!("content-encoding {encoding:?} is not supported; send gzip or identity"),
+            ))
         }
-    }
+    };
     let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -106,6 +109,15 @@ async fn handle(
                 format!("could not read the body (limit {MAX_BODY_BYTES} bytes): {e}"),
             ))
         }
+    };
+
+    let body = if gzip {
+        match gunzip(&body) {
+            Ok(body) => body,
+            Err(message) => return Ok(text(StatusCode::BAD_REQUEST, message)),
+        }
+    } else {
+        body
     };
 
     let media = content_type
@@ -143,6 +155,23 @@ async fn handle(
             Ok(text(StatusCode::BAD_REQUEST, message))
         }
     }
+}
+
+/// Inflates a gzip body, refusing one that grows past the body limit (a "zip bomb").
+fn gunzip(body: &[u8]) -> Result<Bytes, String> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let limit = MAX_BODY_BYTES as u64 + 1;
+    flate2::read::GzDecoder::new(body)
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("body is not valid gzip: {e}"))?;
+    if out.len() > MAX_BODY_BYTES {
+        return Err(format!(
+            "gzip body inflates past the limit of {MAX_BODY_BYTES} bytes"
+        ));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Zipkin answers 202 with no body; OTLP/HTTP answers 200 with an empty export response.
