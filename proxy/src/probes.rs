@@ -499,15 +499,93 @@ where
 
 /// HTTPS probes, verified as the kubelet verifies them: not at all. The kubelet skips
 /// certificate verification for probes, so apps with self-signed or internal certificates
-/// pass; the probe checks health, not identity.
+/// pass; the probe checks health, not identity. Signatures are still checked, so the handshake
+/// is a real one.
 mod tls {
+    use std::sync::{Arc, OnceLock};
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::WebPkiSupportedAlgorithms;
+    use rustls::pki_types::{CertificateDer, IpAddr, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
     use tokio::net::TcpStream;
 
-    pub(super) type Stream = TcpStream;
+    pub(super) type Stream = tokio_rustls::client::TlsStream<TcpStream>;
 
-    /// Not supported yet: the probe fails with a message saying so.
-    pub(super) async fn connect(_host: &str, _stream: TcpStream) -> Result<Stream, String> {
-        Err("HTTPS probes are not supported by this sidecar".into())
+    pub(super) async fn connect(host: &str, stream: TcpStream) -> Result<Stream, String> {
+        let config = config()?;
+        let name = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(IpAddr::from(ip)),
+            Err(_) => ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("tls: server name {host:?}: {e}"))?,
+        };
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("tls: {e}"))
+    }
+
+    /// Built once: every probe of the pod shares it.
+    fn config() -> Result<Arc<rustls::ClientConfig>, String> {
+        static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+        CONFIG
+            .get_or_init(|| {
+                // An explicit provider: the process may link more than one, and then the
+                // implicit default would panic.
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let verifier = Arc::new(AnyCertificate {
+                    algorithms: provider.signature_verification_algorithms,
+                });
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("tls: {e}"))?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier)
+                    .with_no_client_auth();
+                Ok(Arc::new(config))
+            })
+            .clone()
+    }
+
+    /// Accepts any certificate, like the kubelet's probe client (`InsecureSkipVerify`).
+    #[derive(Debug)]
+    struct AnyCertificate {
+        algorithms: WebPkiSupportedAlgorithms,
+    }
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
     }
 }
 
@@ -720,17 +798,74 @@ mod tests {
         assert_eq!(get(addrs[0], "/").await.0, StatusCode::NOT_FOUND);
     }
 
+    /// An HTTPS app with a self-signed certificate for a name the probe does not use.
+    async fn tls_app() -> SocketAddr {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["app.invalid".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let status = if req.uri().path() == "/ok" {
+                            StatusCode::NO_CONTENT
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        let mut res = Response::new(Full::new(Bytes::new()));
+                        *res.status_mut() = status;
+                        Ok::<_, Infallible>(res)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
     #[tokio::test]
-    async fn https_probe_without_tls_support_is_503_with_a_reason() {
-        let (app, _) = app().await;
+    async fn https_probe_skips_certificate_verification() {
+        let tls = tls_app().await;
+        let (plain, _) = app().await;
         let json = serde_json::json!({
-            "/app-health/web/livez": {"type": "http", "scheme": "HTTPS", "port": app.port(), "path": "/ok"},
+            "/app-health/web/livez": {"type": "http", "scheme": "HTTPS", "port": tls.port(), "path": "/ok"},
+            "/app-health/web/readyz": {"type": "http", "scheme": "HTTPS", "port": tls.port(), "path": "/not-ready"},
+            "/app-health/web/startupz": {"type": "http", "scheme": "HTTPS", "port": plain.port(), "path": "/ok"},
         })
         .to_string();
         let (addrs, _shutdown) = start(&json, PROBE_TIMEOUT).await;
-        let (status, _, body) = get(addrs[0], "/app-health/web/livez").await;
+        assert_eq!(
+            get(addrs[0], "/app-health/web/livez").await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            get(addrs[1], "/app-health/web/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let (status, _, body) = get(addrs[2], "/app-health/web/startupz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("https://127.0.0.1"), "{body}");
+        assert!(body.contains("tls:"), "{body}");
     }
 
     #[tokio::test]
