@@ -67,7 +67,15 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    // One line, whatever RUST_BACKTRACE says: the reason is what an operator needs.
+    if let Err(e) = run().await {
+        eprintln!("mesh-injector: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -76,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    // One process-wide TLS provider, so kube's client and the server agree whatever features
+    // other crates turn on in rustls.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 
     let resolver = Arc::new(tls::ReloadingResolver::new(&args.tls_cert, &args.tls_key)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver)?));
