@@ -14,7 +14,7 @@ use rustls::ServerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -23,7 +23,7 @@ pub enum TlsError {
     NoCertificate { path: String },
     #[error("{path}: no PEM private key found")]
     NoKey { path: String },
-    #[error("{path}: unsupported private key: {source}")]
+    #[error("{path}: unsupported private key")]
     BadKey { path: String, source: rustls::Error },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),

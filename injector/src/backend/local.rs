@@ -102,7 +102,7 @@ impl LocalBackend {
 /// Errors of the one-time start; kept apart from `BackendError`, which is per request.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: String,
         source: std::io::Error,
