@@ -17,6 +17,9 @@ pub const PROXY_CPU_LIMIT: &str = "tracemesh.dev/proxy-cpu-limit";
 pub const PROXY_MEMORY_LIMIT: &str = "tracemesh.dev/proxy-memory-limit";
 /// Written by the injector: what was injected (mesh, image, mode), like Istio's sidecar status.
 pub const SIDECAR_STATUS: &str = "tracemesh.dev/sidecar-status";
+/// Written by the injector: the PEM CA of the config server, projected into the sidecar as a
+/// file through a downwardAPI volume.
+pub const CONFIG_CA: &str = "tracemesh.dev/config-ca";
 /// Written by the injector on meshed pods so selectors can find them.
 pub const MESH_LABEL: &str = "tracemesh.dev/mesh-name";
 

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe,
+    ResourceRequirements, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -26,6 +26,8 @@ pub const OUTBOUND_PORT: i32 = 15001;
 pub const INBOUND_PORT: i32 = 15003;
 pub const ADMIN_PORT: i32 = 15000;
 const TMP_VOLUME: &str = "mesh-proxy-tmp";
+const CA_VOLUME: &str = "mesh-config-ca";
+const CA_DIR: &str = "/etc/mesh-proxy/config-ca";
 
 /// How the sidecar is placed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -270,44 +272,78 @@ fn build_patch(
     if mode == SidecarMode::Container {
         ops.push(add("/spec/containers/0", to_value(&sidecar)?));
     }
-    let volume = Volume {
+    let mut volumes = vec![Volume {
         name: TMP_VOLUME.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
-    };
-    match &spec.volumes {
-        None => ops.push(add("/spec/volumes", json!([to_value(&volume)?]))),
-        Some(_) => ops.push(add("/spec/volumes/-", to_value(&volume)?)),
-    }
+    }];
     let status =
         json!({"mesh": settings.mesh_name, "image": settings.proxy_image, "mode": match mode {
         SidecarMode::Native => "native", SidecarMode::Container => "container" }})
         .to_string();
+    let mut annotations = vec![(ann::SIDECAR_STATUS, status)];
+    if let Some(ca) = &settings.config_ca_pem {
+        // The CA Secret lives in mesh-system, which pods elsewhere cannot mount; a pod can
+        // always project its own annotation into a file, which is what MESH_CONFIG_CA names.
+        annotations.push((ann::CONFIG_CA, ca.clone()));
+        volumes.push(ca_volume());
+    }
+    let volumes = volumes
+        .iter()
+        .map(to_value)
+        .collect::<Result<Vec<_>, _>>()?;
+    match &spec.volumes {
+        None => ops.push(add("/spec/volumes", Value::Array(volumes))),
+        Some(_) => ops.extend(volumes.into_iter().map(|v| add("/spec/volumes/-", v))),
+    }
     add_to_map(
         &mut ops,
         "/metadata/annotations",
         pod.metadata.annotations.is_some(),
-        ann::SIDECAR_STATUS,
-        &status,
+        &annotations,
     );
+    let labels = [(ann::MESH_LABEL, settings.mesh_name.clone())];
     add_to_map(
         &mut ops,
         "/metadata/labels",
         pod.metadata.labels.is_some(),
-        ann::MESH_LABEL,
-        &settings.mesh_name,
+        &labels,
     );
     Ok(ops)
 }
 
-fn add_to_map(ops: &mut Vec<PatchOperation>, path: &str, exists: bool, key: &str, value: &str) {
+fn ca_volume() -> Volume {
+    Volume {
+        name: CA_VOLUME.into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: "ca.crt".into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.annotations['{}']", ann::CONFIG_CA),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn add_to_map(ops: &mut Vec<PatchOperation>, path: &str, exists: bool, entries: &[(&str, String)]) {
     if exists {
-        ops.push(add(
-            &format!("{path}/{}", escape_pointer(key)),
-            Value::String(value.into()),
-        ));
+        for (key, value) in entries {
+            ops.push(add(
+                &format!("{path}/{}", escape_pointer(key)),
+                Value::String(value.clone()),
+            ));
+        }
     } else {
-        ops.push(add(path, json!({ key: value })));
+        let map: serde_json::Map<String, Value> = entries
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), Value::String(v.clone())))
+            .collect();
+        ops.push(add(path, Value::Object(map)));
     }
 }
 
@@ -622,9 +658,19 @@ fn sidecar_container(
         env("SERVICE_NAME", &service_name(pod)),
         env("MESH_CONFIG", &settings.config_url),
     ];
-    if let Some(ca) = &settings.config_ca_pem {
-        // Inline, because the CA Secret lives in mesh-system and pods cannot mount it.
-        envs.push(env("MESH_CONFIG_CA_PEM", ca));
+    let mut mounts = vec![VolumeMount {
+        name: TMP_VOLUME.into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    if settings.config_ca_pem.is_some() {
+        envs.push(env("MESH_CONFIG_CA", &format!("{CA_DIR}/ca.crt")));
+        mounts.push(VolumeMount {
+            name: CA_VOLUME.into(),
+            mount_path: CA_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
     if !rewrite.originals.is_empty() {
         envs.push(env(
@@ -665,11 +711,7 @@ fn sidecar_container(
         // sends traffic into iptables rules with no proxy behind them.
         startup_probe: (mode == SidecarMode::Native).then(|| admin_probe("/ready", 1, 120)),
         restart_policy: (mode == SidecarMode::Native).then(|| "Always".into()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: TMP_VOLUME.into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             run_as_user: Some(PROXY_UID),
             run_as_group: Some(PROXY_UID),

@@ -285,7 +285,25 @@ async fn webhook_patches_realistic_pods_into_valid_pods() {
         env_value("POD_IP").expect("ip")["valueFrom"]["fieldRef"]["fieldPath"],
         "status.podIP"
     );
-    assert!(env_value("MESH_CONFIG_CA_PEM").is_some());
+    assert_eq!(
+        env_value("MESH_CONFIG_CA").expect("ca")["value"],
+        "/etc/mesh-proxy/config-ca/ca.crt"
+    );
+    assert!(p["metadata"]["annotations"]["tracemesh.dev/config-ca"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("BEGIN CERTIFICATE"));
+    let ca_volume = p["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "mesh-config-ca")
+        .cloned()
+        .expect("ca volume");
+    assert_eq!(
+        ca_volume["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+        "metadata.annotations['tracemesh.dev/config-ca']"
+    );
     let ports: Vec<i64> = proxy["ports"]
         .as_array()
         .expect("ports")
@@ -315,7 +333,14 @@ async fn webhook_patches_realistic_pods_into_valid_pods() {
         .await
         .patched
         .expect("injected");
-    assert_eq!(names(&p["spec"]["volumes"]), ["mesh-proxy-tmp"]);
+    assert_eq!(
+        names(&p["spec"]["volumes"]),
+        ["mesh-proxy-tmp", "mesh-config-ca"]
+    );
+    assert_eq!(
+        p["metadata"]["annotations"].as_object().map(|m| m.len()),
+        Some(2)
+    );
     keep("bare", &p);
 
     // Existing init containers and several app containers, with probes.
