@@ -49,6 +49,13 @@ impl Args {
 
 /// Runs until Ctrl-C (or SIGTERM), printing traces as they complete.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Refused batches are logged: a sender getting 400s wants to see why here too.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tracemesh_collector=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let collector = Collector::start(args.config())
         .await
         .context("starting the collector")?;
