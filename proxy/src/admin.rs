@@ -1,0 +1,141 @@
+//! The admin server on 15000: liveness, readiness, Prometheus metrics and the effective config.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::config::ConfigRx;
+use crate::shutdown::Watch;
+
+/// What the admin endpoints report.
+#[derive(Debug)]
+pub struct Admin {
+    pub registry: Registry,
+    pub config: ConfigRx,
+    /// Set once every listener is bound; cleared when shutdown starts.
+    pub ready: AtomicBool,
+}
+
+impl Admin {
+    pub fn new(registry: Registry, config: ConfigRx) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
+            config,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Answers one admin request.
+    pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        match req.uri().path() {
+            "/live" => text(StatusCode::OK, "live\n"),
+            "/ready" => {
+                if self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            "/metrics" => {
+                let body = crate::metrics::encode(&self.registry);
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
+            "/config" => {
+                let snapshot = self.config.borrow().clone();
+                let body = serde_json::json!({
+                    "generation": snapshot.generation,
+                    "source": snapshot.source,
+                    "last_error": snapshot.last_error,
+                    "warnings": snapshot.warnings,
+                    "config": &*snapshot.config,
+                });
+                let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Serves admin requests until shutdown.
+pub async fn run(listener: TcpListener, admin: Arc<Admin>, mut watch: Watch) {
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = watch.signaled() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let resp = admin.respond(&req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new());
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{fixed, Snapshot};
+
+    fn get(admin: &Admin, path: &str) -> Response<Full<Bytes>> {
+        admin.respond(&Request::get(path).body(()).unwrap())
+    }
+
+    #[test]
+    fn ready_only_after_listeners() {
+        let admin = Admin::new(Registry::default(), fixed(Snapshot::default_config()));
+        assert_eq!(get(&admin, "/live").status(), StatusCode::OK);
+        assert_eq!(get(&admin, "/ready").status(), StatusCode::SERVICE_UNAVAILABLE);
+        admin.ready.store(true, Ordering::Release);
+        assert_eq!(get(&admin, "/ready").status(), StatusCode::OK);
+        assert_eq!(get(&admin, "/nope").status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn config_is_json_with_generation() {
+        let admin = Admin::new(Registry::default(), fixed(Snapshot::default_config()));
+        let resp = get(&admin, "/config");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,94 @@
+//! Command line: `mesh-proxy run` and `mesh-proxy init` (see CONTRACT.md).
+
+use std::net::IpAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::route::StaticRoute;
+
+#[derive(Debug, Parser)]
+#[command(name = "mesh-proxy", version, about = "The tracemesh sidecar proxy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar (transparent listeners, explicit routes, admin server).
+    Run(RunArgs),
+    /// Write the pod's iptables rules.
+    Init(crate::init::Args),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// MeshConfig source: a file path (watched) or the injector's http(s):// config endpoint.
+    #[arg(long, env = "MESH_CONFIG", value_name = "SOURCE")]
+    pub mesh_config: Option<String>,
+    /// Service name of this workload (spans' `<service>.<namespace>`).
+    #[arg(long, env = "SERVICE_NAME", default_value = "")]
+    pub service: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    pub namespace: String,
+    #[arg(long, env = "POD_NAME", default_value = "", hide = true)]
+    pub pod_name: String,
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<IpAddr>,
+    #[arg(long, default_value_t = 15003)]
+    pub inbound_port: u16,
+    #[arg(long, default_value_t = 15001)]
+    pub outbound_port: u16,
+    #[arg(long, default_value_t = 15000)]
+    pub admin_port: u16,
+    /// Address of the transparent and admin listeners.
+    #[arg(long, default_value = "0.0.0.0", hide = true)]
+    pub bind: IpAddr,
+    /// Publish an app through the sidecar: LISTEN=TARGET, e.g. 0.0.0.0:9080=127.0.0.1:8080.
+    #[arg(long = "inbound", value_name = "LISTEN=TARGET")]
+    pub inbound: Vec<StaticRoute>,
+    /// Static outbound route for any TCP protocol: LISTEN=TARGET, e.g. 127.0.0.1:13306=db.local:3306.
+    #[arg(long = "outbound", value_name = "LISTEN=TARGET")]
+    pub outbound: Vec<StaticRoute>,
+    /// Worker threads. Two keep a sidecar responsive while one is busy, at a small memory cost.
+    #[arg(long, env = "MESH_PROXY_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+    /// Seconds to let connections finish after SIGTERM.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::shutdown::DRAIN_TIMEOUT.as_secs())]
+    pub drain_timeout: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_flags() {
+        let cli = Cli::try_parse_from([
+            "mesh-proxy",
+            "run",
+            "--inbound",
+            "0.0.0.0:9080=127.0.0.1:8080",
+            "--outbound",
+            "127.0.0.1:13306=db.local:3306",
+            "--threads",
+            "1",
+            "--service",
+            "web",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.inbound.len(), 1);
+        assert_eq!(args.outbound.len(), 1);
+        assert_eq!(args.threads, 1);
+        assert_eq!(args.outbound_port, 15001);
+    }
+
+    #[test]
+    fn bad_route_is_an_error() {
+        assert!(Cli::try_parse_from(["mesh-proxy", "run", "--inbound", "9080"]).is_err());
+        assert!(Cli::try_parse_from(["mesh-proxy", "run", "--threads", "0"]).is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! Opening upstream connections: resolution, the self-loop guard, connect timeout, TCP_NODELAY.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::error::ConnectError;
+
+/// How long an upstream has to accept a connection before the client gets a 504.
+///
+/// Matches Envoy's default cluster connect timeout scale: long enough for a pod that is
+/// starting up under load, short enough that a black-holed destination does not hold a
+/// client request for the whole of a typical 15–30 s client timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The proxy's own listening addresses: connecting to one of them would loop forever.
+#[derive(Clone, Debug, Default)]
+pub struct SelfAddrs {
+    listeners: Vec<SocketAddr>,
+    pod_ip: Option<IpAddr>,
+}
+
+impl SelfAddrs {
+    pub fn new(listeners: Vec<SocketAddr>, pod_ip: Option<IpAddr>) -> Self {
+        Self { listeners, pod_ip }
+    }
+
+    /// A listener on 0.0.0.0/:: answers on loopback and the pod IP too.
+    pub fn contains(&self, dst: SocketAddr) -> bool {
+        self.listeners.iter().any(|l| {
+            l.port() == dst.port()
+                && (l.ip() == dst.ip()
+                    || (l.ip().is_unspecified()
+                        && (dst.ip().is_loopback()
+                            || dst.ip().is_unspecified()
+                            || Some(dst.ip()) == self.pod_ip)))
+        })
+    }
+}
+
+/// Connects to `addr` unless it is the proxy itself.
+pub async fn connect(
+    addr: SocketAddr,
+    self_addrs: &SelfAddrs,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    if self_addrs.contains(addr) {
+        return Err(ConnectError::Loop(addr));
+    }
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(addr))?
+        .map_err(|source| ConnectError::Unreachable { addr, source })?;
+    // Small writes (headers, RPCs) must not wait for Nagle: latency is the product here.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Resolves `host:port` (IP literals without a lookup) to the first address.
+pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ConnectError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| ConnectError::Resolve {
+            host: host.to_owned(),
+            reason: e.to_string(),
+        })?;
+    addrs.next().ok_or_else(|| ConnectError::Resolve {
+        host: host.to_owned(),
+        reason: "no addresses".to_owned(),
+    })
+}
+
+/// The connector of the pooled HTTP clients. The request URI's authority is the destination
+/// socket address (not the `Host`), so the pool is keyed by destination.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    self_addrs: Arc<SelfAddrs>,
+    timeout: Duration,
+}
+
+impl Connector {
+    pub fn new(self_addrs: Arc<SelfAddrs>, timeout: Duration) -> Self {
+        Self {
+            self_addrs,
+            timeout,
+        }
+    }
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let addr: SocketAddr = authority
+                .parse()
+                .map_err(|_| ConnectError::BadAddress(authority.to_owned()))?;
+            connect(addr, &this.self_addrs, this.timeout)
+                .await
+                .map(TokioIo::new)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_addrs_cover_wildcard_listeners() {
+        let pod: IpAddr = "10.0.0.5".parse().unwrap();
+        let s = SelfAddrs::new(
+            vec!["0.0.0.0:15001".parse().unwrap(), "127.0.0.1:9080".parse().unwrap()],
+            Some(pod),
+        );
+        assert!(s.contains("127.0.0.1:15001".parse().unwrap()));
+        assert!(s.contains("10.0.0.5:15001".parse().unwrap()));
+        assert!(s.contains("127.0.0.1:9080".parse().unwrap()));
+        assert!(!s.contains("10.0.0.6:15001".parse().unwrap()));
+        assert!(!s.contains("127.0.0.1:8080".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn refuses_to_connect_to_itself() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = SelfAddrs::new(vec![addr], None);
+        let err = connect(addr, &s, CONNECT_TIMEOUT).await.unwrap_err();
+        assert!(matches!(err, ConnectError::Loop(_)));
+    }
+
+    #[tokio::test]
+    async fn refused_is_unreachable() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let err = connect(addr, &SelfAddrs::default(), CONNECT_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Unreachable { .. }));
+        assert_eq!(err.status(), http::StatusCode::BAD_GATEWAY);
+    }
+}

@@ -1,0 +1,194 @@
+//! The explicit HTTP forward proxy (what `HTTP_PROXY` points at): absolute-form requests are
+//! proxied like transparent ones; CONNECT opens a tunnel whose content goes through the same
+//! detection, so HTTP inside a tunnel is still traced.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::context::Shared;
+use crate::detect::Protocol;
+use crate::http::{error_response, Ctx, ResponseBodyOrError, MAX_HEADER_BYTES};
+use crate::shutdown::Watch;
+use crate::trace::Direction;
+
+/// What a forward-proxy request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProxyRequest {
+    /// `CONNECT host:port`: a tunnel.
+    Connect { host: String, port: u16 },
+    /// `GET http://host[:port]/path`: one request.
+    Absolute { host: String, port: u16 },
+}
+
+/// Why a request cannot be forwarded (HTTP 400).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    #[error("CONNECT needs host:port")]
+    ConnectTarget,
+    #[error("only http:// targets can be forwarded; use CONNECT for https")]
+    Scheme,
+    #[error("a forward proxy needs an absolute-form request target")]
+    NotAbsolute,
+}
+
+impl ForwardError {
+    fn message(&self) -> &'static str {
+        match self {
+            ForwardError::ConnectTarget => "CONNECT needs host:port\n",
+            ForwardError::Scheme => "only http:// targets can be forwarded; use CONNECT for https\n",
+            ForwardError::NotAbsolute => "a forward proxy needs an absolute-form request target\n",
+        }
+    }
+}
+
+/// Reads the target of a forward-proxy request.
+pub fn parse<B>(req: &Request<B>) -> Result<ProxyRequest, ForwardError> {
+    let uri = req.uri();
+    if req.method() == Method::CONNECT {
+        let authority = uri.authority().ok_or(ForwardError::ConnectTarget)?;
+        let port = authority.port_u16().ok_or(ForwardError::ConnectTarget)?;
+        return Ok(ProxyRequest::Connect {
+            host: authority.host().to_owned(),
+            port,
+        });
+    }
+    let authority = uri.authority().ok_or(ForwardError::NotAbsolute)?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(ForwardError::Scheme);
+    }
+    Ok(ProxyRequest::Absolute {
+        host: authority.host().to_owned(),
+        port: authority.port_u16().unwrap_or(80),
+    })
+}
+
+/// Serves one client of the forward proxy (HTTP/1.1, as `HTTP_PROXY` clients speak).
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, watch: Watch) {
+    shared
+        .metrics
+        .path(Direction::Outbound, Protocol::Http1)
+        .connections
+        .inc();
+    let mut signal = watch.clone();
+    let ctx = Arc::new(Ctx {
+        shared,
+        direction: Direction::Outbound,
+        protocol: Protocol::Http1,
+        peer,
+        watch,
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).max_buf_size(MAX_HEADER_BYTES);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = signal.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "forward-proxy connection ended with an error");
+    }
+}
+
+async fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<ResponseBodyOrError> {
+    let target = match parse(&req) {
+        Ok(t) => t,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e.message()),
+    };
+    let (ProxyRequest::Connect { host, port } | ProxyRequest::Absolute { host, port }) = &target;
+    let dst = match crate::connect::resolve(host, *port).await {
+        Ok(dst) => dst,
+        Err(_) => return error_response(StatusCode::BAD_GATEWAY, "cannot resolve the target host\n"),
+    };
+    if ctx.shared.self_addrs.contains(dst) {
+        return error_response(StatusCode::BAD_GATEWAY, "destination is the proxy itself\n");
+    }
+    match target {
+        ProxyRequest::Connect { .. } => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            let shared = ctx.shared.clone();
+            let (peer, watch) = (ctx.peer, ctx.watch.clone());
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    crate::connection::serve(
+                        shared,
+                        Direction::Outbound,
+                        TokioIo::new(upgraded),
+                        peer,
+                        dst,
+                        watch,
+                    )
+                    .await;
+                }
+            });
+            Response::new(Either::Right(Full::new(Bytes::new())))
+        }
+        ProxyRequest::Absolute { .. } => match Authority::try_from(dst.to_string()) {
+            Ok(authority) => crate::http::forward(&ctx, dst, &authority, req).await,
+            Err(_) => error_response(StatusCode::BAD_REQUEST, "invalid target\n"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, uri: &str) -> Request<()> {
+        Request::builder().method(method).uri(uri).body(()).unwrap()
+    }
+
+    #[test]
+    fn absolute_form() {
+        assert_eq!(
+            parse(&req("GET", "http://example.test/a?b")),
+            Ok(ProxyRequest::Absolute {
+                host: "example.test".into(),
+                port: 80
+            })
+        );
+        assert_eq!(
+            parse(&req("POST", "http://10.0.0.1:8080/")),
+            Ok(ProxyRequest::Absolute {
+                host: "10.0.0.1".into(),
+                port: 8080
+            })
+        );
+    }
+
+    #[test]
+    fn connect_form() {
+        assert_eq!(
+            parse(&req("CONNECT", "db.local:5432")),
+            Ok(ProxyRequest::Connect {
+                host: "db.local".into(),
+                port: 5432
+            })
+        );
+    }
+
+    #[test]
+    fn rejected_forms() {
+        assert_eq!(parse(&req("GET", "/path")), Err(ForwardError::NotAbsolute));
+        assert_eq!(parse(&req("GET", "https://x/")), Err(ForwardError::Scheme));
+        assert_eq!(parse(&req("CONNECT", "db.local")), Err(ForwardError::ConnectTarget));
+    }
+}

@@ -1,0 +1,287 @@
+//! HTTP/1.1 and HTTP/2 proxying: a hyper server on the downstream connection, the pooled hyper
+//! client towards the upstream, the trace hook in between.
+//!
+//! Per request: strip hop-by-hop headers → start the span (it rewrites trace headers) → point the
+//! URI at the destination (the pool key) → send → strip the response → stream the body back,
+//! ending the span when it completes. HTTP/2 downstream goes to HTTP/2 upstream (h2c prior
+//! knowledge), HTTP/1 to HTTP/1.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::{Finish, RequestBody, ResponseBody};
+use crate::connect::{Connector, SelfAddrs};
+use crate::context::Shared;
+use crate::detect::Protocol;
+use crate::error::ConnectError;
+use crate::headers;
+use crate::shutdown::Watch;
+use crate::tcp::Downstream;
+use crate::trace::{Direction, Outcome};
+
+/// Largest request head accepted. Envoy's default limit (60 KiB): beyond it the client gets
+/// 431 from hyper rather than the proxy holding arbitrary amounts of header memory.
+pub const MAX_HEADER_BYTES: usize = 60 * 1024;
+
+/// Idle pooled upstream connections are closed after this; below typical server keep-alive
+/// timeouts' upper range, so the proxy seldom reuses a connection the server is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub type ResponseBodyOrError = Either<ResponseBody, Full<Bytes>>;
+
+/// Pooled keep-alive clients, keyed (by hyper-util) by the destination address in the URI.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    h1: Client<Connector, RequestBody>,
+    h2: Client<Connector, RequestBody>,
+}
+
+impl Upstream {
+    pub fn new(self_addrs: Arc<SelfAddrs>, connect_timeout: Duration) -> Self {
+        let connector = Connector::new(self_addrs, connect_timeout);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // The client's Host header is kept as is; only a request without one gets the
+            // destination's.
+            .set_host(true);
+        let h1 = builder.build(connector.clone());
+        builder.http2_only(true);
+        let h2 = builder.build(connector);
+        Self { h1, h2 }
+    }
+}
+
+/// One downstream connection's facts, shared by its requests.
+#[derive(Debug)]
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub peer: SocketAddr,
+    pub watch: Watch,
+}
+
+/// Serves HTTP on a detected connection; every request goes to `dst`.
+pub async fn serve<I: Downstream>(ctx: Ctx, io: I, dst: SocketAddr) {
+    let authority = match Authority::try_from(dst.to_string()) {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let mut watch = ctx.watch.clone();
+    let protocol = ctx.protocol;
+    let conn = Arc::new((ctx, authority));
+    let svc = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(forward(&conn.0, dst, &conn.1, req).await) }
+    });
+    let io = TokioIo::new(io);
+    let result = match protocol {
+        Protocol::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEADER_BYTES as u32);
+            let conn = builder.serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = watch.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        _ => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).max_buf_size(MAX_HEADER_BYTES);
+            let conn = builder.serve_connection(io, svc).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = watch.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+    }
+}
+
+/// Proxies one request to `dst` (whose `host:port` form is `authority`).
+pub async fn forward(
+    ctx: &Ctx,
+    dst: SocketAddr,
+    authority: &Authority,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBodyOrError> {
+    let start = Instant::now();
+    let shared = &*ctx.shared;
+    let path = shared.metrics.path(ctx.direction, ctx.protocol);
+    path.requests.inc();
+
+    let upgrading = req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers());
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrading);
+    // HTTP/2 carries the host in :authority; the upstream still gets it, as Host.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+
+    let span = shared.tracer.start(ctx.direction, &mut parts, ctx.peer, dst);
+
+    parts.uri = match destination_uri(authority, parts.uri.path_and_query()) {
+        Some(uri) => uri,
+        None => {
+            return fail(ctx, span, StatusCode::BAD_REQUEST, "invalid request target");
+        }
+    };
+    if ctx.protocol == Protocol::Http2 {
+        parts.version = Version::HTTP_2;
+    }
+    let request_size = span.is_recording().then(|| Arc::new(AtomicU64::new(0)));
+    let received = shared.metrics.bytes(ctx.direction).received.clone();
+    let body = RequestBody::new(body, received, request_size.clone());
+    let client = match ctx.protocol {
+        Protocol::Http2 => &shared.upstream.h2,
+        _ => &shared.upstream.h1,
+    };
+
+    let mut resp = match client.request(Request::from_parts(parts, body)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let (status, message) = client_error(&e);
+            if e.is_connect() {
+                shared.metrics.connect_errors.inc();
+            }
+            tracing::debug!(%dst, error = %e, "upstream request failed");
+            return fail(ctx, span, status, message);
+        }
+    };
+    let status = resp.status();
+    path.response(status.as_u16());
+    path.latency.observe(start.elapsed().as_secs_f64());
+
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            ctx.shared.clone(),
+            ctx.direction,
+            ctx.watch.clone(),
+        ));
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, switching && upgrading);
+    let sent = shared.metrics.bytes(ctx.direction).sent.clone();
+    let body = ResponseBody::new(body, sent, Finish::new(span, status, request_size));
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// `http://<dst>/<path>`: the authority is what the connector dials and the pool is keyed by.
+fn destination_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Option<Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(pq.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).ok()
+}
+
+/// Answers the client itself and ends the span with the reason.
+fn fail(
+    ctx: &Ctx,
+    span: crate::trace::ActiveSpan,
+    status: StatusCode,
+    message: &'static str,
+) -> Response<ResponseBodyOrError> {
+    ctx.shared
+        .metrics
+        .path(ctx.direction, ctx.protocol)
+        .response(status.as_u16());
+    span.finish(Outcome {
+        status: Some(status),
+        error: Some(message.to_owned()),
+        request_size: 0,
+        response_size: 0,
+    });
+    error_response(status, message)
+}
+
+/// A short plain-text answer generated by the proxy.
+pub fn error_response(status: StatusCode, message: &'static str) -> Response<ResponseBodyOrError> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(message.as_bytes()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Maps a client failure to what the downstream client should see.
+fn client_error(e: &hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(ce) = err.downcast_ref::<ConnectError>() {
+            let message = match ce {
+                ConnectError::Timeout(_) => "upstream connect timeout\n",
+                ConnectError::Loop(_) => "destination is the proxy itself\n",
+                _ => "upstream connect error\n",
+            };
+            return (ce.status(), message);
+        }
+        source = err.source();
+    }
+    if e.is_connect() {
+        (StatusCode::BAD_GATEWAY, "upstream connect error\n")
+    } else {
+        (StatusCode::BAD_GATEWAY, "upstream connection closed\n")
+    }
+}
+
+/// Joins the two halves of an upgraded connection (WebSocket...) and copies until both close.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    shared: Arc<Shared>,
+    direction: Direction,
+    _watch: Watch,
+) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    let (Ok(client), Ok(upstream)) = (client, upstream) else {
+        return;
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Ok((from_client, to_client)) =
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    {
+        let bytes = shared.metrics.bytes(direction);
+        bytes.received.inc_by(from_client);
+        bytes.sent.inc_by(to_client);
+    }
+}

@@ -1,0 +1,35 @@
+//! Inbound: connections from the network for the local app (SERVER spans).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::context::Shared;
+use crate::route::Route;
+use crate::shutdown::Watch;
+use crate::trace::Direction;
+
+/// Transparent: the app's own address (pod IP and original port), so apps bound to the pod IP
+/// or to 0.0.0.0 both work. A connection that was not redirected is refused (closed): nothing
+/// legitimate dials the inbound port directly.
+pub async fn accept(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, route: &Route, watch: Watch) {
+    let dst = match route {
+        Route::Transparent => match crate::orig_dst::original_dst(&stream) {
+            Some(dst) => dst,
+            None => {
+                tracing::debug!(%peer, "inbound connection was not redirected; closing");
+                return;
+            }
+        },
+        Route::Static(target) => match target.resolve().await {
+            Ok(dst) => dst,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "inbound route target");
+                crate::tcp::Downstream::reset_on_close(&stream);
+                return;
+            }
+        },
+    };
+    crate::connection::serve(shared, Direction::Inbound, stream, peer, dst, watch).await;
+}

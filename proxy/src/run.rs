@@ -1,0 +1,49 @@
+//! `mesh-proxy run`: load the config, start the proxy, wait for a signal, drain, flush.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::app::{self, Options};
+use crate::cli::RunArgs;
+use crate::connect::CONNECT_TIMEOUT;
+use crate::trace::Identity;
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let log_level = crate::log::init();
+    let runtime = crate::runtime::build(args.threads).context("starting the runtime")?;
+    runtime.block_on(async move {
+        let config = crate::config::load(args.mesh_config.as_deref())
+            .await
+            .context("loading the MeshConfig")?;
+        let options = Options {
+            bind_ip: args.bind,
+            bind_ipv6: true,
+            inbound_port: args.inbound_port,
+            outbound_port: args.outbound_port,
+            admin_port: args.admin_port,
+            inbound: args.inbound,
+            outbound: args.outbound,
+            identity: Identity {
+                service: args.service,
+                namespace: args.namespace,
+                pod_ip: args.pod_ip,
+            },
+            connect_timeout: CONNECT_TIMEOUT,
+            log_level: Some(log_level),
+        };
+        let running = app::start(options, config).await?;
+        crate::shutdown::signal().await;
+        tracing::info!("shutting down: draining connections");
+        let tracer = running.tracer.clone();
+        let drained = running
+            .stop(Duration::from_secs(args.drain_timeout))
+            .await;
+        // Spans of the drained requests are still queued: send them before exiting.
+        tracer.flush(Duration::from_secs(5)).await;
+        if !drained {
+            tracing::warn!("drain timeout reached with connections still open");
+        }
+        Ok(())
+    })
+}
