@@ -57,25 +57,22 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf[0] == 0x16 {
         return Some(Protocol::Opaque);
     }
-    // Parse with no room for headers: a valid request line followed by a header line stops
-    // with `TooManyHeaders`, which still proves the request line is HTTP/1.
+    // Only the request line decides: once httparse has read a valid version, the line is
+    // HTTP/1 whatever follows (a bad header is the HTTP server's to answer with 400).
     let mut headers = [httparse::EMPTY_HEADER; 0];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-            Some(Protocol::Http1)
+    let parsed = req.parse(buf);
+    if req.version.is_some() {
+        return Some(Protocol::Http1);
+    }
+    match parsed {
+        Ok(httparse::Status::Complete(_)) => Some(Protocol::Http1),
+        // A request line longer than the buffer: a token method and a space so far are good
+        // enough to let the HTTP server judge (and answer 414/400).
+        Ok(httparse::Status::Partial) if buf.len() >= DETECT_BUFFER => {
+            Some(req.method.map_or(Protocol::Opaque, |_| Protocol::Http1))
         }
-        Ok(httparse::Status::Partial) => {
-            if req.version.is_some() {
-                Some(Protocol::Http1)
-            } else if buf.len() >= DETECT_BUFFER {
-                // A request line longer than the buffer: a token method and a space so far
-                // are good enough to let the HTTP server judge (and answer 414/400).
-                req.method.map(|_| Protocol::Http1).or(Some(Protocol::Opaque))
-            } else {
-                None
-            }
-        }
+        Ok(httparse::Status::Partial) => None,
         Err(_) => Some(Protocol::Opaque),
     }
 }

@@ -1,0 +1,391 @@
+//! The proxy in explicit mode over loopback with real sockets: every protocol path and error
+//! mapping, end to end through one sidecar.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proxy::app::{self, Options, Running};
+use mesh_proxy::config::{fixed, Snapshot};
+use mesh_proxy::route::StaticRoute;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Generous bound on any wait, so a broken proxy fails the test instead of hanging it.
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn proxy(inbound: &[String], outbound: &[String], connect_timeout: Duration) -> Running {
+    let options = Options {
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        bind_ipv6: false,
+        inbound_port: 0,
+        outbound_port: 0,
+        admin_port: 0,
+        inbound: inbound.iter().map(|r| r.parse::<StaticRoute>().unwrap()).collect(),
+        outbound: outbound.iter().map(|r| r.parse::<StaticRoute>().unwrap()).collect(),
+        identity: Default::default(),
+        connect_timeout,
+        log_level: None,
+    };
+    app::start(options, fixed(Snapshot::default_config()))
+        .await
+        .unwrap()
+}
+
+/// A proxy publishing `backend` through one inbound route; returns the route's address.
+async fn inbound_to(backend: SocketAddr) -> (Running, SocketAddr) {
+    let p = proxy(&[format!("127.0.0.1:0={backend}")], &[], Duration::from_secs(5)).await;
+    let addr = p.route_addrs[0];
+    (p, addr)
+}
+
+/// An HTTP server (HTTP/1 and h2c) that echoes the request body frame by frame and ends with
+/// a trailer; answers upgrades by echoing bytes on the upgraded connection.
+async fn echo_http() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(echo);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
+    if req.headers().contains_key(http::header::UPGRADE) {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 64];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+            .unwrap();
+        return Ok(resp);
+    }
+    let host = req
+        .headers()
+        .get("host")
+        .map(|h| h.to_str().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
+    let mut body = req.into_body();
+    tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return };
+            if let Ok(data) = frame.into_data() {
+                if tx.send(Ok(Frame::data(data))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+    });
+    let stream = tokio_stream_from(rx);
+    let resp = Response::builder()
+        .header("x-host-seen", host)
+        // HTTP/1 only carries trailers that the head announces.
+        .header("trailer", "grpc-status")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap();
+    Ok(resp)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A channel-fed request body, so a test controls when each chunk leaves.
+fn channel_body() -> (
+    tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+    StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (tx, StreamBody::new(tokio_stream_from(rx)))
+}
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f).await.expect("timed out")
+}
+
+#[tokio::test]
+async fn http1_streams_chunks_both_ways_with_trailers() {
+    let backend = echo_http().await;
+    let (_p, addr) = inbound_to(backend).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, body) = channel_body();
+    let req = Request::post("/echo")
+        .header("host", "app.test")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let resp = within(async {
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
+        send.send_request(req).await.unwrap()
+    })
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-host-seen"], "app.test");
+    let mut body = resp.into_body();
+    // The first chunk comes back while the request body is still open: nothing is buffered.
+    let first = within(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    tx.send(Ok(Frame::data(Bytes::from_static(b"second")))).await.unwrap();
+    drop(tx);
+    let rest = within(body.collect()).await.unwrap();
+    let trailers = rest.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(rest.to_bytes(), "second");
+}
+
+#[tokio::test]
+async fn h2c_with_trailers() {
+    let backend = echo_http().await;
+    let (_p, addr) = inbound_to(backend).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = Request::post("http://grpc.test/svc/Method")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from(format!("msg{i}"))))
+            .unwrap();
+        let resp = within(send.send_request(req)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.headers()["x-host-seen"], "grpc.test");
+        let collected = within(resp.into_body().collect()).await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(collected.to_bytes(), format!("msg{i}"));
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = within(stream.read(&mut byte)).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn upgrade_is_passed_through() {
+    let backend = echo_http().await;
+    let (_p, addr) = inbound_to(backend).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    within(s.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+/// A TCP server that reads until the client half-closes, then answers with the byte count.
+async fn count_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                if s.read_to_end(&mut all).await.is_ok() {
+                    let _ = s.write_all(format!("got {}", all.len()).as_bytes()).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn opaque_tcp_passes_half_close() {
+    let backend = count_server().await;
+    let p = proxy(&[], &[format!("127.0.0.1:0={backend}")], Duration::from_secs(5)).await;
+    let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
+    s.write_all(&[0u8, 1, 2, 3, 4, 5, 6]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = String::new();
+    within(s.read_to_string(&mut answer)).await.unwrap();
+    assert_eq!(answer, "got 7");
+}
+
+#[tokio::test]
+async fn connect_tunnel_goes_through_detection() {
+    let backend = count_server().await;
+    let p = proxy(&[], &[], Duration::from_secs(5)).await;
+    let mut s = TcpStream::connect(p.outbound_addr).await.unwrap();
+    s.write_all(format!("CONNECT {backend} HTTP/1.1\r\nHost: {backend}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(&[0u8, 9, 9]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = String::new();
+    within(s.read_to_string(&mut answer)).await.unwrap();
+    assert_eq!(answer, "got 3");
+}
+
+#[tokio::test]
+async fn forward_proxy_absolute_form() {
+    let backend = echo_http().await;
+    let p = proxy(&[], &[], Duration::from_secs(5)).await;
+    let mut s = TcpStream::connect(p.outbound_addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST http://{backend}/x HTTP/1.1\r\nHost: {backend}\r\nProxy-Connection: keep-alive\r\nContent-Length: 2\r\n\r\nhi"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Origin-form on the forward proxy is not a proxy request.
+    let mut s = TcpStream::connect(p.outbound_addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn refused_upstream_is_502_for_http_and_reset_for_tcp() {
+    let dead = closed_port();
+    let p = proxy(
+        &[format!("127.0.0.1:0={dead}")],
+        &[format!("127.0.0.1:0={dead}")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+
+    let mut s = TcpStream::connect(p.route_addrs[1]).await.unwrap();
+    s.write_all(&[0u8, 1]).await.unwrap();
+    let mut buf = [0u8; 8];
+    let read = within(s.read(&mut buf)).await;
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+}
+
+#[tokio::test]
+async fn malformed_is_400_and_huge_headers_431() {
+    let backend = echo_http().await;
+    let (_p, addr) = inbound_to(backend).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let big = "a".repeat(100 * 1024);
+    // The proxy may answer and close before reading everything: ignore write errors.
+    let _ = s
+        .write_all(format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await;
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+}
+
+#[tokio::test]
+async fn connect_timeout_is_504() {
+    // A listener that never accepts, with its queue full: further SYNs go unanswered.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(0).unwrap();
+    let full = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(full)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let p = proxy(&[format!("127.0.0.1:0={full}")], &[], Duration::from_millis(300)).await;
+    let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    drop(socket);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_shutdown_drains() {
+    let backend = echo_http().await;
+    let (p, addr) = inbound_to(backend).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(s);
+
+    let mut admin = TcpStream::connect(p.admin_addr).await.unwrap();
+    admin
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    within(admin.read_to_string(&mut text)).await.unwrap();
+    assert!(
+        text.contains("mesh_proxy_requests_total{direction=\"inbound\",protocol=\"http1\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("mesh_proxy_config_generation 1"), "{text}");
+    assert!(within(p.stop(WAIT)).await);
+}
