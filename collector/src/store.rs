@@ -69,11 +69,16 @@ impl Store {
         let total = {
             let mut inner = self.lock();
             for span in batch {
-                inner.last_seen.insert(span.trace_id.clone(), now);
                 if inner.spans.len() < MAX_SPANS_IN_MEMORY {
+                    inner.last_seen.insert(span.trace_id.clone(), now);
                     inner.spans.push(span);
                 } else {
                     inner.dropped += 1;
+                    if inner.dropped == 1 {
+                        tracing::warn!(
+                            "{MAX_SPANS_IN_MEMORY} spans held in memory: later ones go to --out only"
+                        );
+                    }
                 }
             }
             inner.spans.len()

@@ -36,7 +36,7 @@ fn render_trace(out: &mut String, trace_id: &str, spans: &[Span]) {
     let start = spans.iter().filter_map(|s| s.timestamp).min().unwrap_or(0);
     let end = spans
         .iter()
-        .filter_map(|s| Some(s.timestamp? + s.duration.unwrap_or(0)))
+        .filter_map(|s| Some(s.timestamp?.saturating_add(s.duration.unwrap_or(0))))
         .max()
         .unwrap_or(start);
     let total = end.saturating_sub(start).max(1);
