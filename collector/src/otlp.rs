@@ -65,6 +65,8 @@ fn convert_span(
     scope: Option<&opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
 ) -> Result<Span, String> {
     let trace_id = id_hex(&span.trace_id, 16).map_err(|e| format!("traceId: {e}"))?;
+    // A 64-bit trace id travels in OTLP zero-padded; it is still that 64-bit trace.
+    let trace_id = crate::span::normalize_trace_id(&trace_id).to_string();
     let id = id_hex(&span.span_id, 8).map_err(|e| format!("spanId: {e}"))?;
     let parent_id = if span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|b| *b == 0)
     {
@@ -309,6 +311,16 @@ pub(crate) mod tests {
         req.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![1; 8];
         assert!(convert(&req).is_err());
         assert!(decode(b"\xff\xff\xff garbage").is_err());
+    }
+
+    #[test]
+    fn a_padded_64_bit_trace_id_stays_64_bit() {
+        let mut req = sample_request();
+        let mut id = vec![0; 8];
+        id.extend([0x48, 0x48, 0x5a, 0x39, 0x53, 0xbb, 0x61, 0x24]);
+        req.resource_spans[0].scope_spans[0].spans[0].trace_id = id;
+        let spans = convert(&req).expect("valid");
+        assert_eq!(spans[0].trace_id, "48485a3953bb6124");
     }
 
     #[test]

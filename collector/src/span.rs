@@ -54,6 +54,15 @@ impl Span {
     }
 }
 
+/// Zipkin's rule for trace ids: a 128-bit id whose upper half is zero is the 64-bit id it
+/// carries, so the same trace reads the same whether it came as 16 hex, padded Zipkin or OTLP.
+pub fn normalize_trace_id(id: &str) -> &str {
+    match id.strip_prefix("0000000000000000") {
+        Some(low) if low.len() == 16 => low,
+        _ => id,
+    }
+}
+
 /// The Zipkin span kind; spans without one are local (in-process) spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -123,5 +132,16 @@ mod tests {
             })
         );
         assert_eq!(span.service(), "a.demo");
+    }
+
+    #[test]
+    fn padded_64_bit_trace_ids_are_64_bit() {
+        assert_eq!(
+            normalize_trace_id("000000000000000048485a3953bb6124"),
+            "48485a3953bb6124"
+        );
+        assert_eq!(normalize_trace_id("48485a3953bb6124"), "48485a3953bb6124");
+        let full = "463ac35c9f6413ad48485a3953bb6124";
+        assert_eq!(normalize_trace_id(full), full);
     }
 }

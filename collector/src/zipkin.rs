@@ -23,6 +23,7 @@ pub enum ZipkinError {
 pub fn decode(body: &[u8]) -> Result<Vec<Span>, ZipkinError> {
     let mut spans: Vec<Span> = serde_json::from_slice(body)?;
     for span in &mut spans {
+        span.trace_id = crate::span::normalize_trace_id(&span.trace_id).to_string();
         // Zipkin reads an all-zero parent as "no parent" (opentelemetry-zipkin sends roots so).
         if span
             .parent_id
@@ -183,6 +184,13 @@ mod tests {
         let spans = decode(body.as_bytes()).expect("valid");
         assert_eq!(spans[0].parent_id, None);
         assert_eq!(spans[0].duration, None);
+    }
+
+    #[test]
+    fn a_zero_padded_trace_id_reads_as_64_bit() {
+        let body = r#"[{"traceId":"000000000000000048485a3953bb6124","id":"a2fb4a1d1a96d312"}]"#;
+        let spans = decode(body.as_bytes()).expect("valid");
+        assert_eq!(spans[0].trace_id, "48485a3953bb6124");
     }
 
     fn err(body: &str) -> String {
