@@ -83,20 +83,22 @@ pub enum Scheme {
     Https,
 }
 
-/// Why `MESH_APP_PROBES` cannot be used; the proxy refuses to start rather than fail every probe.
+/// Why the probes cannot be served; the proxy refuses to start rather than fail every probe.
+///
+/// Each message is whole on its own line (the cause is in it, not chained), as `mesh-proxy`
+/// prints one line per failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbesError {
     #[error("{ENV} is not valid JSON of probes: {0}")]
-    Json(#[source] serde_json::Error),
+    Json(serde_json::Error),
     #[error("{ENV} is not valid UTF-8")]
     NotUnicode,
     #[error("{ENV}: {path}: {reason}")]
     Invalid { path: String, reason: String },
-    #[error("binding probe listener {addr}: {source}")]
+    #[error("binding probe listener {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -213,10 +215,10 @@ pub async fn serve(
         let addr = SocketAddr::new(options.bind_ip, port);
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| ProbesError::Bind { addr, source })?;
+            .map_err(|error| ProbesError::Bind { addr, error })?;
         let bound = listener
             .local_addr()
-            .map_err(|source| ProbesError::Bind { addr, source })?;
+            .map_err(|error| ProbesError::Bind { addr, error })?;
         listeners.push((listener, bound));
     }
     let state = Arc::new(State {

@@ -16,6 +16,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let config = crate::config::load(args.mesh_config.as_deref())
             .await
             .context("loading the MeshConfig")?;
+        let probes = crate::probes::Probes::from_env()?;
         let options = Options {
             bind_ip: args.bind,
             bind_ipv6: true,
@@ -33,12 +34,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             log_level: Some(log_level),
         };
         let running = app::start(options, config).await?;
+        // The app's rewritten probes keep answering while the proxy drains.
+        let probe_shutdown = crate::shutdown::Shutdown::new();
+        let probe_options = crate::probes::Options {
+            bind_ip: args.bind,
+            ..crate::probes::Options::new(args.pod_ip)
+        };
+        crate::probes::serve(probes, probe_options, probe_shutdown.watch()).await?;
         crate::shutdown::signal().await;
         tracing::info!("shutting down: draining connections");
         let tracer = running.tracer.clone();
-        let drained = running
-            .stop(Duration::from_secs(args.drain_timeout))
-            .await;
+        let drained = running.stop(Duration::from_secs(args.drain_timeout)).await;
+        probe_shutdown.drain(Duration::from_secs(1)).await;
         // Spans of the drained requests are still queued: send them before exiting.
         tracer.flush(Duration::from_secs(5)).await;
         if !drained {
