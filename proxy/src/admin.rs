@@ -125,7 +125,10 @@ mod tests {
     fn ready_only_after_listeners() {
         let admin = Admin::new(Registry::default(), fixed(Snapshot::default_config()));
         assert_eq!(get(&admin, "/live").status(), StatusCode::OK);
-        assert_eq!(get(&admin, "/ready").status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get(&admin, "/ready").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         admin.ready.store(true, Ordering::Release);
         assert_eq!(get(&admin, "/ready").status(), StatusCode::OK);
         assert_eq!(get(&admin, "/nope").status(), StatusCode::NOT_FOUND);

@@ -16,7 +16,11 @@ use crate::error::StartError;
 use crate::metrics::Metrics;
 use crate::route::{Route, StaticRoute};
 use crate::shutdown::Shutdown;
-use crate::trace::{Direction, Identity, Tracer};
+use crate::trace::{Direction, Identity, TraceMetrics, Tracer};
+
+/// Time given to the span exporter at exit: with the 10 s drain it stays within Kubernetes'
+/// default 30 s grace period.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything `start` needs; flags and env are read in `cli`, nowhere else.
 #[derive(Debug)]
@@ -50,10 +54,13 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets connections finish for at most `drain`, then returns whether all did.
+    /// Stops accepting, lets connections finish for at most `drain`, then flushes the spans
+    /// they produced. Returns whether every connection finished in time.
     pub async fn stop(self, drain: Duration) -> bool {
         self.admin.ready.store(false, Ordering::Release);
-        self.shutdown.drain(drain).await
+        let drained = self.shutdown.drain(drain).await;
+        self.tracer.flush(FLUSH_TIMEOUT).await;
+        drained
     }
 }
 
@@ -61,7 +68,11 @@ impl Running {
 pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartError> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let tracer = Tracer::new(options.identity.clone(), Default::default());
+    let trace_metrics = TraceMetrics::default();
+    trace_metrics.register(&mut registry);
+    let tracer = Tracer::new(options.identity.clone(), trace_metrics);
+    // Before the first connection, so no request slips through under the default settings.
+    tracer.apply(&config.borrow().config.spec.observability.tracing);
     tracer.metrics().register(&mut registry);
     crate::trace::reload::follow_snapshots(tracer.clone(), config.clone());
 
@@ -70,7 +81,8 @@ pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartE
     let inbound = crate::listener::bind(SocketAddr::new(ip, options.inbound_port))?;
     let admin_listener = crate::listener::bind(SocketAddr::new(ip, options.admin_port))?;
     let local = |l: &TcpListener, addr| {
-        l.local_addr().map_err(|source| StartError::Bind { addr, source })
+        l.local_addr()
+            .map_err(|source| StartError::Bind { addr, source })
     };
     let outbound_addr = local(&outbound, SocketAddr::new(ip, options.outbound_port))?;
     let inbound_addr = local(&inbound, SocketAddr::new(ip, options.inbound_port))?;
@@ -137,7 +149,11 @@ pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartE
     ));
 
     let admin = Admin::new(registry, config);
-    tokio::spawn(crate::admin::run(admin_listener, admin.clone(), shutdown.watch()));
+    tokio::spawn(crate::admin::run(
+        admin_listener,
+        admin.clone(),
+        shutdown.watch(),
+    ));
     admin.ready.store(true, Ordering::Release);
     tracing::info!(%admin_addr, "admin listening");
 

@@ -69,12 +69,13 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ConnectError> 
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let mut addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| ConnectError::Resolve {
-            host: host.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let mut addrs =
+        tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| ConnectError::Resolve {
+                host: host.to_owned(),
+                reason: e.to_string(),
+            })?;
     addrs.next().ok_or_else(|| ConnectError::Resolve {
         host: host.to_owned(),
         reason: "no addresses".to_owned(),
@@ -129,7 +130,10 @@ mod tests {
     fn self_addrs_cover_wildcard_listeners() {
         let pod: IpAddr = "10.0.0.5".parse().unwrap();
         let s = SelfAddrs::new(
-            vec!["0.0.0.0:15001".parse().unwrap(), "127.0.0.1:9080".parse().unwrap()],
+            vec![
+                "0.0.0.0:15001".parse().unwrap(),
+                "127.0.0.1:9080".parse().unwrap(),
+            ],
             Some(pod),
         );
         assert!(s.contains("127.0.0.1:15001".parse().unwrap()));

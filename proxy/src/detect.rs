@@ -141,7 +141,10 @@ mod tests {
 
     #[test]
     fn tls_and_binary_are_opaque() {
-        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00]), Some(Protocol::Opaque));
+        assert_eq!(
+            classify(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            Some(Protocol::Opaque)
+        );
         assert_eq!(classify(&[0x00, 0x01, 0x02]), Some(Protocol::Opaque));
         assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));
         assert_eq!(classify(b"GET / SMTP/1.0\r\n"), Some(Protocol::Opaque));

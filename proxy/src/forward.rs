@@ -44,7 +44,9 @@ impl ForwardError {
     fn message(&self) -> &'static str {
         match self {
             ForwardError::ConnectTarget => "CONNECT needs host:port\n",
-            ForwardError::Scheme => "only http:// targets can be forwarded; use CONNECT for https\n",
+            ForwardError::Scheme => {
+                "only http:// targets can be forwarded; use CONNECT for https\n"
+            }
             ForwardError::NotAbsolute => "a forward proxy needs an absolute-form request target\n",
         }
     }
@@ -91,7 +93,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, wat
         async move { Ok::<_, Infallible>(handle(ctx, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(MAX_HEADER_BYTES);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -116,7 +120,9 @@ async fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<ResponseB
     let (ProxyRequest::Connect { host, port } | ProxyRequest::Absolute { host, port }) = &target;
     let dst = match crate::connect::resolve(host, *port).await {
         Ok(dst) => dst,
-        Err(_) => return error_response(StatusCode::BAD_GATEWAY, "cannot resolve the target host\n"),
+        Err(_) => {
+            return error_response(StatusCode::BAD_GATEWAY, "cannot resolve the target host\n")
+        }
     };
     if ctx.shared.self_addrs.contains(dst) {
         return error_response(StatusCode::BAD_GATEWAY, "destination is the proxy itself\n");
@@ -189,6 +195,9 @@ mod tests {
     fn rejected_forms() {
         assert_eq!(parse(&req("GET", "/path")), Err(ForwardError::NotAbsolute));
         assert_eq!(parse(&req("GET", "https://x/")), Err(ForwardError::Scheme));
-        assert_eq!(parse(&req("CONNECT", "db.local")), Err(ForwardError::ConnectTarget));
+        assert_eq!(
+            parse(&req("CONNECT", "db.local")),
+            Err(ForwardError::ConnectTarget)
+        );
     }
 }

@@ -54,7 +54,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     if let Some(te) = headers.get(header::TE) {
         let trailers = te
             .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
             .unwrap_or(false);
         headers.remove(header::TE);
         if trailers {

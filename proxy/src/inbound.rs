@@ -13,7 +13,13 @@ use crate::trace::Direction;
 /// Transparent: the app's own address (pod IP and original port), so apps bound to the pod IP
 /// or to 0.0.0.0 both work. A connection that was not redirected is refused (closed): nothing
 /// legitimate dials the inbound port directly.
-pub async fn accept(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, route: &Route, watch: Watch) {
+pub async fn accept(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    route: &Route,
+    watch: Watch,
+) {
     let dst = match route {
         Route::Transparent => match crate::orig_dst::original_dst(&stream) {
             Some(dst) => dst,

@@ -29,7 +29,12 @@ pub fn init() -> LevelHandle {
     let (filter, handle) = reload::Layer::new(filter);
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours only for a person at a terminal, not in collected pod logs.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .try_init();
     LevelHandle { handle, pinned }
 }

@@ -154,7 +154,8 @@ impl Metrics {
             }
         };
         let dirs = [Direction::Inbound, Direction::Outbound];
-        let paths = dirs.map(|d| [Protocol::Http1, Protocol::Http2, Protocol::Opaque].map(|p| make(d, p)));
+        let paths =
+            dirs.map(|d| [Protocol::Http1, Protocol::Http2, Protocol::Opaque].map(|p| make(d, p)));
         // One statement per get_or_create: a guard kept alive by the struct literal would hold
         // the family's read lock while the next call takes the write lock (deadlock).
         let flows = dirs.map(|d| {
@@ -249,9 +250,10 @@ mod tests {
         m.path(Direction::Inbound, Protocol::Http1).response(503);
         m.bytes(Direction::Outbound).sent.inc_by(10);
         let text = encode(&reg);
-        assert!(text.contains(
-            "mesh_proxy_requests_total{direction=\"inbound\",protocol=\"http1\"} 1"
-        ), "{text}");
+        assert!(
+            text.contains("mesh_proxy_requests_total{direction=\"inbound\",protocol=\"http1\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("status_class=\"5xx\"} 1"), "{text}");
         assert!(text.contains("mesh_proxy_bytes_total{direction=\"outbound\",flow=\"out\"} 10"));
     }

@@ -13,7 +13,13 @@ use crate::trace::Direction;
 /// Transparent: the original destination. A connection that was not redirected was made to
 /// the listener itself, by a client configured with `HTTP_PROXY`: it is served as an explicit
 /// HTTP forward proxy. Static routes go to their fixed target.
-pub async fn accept(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, route: &Route, watch: Watch) {
+pub async fn accept(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    route: &Route,
+    watch: Watch,
+) {
     let dst = match route {
         Route::Transparent => match crate::orig_dst::original_dst(&stream) {
             Some(dst) => dst,

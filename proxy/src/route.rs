@@ -106,7 +106,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_routes() {
-        for bad in ["9080=8080", "0.0.0.0:9080", "0.0.0.0:9080=db", "x=y:1", "0.0.0.0:1=h:99999"] {
+        for bad in [
+            "9080=8080",
+            "0.0.0.0:9080",
+            "0.0.0.0:9080=db",
+            "x=y:1",
+            "0.0.0.0:1=h:99999",
+        ] {
             assert!(bad.parse::<StaticRoute>().is_err(), "{bad}");
         }
     }

@@ -60,9 +60,7 @@ impl Shutdown {
         } = self;
         let _ = signal.send(true);
         drop(guard);
-        tokio::time::timeout(timeout, drained.recv())
-            .await
-            .is_ok()
+        tokio::time::timeout(timeout, drained.recv()).await.is_ok()
     }
 }
 

@@ -39,15 +39,16 @@ pub async fn proxy<D: Downstream>(
     mut downstream: D,
     dst: SocketAddr,
 ) -> io::Result<()> {
-    let mut upstream = match crate::connect::connect(dst, &shared.self_addrs, shared.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            shared.metrics.connect_errors.inc();
-            tracing::debug!(%dst, error = %e, "opaque upstream failed, resetting client");
-            downstream.reset_on_close();
-            return Ok(());
-        }
-    };
+    let mut upstream =
+        match crate::connect::connect(dst, &shared.self_addrs, shared.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                shared.metrics.connect_errors.inc();
+                tracing::debug!(%dst, error = %e, "opaque upstream failed, resetting client");
+                downstream.reset_on_close();
+                return Ok(());
+            }
+        };
     let (from_client, to_client) =
         tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await?;
     let bytes = shared.metrics.bytes(direction);

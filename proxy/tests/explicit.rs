@@ -26,8 +26,14 @@ async fn proxy(inbound: &[String], outbound: &[String], connect_timeout: Duratio
         inbound_port: 0,
         outbound_port: 0,
         admin_port: 0,
-        inbound: inbound.iter().map(|r| r.parse::<StaticRoute>().unwrap()).collect(),
-        outbound: outbound.iter().map(|r| r.parse::<StaticRoute>().unwrap()).collect(),
+        inbound: inbound
+            .iter()
+            .map(|r| r.parse::<StaticRoute>().unwrap())
+            .collect(),
+        outbound: outbound
+            .iter()
+            .map(|r| r.parse::<StaticRoute>().unwrap())
+            .collect(),
         identity: Default::default(),
         connect_timeout,
         log_level: None,
@@ -39,7 +45,12 @@ async fn proxy(inbound: &[String], outbound: &[String], connect_timeout: Duratio
 
 /// A proxy publishing `backend` through one inbound route; returns the route's address.
 async fn inbound_to(backend: SocketAddr) -> (Running, SocketAddr) {
-    let p = proxy(&[format!("127.0.0.1:0={backend}")], &[], Duration::from_secs(5)).await;
+    let p = proxy(
+        &[format!("127.0.0.1:0={backend}")],
+        &[],
+        Duration::from_secs(5),
+    )
+    .await;
     let addr = p.route_addrs[0];
     (p, addr)
 }
@@ -51,7 +62,9 @@ async fn echo_http() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(echo);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -123,9 +136,11 @@ fn tokio_stream_from<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+type FrameTx = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
 /// A channel-fed request body, so a test controls when each chunk leaves.
 fn channel_body() -> (
-    tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+    FrameTx,
     StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -152,7 +167,9 @@ async fn http1_streams_chunks_both_ways_with_trailers() {
         .body(body)
         .unwrap();
     let resp = within(async {
-        tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
+            .await
+            .unwrap();
         send.send_request(req).await.unwrap()
     })
     .await;
@@ -162,7 +179,9 @@ async fn http1_streams_chunks_both_ways_with_trailers() {
     // The first chunk comes back while the request body is still open: nothing is buffered.
     let first = within(body.frame()).await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "first");
-    tx.send(Ok(Frame::data(Bytes::from_static(b"second")))).await.unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"second"))))
+        .await
+        .unwrap();
     drop(tx);
     let rest = within(body.collect()).await.unwrap();
     let trailers = rest.trailers().cloned().expect("trailers");
@@ -213,12 +232,17 @@ async fn upgrade_is_passed_through() {
     let backend = echo_http().await;
     let (_p, addr) = inbound_to(backend).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: echo"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
     s.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     within(s.read_exact(&mut buf)).await.unwrap();
@@ -231,7 +255,9 @@ async fn count_server() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut all = Vec::new();
                 if s.read_to_end(&mut all).await.is_ok() {
@@ -246,7 +272,12 @@ async fn count_server() -> SocketAddr {
 #[tokio::test]
 async fn opaque_tcp_passes_half_close() {
     let backend = count_server().await;
-    let p = proxy(&[], &[format!("127.0.0.1:0={backend}")], Duration::from_secs(5)).await;
+    let p = proxy(
+        &[],
+        &[format!("127.0.0.1:0={backend}")],
+        Duration::from_secs(5),
+    )
+    .await;
     let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
     s.write_all(&[0u8, 1, 2, 3, 4, 5, 6]).await.unwrap();
     s.shutdown().await.unwrap();
@@ -289,7 +320,9 @@ async fn forward_proxy_absolute_form() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // Origin-form on the forward proxy is not a proxy request.
     let mut s = TcpStream::connect(p.outbound_addr).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 }
@@ -309,7 +342,9 @@ async fn refused_upstream_is_502_for_http_and_reset_for_tcp() {
     )
     .await;
     let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
 
@@ -328,7 +363,9 @@ async fn malformed_is_400_and_huge_headers_431() {
     let backend = echo_http().await;
     let (_p, addr) = inbound_to(backend).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n")
+        .await
+        .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 
@@ -346,7 +383,9 @@ async fn malformed_is_400_and_huge_headers_431() {
 async fn connect_timeout_is_504() {
     // A listener that never accepts, with its queue full: further SYNs go unanswered.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.listen(0).unwrap();
     let full = socket.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
@@ -357,9 +396,16 @@ async fn connect_timeout_is_504() {
             fillers.push(s);
         }
     }
-    let p = proxy(&[format!("127.0.0.1:0={full}")], &[], Duration::from_millis(300)).await;
+    let p = proxy(
+        &[format!("127.0.0.1:0={full}")],
+        &[],
+        Duration::from_millis(300),
+    )
+    .await;
     let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 504"), "{head}");
     drop(socket);
@@ -370,7 +416,9 @@ async fn metrics_count_requests_and_shutdown_drains() {
     let backend = echo_http().await;
     let (p, addr) = inbound_to(backend).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     drop(s);
