@@ -37,6 +37,14 @@ pub enum Protocol {
 
 /// `mesh demo` flags.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "\
+The demo keeps its state (namespace, MeshConfig, sidecar logs, spans.jsonl) in a fresh
+temporary directory, removed when it succeeds and kept when it fails; --state-dir is not used.
+It runs mesh-proxy from $MESH_PROXY_BIN, next to this executable, or from PATH.
+
+Examples:
+  mesh demo --requests 10
+  mesh demo --protocol otlp-grpc")]
 pub struct Args {
     /// Send N requests to A, print their traces and exit (0 when every trace is one tree of
     /// A → B → C); without it, run until Ctrl-C and print traces as they arrive

@@ -14,6 +14,14 @@ pub const QUIET_PERIOD: Duration = Duration::from_secs(1);
 
 /// `mesh collector` flags.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "\
+Every listener accepts all three formats (gRPC by its content type); with no address given it
+listens on 127.0.0.1:9411 (Zipkin), :4318 (OTLP/HTTP) and :4317 (OTLP/gRPC). Invalid spans get
+400 with the field named. A trace prints once no span arrived for it for a second.
+
+Examples:
+  mesh collector --zipkin 127.0.0.1:9411 --out spans.jsonl
+  mesh config patch -p '{\"spec\":{\"observability\":{\"tracing\":{\"enable\":true,\"address\":\"127.0.0.1\"}}}}'")]
 pub struct Args {
     /// Zipkin v2 JSON receiver (POST /api/v2/spans).
     #[arg(long, value_name = "ADDR")]
