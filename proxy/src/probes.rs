@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -231,6 +231,17 @@ pub async fn serve(
         tracing::info!(%addr, "probe listener");
         addrs.push(addr);
         tokio::spawn(accept(listener, state.clone(), watch.clone()));
+        // On an IPv6 (or dual-stack) pod the kubelet may probe the pod's IPv6 address. IPv6
+        // is optional: a pod without it simply answers on IPv4.
+        if options.bind_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+            let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), addr.port());
+            match crate::listener::bind(v6) {
+                Ok(l) => {
+                    tokio::spawn(accept(l, state.clone(), watch.clone()));
+                }
+                Err(e) => tracing::debug!(error = %e, "no IPv6 probe listener"),
+            }
+        }
     }
     Ok(addrs)
 }
