@@ -437,3 +437,48 @@ async fn metrics_count_requests_and_shutdown_drains() {
     assert!(text.contains("mesh_proxy_config_generation 1"), "{text}");
     assert!(within(p.stop(WAIT)).await);
 }
+
+#[tokio::test]
+async fn opaque_ports_skip_detection_for_server_first_protocols() {
+    // A server that speaks first, like MySQL or SMTP.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(b"220 ready\r\n").await;
+        }
+    });
+    let mut config = mesh_config::MeshConfig::default();
+    config.spec.traffic.opaque_ports = vec![backend.port()];
+    let snapshot = Snapshot {
+        config: std::sync::Arc::new(config),
+        ..Snapshot::default_config()
+    };
+    let options = Options {
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        bind_ipv6: false,
+        inbound_port: 0,
+        outbound_port: 0,
+        admin_port: 0,
+        inbound: vec![],
+        outbound: vec![format!("127.0.0.1:0={backend}").parse().unwrap()],
+        identity: Default::default(),
+        connect_timeout: Duration::from_secs(5),
+        log_level: None,
+    };
+    let p = app::start(options, fixed(snapshot)).await.unwrap();
+    let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
+    let mut greeting = [0u8; 11];
+    within(s.read_exact(&mut greeting)).await.unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    // Served without waiting for client bytes: no detection timeout was counted.
+    let text = mesh_proxy::metrics::encode(&p.admin.registry);
+    assert!(
+        text.contains("mesh_proxy_detect_timeouts_total 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mesh_proxy_connections_total{direction=\"outbound\",protocol=\"opaque\"} 1"),
+        "{text}"
+    );
+}
