@@ -4,10 +4,11 @@
 //! the proxy, and with mTLS or strict policies they would fail. So HTTP probes are pointed at the
 //! sidecar's probe ports (15901 liveness, 15902 readiness, 15903 startup), TCP probes at 15904,
 //! each under `/app-health/<container>/<kind>`, and the original target is recorded in the
-//! sidecar's `MESH_APP_PROBES` env (JSON) so that the sidecar can forward the probe to the app
-//! over loopback. The sidecar's forwarding side is a later step of the proxy; until it lands,
-//! clusters can turn the rewrite off with `mesh-injector --rewrite-probes=false`. gRPC and exec
-//! probes are left alone: exec runs inside the container and gRPC needs its own forwarding.
+//! sidecar's `MESH_APP_PROBES` env (JSON); the sidecar (`mesh-proxy`'s `probes` module) answers
+//! each probe by probing the app itself, at the pod IP as the kubelet would have. Clusters that
+//! want the kubelet to probe the app directly turn the rewrite off with
+//! `mesh-injector --rewrite-probes=false`. gRPC and exec probes are left alone: exec runs inside
+//! the container and gRPC needs its own forwarding.
 
 use std::collections::BTreeMap;
 
