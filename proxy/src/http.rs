@@ -294,3 +294,28 @@ async fn tunnel(
         bytes.sent.inc_by(to_client);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_uri_targets_the_socket_address() {
+        let authority = Authority::from_static("10.0.0.7:8080");
+        let pq = PathAndQuery::from_static("/api/v1?x=1");
+        let uri = destination_uri(&authority, Some(&pq)).unwrap();
+        assert_eq!(uri.to_string(), "http://10.0.0.7:8080/api/v1?x=1");
+        let uri = destination_uri(&authority, None).unwrap();
+        assert_eq!(uri.to_string(), "http://10.0.0.7:8080/");
+    }
+
+    #[test]
+    fn error_responses_are_plain_text() {
+        let resp = error_response(StatusCode::BAD_GATEWAY, "upstream connect error\n");
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
+}
