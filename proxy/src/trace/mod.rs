@@ -18,7 +18,7 @@ pub mod reload;
 pub mod span;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use mesh_config::Tracing;
@@ -70,6 +70,8 @@ struct Inner {
     metrics: TraceMetrics,
     /// Swapped by reload; read (one uncontended read lock and an `Arc` clone) per request.
     active: RwLock<Arc<Active>>,
+    /// Serialises `apply`, so two callers never both build an exporter for one change.
+    applying: Mutex<()>,
 }
 
 /// Cheap to clone; shared by every connection.
@@ -102,6 +104,7 @@ impl Tracer {
                 identity: Arc::new(identity),
                 metrics,
                 active: RwLock::new(Arc::new(active)),
+                applying: Mutex::new(()),
             }),
         }
     }
@@ -118,6 +121,11 @@ impl Tracer {
     /// batch task live there). When the block is unchanged this does nothing; otherwise the new
     /// exporter takes over at once and the old one flushes what it queued, in the background.
     pub fn apply(&self, config: &Tracing) {
+        let _serial = self
+            .inner
+            .applying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if self.current().config == *config {
             return;
         }
