@@ -73,8 +73,6 @@ pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartE
     let tracer = Tracer::new(options.identity.clone(), trace_metrics);
     // Before the first connection, so no request slips through under the default settings.
     tracer.apply(&config.borrow().config.spec.observability.tracing);
-    tracer.metrics().register(&mut registry);
-    crate::trace::reload::follow_snapshots(tracer.clone(), config.clone());
 
     let ip = options.bind_ip;
     let outbound = crate::listener::bind(SocketAddr::new(ip, options.outbound_port))?;

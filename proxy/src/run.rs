@@ -43,11 +43,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::probes::serve(probes, probe_options, probe_shutdown.watch()).await?;
         crate::shutdown::signal().await;
         tracing::info!("shutting down: draining connections");
-        let tracer = running.tracer.clone();
         let drained = running.stop(Duration::from_secs(args.drain_timeout)).await;
         probe_shutdown.drain(Duration::from_secs(1)).await;
-        // Spans of the drained requests are still queued: send them before exiting.
-        tracer.flush(Duration::from_secs(5)).await;
         if !drained {
             tracing::warn!("drain timeout reached with connections still open");
         }
