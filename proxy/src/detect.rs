@@ -15,11 +15,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// How long to wait for the client's first bytes before deciding the server speaks first.
 ///
-/// HTTP clients write their request immediately after connecting, so 100 ms is far above what
-/// a healthy client needs on a pod network, yet a server-speaks-first protocol on a port that is
-/// not listed in `opaquePorts` (MySQL, SMTP...) only sees its greeting delayed by that much
-/// once per connection. A slow client that misses the window still works, as opaque TCP.
-pub const DETECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// HTTP clients write their request as soon as they connect, so on an idle node a few
+/// milliseconds would do; but a connection that misses the window is proxied as opaque TCP for
+/// its whole life, losing its spans, and on a busy node (two cores shared by apps and sidecars)
+/// a starved client can take well over 100 ms to write. One second keeps HTTP traced under load
+/// while a server-speaks-first protocol on a port missing from `opaquePorts` (MySQL, SMTP...) only
+/// sees its greeting delayed once per connection; linkerd waits 10 s for the same reason, and
+/// listing the port in `opaquePorts` removes the wait entirely.
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Enough for any request line worth tracing; longer lines are judged on their first KiB.
 pub const DETECT_BUFFER: usize = 1024;

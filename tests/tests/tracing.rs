@@ -209,18 +209,32 @@ impl Drop for Spawned {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    free_ports(1)[0]
 }
 
-fn wait_listening(addr: SocketAddr) {
+/// Distinct ports that are free now. They stay free only until someone else (a test running in
+/// parallel) binds them, so whoever starts a server on them must retry on a clash: see
+/// [`start_node`].
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
+}
+
+/// Waits until `addr` accepts; false if the process exited first (e.g. its port was taken).
+fn wait_listening(process: &mut Spawned, addr: SocketAddr) -> bool {
     let start = Instant::now();
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if matches!(process.child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
         assert!(start.elapsed() < WAIT, "{addr} never listened");
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 fn tracing_yaml(enable: bool, protocol: &str, port: u16, endpoint: &str) -> String {
@@ -260,26 +274,63 @@ fn explicit_mesh(config_yaml: &str) -> ExplicitMesh {
     // Built from the leaf up, so each knows its next hop's entry point.
     let mut next_entry: Option<u16> = None;
     for name in ["c", "b", "a"] {
-        let app_port = free_port();
+        let node = start_node(name, dir.path(), &relay, &config, &proxy, next_entry);
+        procs.extend(node.processes);
+        admin_ports.push(node.admin_port);
+        next_entry = Some(node.inbound_port);
+    }
+    let entry = SocketAddr::from(([127, 0, 0, 1], next_entry.expect("a's entry")));
+    ExplicitMesh {
+        _procs: procs,
+        entry,
+        config,
+        admin_ports,
+        _dir: dir,
+    }
+}
+
+/// One service of the explicit mesh: its app and its sidecar.
+struct Node {
+    processes: [Spawned; 2],
+    inbound_port: u16,
+    admin_port: u16,
+}
+
+/// Starts a service's app and sidecar on free ports, starting over on fresh ports when either
+/// exits before listening (a parallel test took one of its ports in the meantime).
+fn start_node(
+    name: &str,
+    dir: &Path,
+    relay: &Path,
+    config: &Path,
+    proxy: &Path,
+    next_entry: Option<u16>,
+) -> Node {
+    for _attempt in 0..5 {
+        let ports = free_ports(6);
+        let [app_port, route_port, inbound_port, admin_port, transparent_in, transparent_out] =
+            ports[..]
+        else {
+            unreachable!("six ports")
+        };
         let mut app = Command::new("python3");
-        app.arg(&relay)
+        app.arg(relay)
             .arg("127.0.0.1")
             .arg(app_port.to_string())
             .env_remove("http_proxy")
             .env_remove("HTTP_PROXY");
-        let route_port = free_port();
         if next_entry.is_some() {
             app.env("NEXT", format!("http://127.0.0.1:{route_port}"));
         }
-        procs.push(Spawned::start(&format!("{name}-app"), app, dir.path()));
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], app_port)));
+        let mut app = Spawned::start(&format!("{name}-app"), app, dir);
+        if !wait_listening(&mut app, SocketAddr::from(([127, 0, 0, 1], app_port))) {
+            continue;
+        }
 
-        let inbound_port = free_port();
-        let admin_port = free_port();
-        let mut sidecar = Command::new(&proxy);
+        let mut sidecar = Command::new(proxy);
         sidecar
             .args(["run", "--mesh-config"])
-            .arg(&config)
+            .arg(config)
             .args([
                 "--service",
                 name,
@@ -289,8 +340,8 @@ fn explicit_mesh(config_yaml: &str) -> ExplicitMesh {
                 "127.0.0.1",
             ])
             .args(["--bind", "127.0.0.1"])
-            .args(["--inbound-port", &free_port().to_string()])
-            .args(["--outbound-port", &free_port().to_string()])
+            .args(["--inbound-port", &transparent_in.to_string()])
+            .args(["--outbound-port", &transparent_out.to_string()])
             .args(["--admin-port", &admin_port.to_string()])
             .args([
                 "--inbound",
@@ -303,23 +354,22 @@ fn explicit_mesh(config_yaml: &str) -> ExplicitMesh {
                 &format!("127.0.0.1:{route_port}=127.0.0.1:{next}"),
             ]);
         }
-        procs.push(Spawned::start(
-            &format!("{name}-sidecar"),
-            sidecar,
-            dir.path(),
-        ));
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], inbound_port)));
-        admin_ports.push(admin_port);
-        next_entry = Some(inbound_port);
+        let mut sidecar = Spawned::start(&format!("{name}-sidecar"), sidecar, dir);
+        let listening = wait_listening(
+            &mut sidecar,
+            SocketAddr::from(([127, 0, 0, 1], inbound_port)),
+        ) && (next_entry.is_none()
+            || wait_listening(&mut sidecar, SocketAddr::from(([127, 0, 0, 1], route_port))));
+        if !listening {
+            continue;
+        }
+        return Node {
+            processes: [app, sidecar],
+            inbound_port,
+            admin_port,
+        };
     }
-    let entry = SocketAddr::from(([127, 0, 0, 1], next_entry.expect("a's entry")));
-    ExplicitMesh {
-        _procs: procs,
-        entry,
-        config,
-        admin_ports,
-        _dir: dir,
-    }
+    panic!("{name}: could not start on free ports in 5 attempts");
 }
 
 /// One GET through the mesh; the status (0 on a transport error).
