@@ -57,7 +57,14 @@ impl Sidecar {
             .args(["--service", &spec.service, "--namespace", &spec.namespace])
             // Loopback only: a forward proxy and an admin port open to the network would let
             // anyone on it use this machine as a relay.
-            .args(["--bind", "127.0.0.1", "--pod-ip", "127.0.0.1", "--threads", "1"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--pod-ip",
+                "127.0.0.1",
+                "--threads",
+                "1",
+            ])
             .args(["--outbound-port", &outbound_port.to_string()])
             .args(["--inbound-port", &inbound_port.to_string()])
             .args(["--admin-port", &admin_port.to_string()])
