@@ -177,9 +177,8 @@ impl FileWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::testing::wait_for;
     use std::io::Write;
-
-    const WAIT: Duration = Duration::from_secs(5);
 
     fn doc(level: &str) -> String {
         format!("spec:\n  sidecar:\n    logLevel: {level}\n")
@@ -187,25 +186,6 @@ mod tests {
 
     fn level(s: &Snapshot) -> &'static str {
         s.config.spec.sidecar.log_level.as_str()
-    }
-
-    /// Waits (bounded) until the snapshot satisfies `pred`.
-    async fn wait_for(
-        rx: &mut watch::Receiver<Arc<Snapshot>>,
-        what: &str,
-        pred: impl Fn(&Snapshot) -> bool,
-    ) -> Arc<Snapshot> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let current = rx.borrow_and_update().clone();
-            if pred(&current) {
-                return current;
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => panic!("timed out waiting for {what}; last snapshot {current:?}"),
-            }
-        }
     }
 
     async fn setup(

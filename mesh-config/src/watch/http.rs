@@ -227,6 +227,7 @@ impl LongPoll {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::testing::wait_for;
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -361,24 +362,6 @@ mod tests {
 
     fn port(s: &Snapshot) -> u16 {
         s.config.spec.observability.tracing.port
-    }
-
-    async fn wait_for(
-        rx: &mut watch::Receiver<Arc<Snapshot>>,
-        what: &str,
-        pred: impl Fn(&Snapshot) -> bool,
-    ) -> Arc<Snapshot> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let current = rx.borrow_and_update().clone();
-            if pred(&current) {
-                return current;
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => panic!("timed out waiting for {what}; last snapshot {current:?}"),
-            }
-        }
     }
 
     async fn wait_until(what: &str, cond: impl Fn() -> bool) {

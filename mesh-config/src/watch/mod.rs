@@ -7,6 +7,9 @@ mod http;
 mod publish;
 mod tls;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
