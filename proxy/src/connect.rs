@@ -97,6 +97,13 @@ impl Connector {
             timeout,
         }
     }
+
+    /// Connects to `addr` with the self-loop guard and connect timeout.
+    pub async fn dial(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ConnectError> {
+        connect(addr, &self.self_addrs, self.timeout)
+            .await
+            .map(TokioIo::new)
+    }
 }
 
 impl tower::Service<Uri> for Connector {
@@ -115,9 +122,7 @@ impl tower::Service<Uri> for Connector {
             let addr: SocketAddr = authority
                 .parse()
                 .map_err(|_| ConnectError::BadAddress(authority.to_owned()))?;
-            connect(addr, &this.self_addrs, this.timeout)
-                .await
-                .map(TokioIo::new)
+            this.dial(addr).await
         })
     }
 }

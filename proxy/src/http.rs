@@ -2,9 +2,10 @@
 //! client towards the upstream, the trace hook in between.
 //!
 //! Per request: strip hop-by-hop headers → start the span (it rewrites trace headers) → point the
-//! URI at the destination (the pool key) → send → strip the response → stream the body back,
-//! ending the span when it completes. HTTP/2 downstream goes to HTTP/2 upstream (h2c prior
-//! knowledge), HTTP/1 to HTTP/1.
+//! URI at the destination → send → strip the response → stream the body back, ending the span
+//! when it completes. HTTP/2 downstream goes to HTTP/2 upstream (h2c prior knowledge) over
+//! [`H2Pool`], keyed by the destination address so the client's `:authority` is kept; HTTP/1
+//! goes to HTTP/1 over hyper-util's pool, keyed by the URI (the destination; Host is kept).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use crate::connect::{Connector, SelfAddrs};
 use crate::context::Shared;
 use crate::detect::Protocol;
 use crate::error::ConnectError;
+use crate::h2_pool::{H2Error, H2Pool};
 use crate::headers;
 use crate::shutdown::Watch;
 use crate::tcp::Downstream;
@@ -41,11 +43,11 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub type ResponseBodyOrError = Either<ResponseBody, Full<Bytes>>;
 
-/// Pooled keep-alive clients, keyed (by hyper-util) by the destination address in the URI.
+/// Pooled keep-alive upstream connections, keyed by destination address.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     h1: Client<Connector, RequestBody>,
-    h2: Client<Connector, RequestBody>,
+    h2: H2Pool<RequestBody>,
 }
 
 impl Upstream {
@@ -60,8 +62,7 @@ impl Upstream {
             // destination's.
             .set_host(true);
         let h1 = builder.build(connector.clone());
-        builder.http2_only(true);
-        let h2 = builder.build(connector);
+        let h2 = H2Pool::new(connector, POOL_IDLE_TIMEOUT);
         Self { h1, h2 }
     }
 }
@@ -156,7 +157,11 @@ pub async fn forward(
         .tracer
         .start(ctx.direction, &mut parts, ctx.peer, dst);
 
-    parts.uri = match destination_uri(authority, parts.uri.path_and_query()) {
+    let uri = match ctx.protocol {
+        Protocol::Http2 => upstream_h2_uri(&parts.uri, authority),
+        _ => destination_uri(authority, parts.uri.path_and_query()),
+    };
+    parts.uri = match uri {
         Some(uri) => uri,
         None => {
             return fail(ctx, span, StatusCode::BAD_REQUEST, "invalid request target");
@@ -168,19 +173,24 @@ pub async fn forward(
     let request_size = span.is_recording().then(|| Arc::new(AtomicU64::new(0)));
     let received = shared.metrics.bytes(ctx.direction).received.clone();
     let body = RequestBody::new(body, received, request_size.clone());
-    let client = match ctx.protocol {
-        Protocol::Http2 => &shared.upstream.h2,
-        _ => &shared.upstream.h1,
-    };
-
-    let mut resp = match client.request(Request::from_parts(parts, body)).await {
-        Ok(resp) => resp,
-        Err(e) => {
+    let req = Request::from_parts(parts, body);
+    let sent = match ctx.protocol {
+        Protocol::Http2 => shared.upstream.h2.send(dst, req).await.map_err(|e| {
+            let (status, message, connect) = h2_error(&e);
+            (status, message, connect, e.to_string())
+        }),
+        _ => shared.upstream.h1.request(req).await.map_err(|e| {
             let (status, message) = client_error(&e);
-            if e.is_connect() {
+            (status, message, e.is_connect(), e.to_string())
+        }),
+    };
+    let mut resp = match sent {
+        Ok(resp) => resp,
+        Err((status, message, connect, error)) => {
+            if connect {
                 shared.metrics.connect_errors.inc();
             }
-            tracing::debug!(%dst, error = %e, "upstream request failed");
+            tracing::debug!(%dst, %error, "upstream request failed");
             return fail(ctx, span, status, message);
         }
     };
@@ -213,6 +223,20 @@ fn destination_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Option<U
     parts.authority = Some(authority.clone());
     parts.path_and_query = Some(
         pq.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).ok()
+}
+
+/// The client's own URI for an HTTP/2 upstream, so the server sees the client's `:authority`;
+/// the destination stands in for a missing authority, `http` for a missing scheme.
+fn upstream_h2_uri(uri: &Uri, dst: &Authority) -> Option<Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(uri.scheme().cloned().unwrap_or(Scheme::HTTP));
+    parts.authority = Some(uri.authority().unwrap_or(dst).clone());
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
     Uri::from_parts(parts).ok()
@@ -256,12 +280,7 @@ fn client_error(e: &hyper_util::client::legacy::Error) -> (StatusCode, &'static 
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(ce) = err.downcast_ref::<ConnectError>() {
-            let message = match ce {
-                ConnectError::Timeout(_) => "upstream connect timeout\n",
-                ConnectError::Loop(_) => "destination is the proxy itself\n",
-                _ => "upstream connect error\n",
-            };
-            return (ce.status(), message);
+            return (ce.status(), connect_message(ce));
         }
         source = err.source();
     }
@@ -269,6 +288,28 @@ fn client_error(e: &hyper_util::client::legacy::Error) -> (StatusCode, &'static 
         (StatusCode::BAD_GATEWAY, "upstream connect error\n")
     } else {
         (StatusCode::BAD_GATEWAY, "upstream connection closed\n")
+    }
+}
+
+/// Maps an HTTP/2 upstream failure like [`client_error`] does; the flag says whether the
+/// connection could not be opened (counted as a connect error).
+fn h2_error(e: &H2Error) -> (StatusCode, &'static str, bool) {
+    match e {
+        H2Error::Connect(ce) => (ce.status(), connect_message(ce), true),
+        H2Error::Handshake(_) => (StatusCode::BAD_GATEWAY, "upstream connect error\n", true),
+        H2Error::Request(_) => (
+            StatusCode::BAD_GATEWAY,
+            "upstream connection closed\n",
+            false,
+        ),
+    }
+}
+
+fn connect_message(ce: &ConnectError) -> &'static str {
+    match ce {
+        ConnectError::Timeout(_) => "upstream connect timeout\n",
+        ConnectError::Loop(_) => "destination is the proxy itself\n",
+        _ => "upstream connect error\n",
     }
 }
 
@@ -307,6 +348,32 @@ mod tests {
         assert_eq!(uri.to_string(), "http://10.0.0.7:8080/api/v1?x=1");
         let uri = destination_uri(&authority, None).unwrap();
         assert_eq!(uri.to_string(), "http://10.0.0.7:8080/");
+    }
+
+    #[test]
+    fn h2_uri_keeps_the_client_authority() {
+        let dst = Authority::from_static("10.0.0.7:8080");
+        let uri = Uri::from_static("http://svc-b.ns:8080/pkg.Svc/Call?x=1");
+        let out = upstream_h2_uri(&uri, &dst).unwrap();
+        assert_eq!(out.to_string(), "http://svc-b.ns:8080/pkg.Svc/Call?x=1");
+        let out = upstream_h2_uri(&Uri::from_static("/only/path"), &dst).unwrap();
+        assert_eq!(out.to_string(), "http://10.0.0.7:8080/only/path");
+    }
+
+    #[test]
+    fn h2_errors_map_like_the_http1_client() {
+        let addr: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        let timeout = H2Error::Connect(Arc::new(ConnectError::Timeout(addr)));
+        assert_eq!(
+            h2_error(&timeout),
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream connect timeout\n",
+                true
+            )
+        );
+        let looped = H2Error::Connect(Arc::new(ConnectError::Loop(addr)));
+        assert_eq!(h2_error(&looped).0, StatusCode::BAD_GATEWAY);
     }
 
     #[test]
