@@ -482,3 +482,101 @@ async fn opaque_ports_skip_detection_for_server_first_protocols() {
         "{text}"
     );
 }
+
+/// What an h2c upstream saw: the request URI authority of each request, connections accepted
+/// and connections ended.
+#[derive(Default)]
+struct H2Seen {
+    authorities: std::sync::Mutex<Vec<String>>,
+    accepted: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+/// An h2c-only upstream that records each request's `:authority`; with `close_after_one` it
+/// closes every connection once its first request is answered.
+async fn h2_recording_server(close_after_one: bool) -> (SocketAddr, std::sync::Arc<H2Seen>) {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(H2Seen::default());
+    let state = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            state.accepted.fetch_add(1, Ordering::SeqCst);
+            let state = state.clone();
+            let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(8);
+            tokio::spawn(async move {
+                let record = state.clone();
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let authority = req.uri().authority().map(|a| a.to_string());
+                    record
+                        .authorities
+                        .lock()
+                        .unwrap()
+                        .push(authority.unwrap_or_default());
+                    let _ = done_tx.try_send(());
+                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    Some(()) = done_rx.recv(), if close_after_one => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.as_mut().await;
+                    }
+                }
+                state.ended.notify_one();
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// One request on a fresh downstream h2c connection; returns the status.
+async fn h2_get(proxy: SocketAddr, uri: &str) -> StatusCode {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+    let resp = within(send.send_request(req)).await.unwrap();
+    let status = resp.status();
+    within(resp.into_body().collect()).await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn h2_upstream_sees_client_authority_over_one_reused_connection() {
+    let (backend, seen) = h2_recording_server(false).await;
+    let (_p, addr) = inbound_to(backend).await;
+    for i in 0..5 {
+        let status = h2_get(addr, &format!("http://svc-b.ns:8080/pkg.Svc/Call{i}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let authorities = seen.authorities.lock().unwrap().clone();
+    assert_eq!(authorities, vec!["svc-b.ns:8080"; 5]);
+    // Five downstream connections, one upstream connection.
+    assert_eq!(seen.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn h2_upstream_closed_connection_is_replaced() {
+    let (backend, seen) = h2_recording_server(true).await;
+    let (_p, addr) = inbound_to(backend).await;
+    for round in 1..=3 {
+        let status = h2_get(addr, "http://grpc.test/svc/Method").await;
+        assert_eq!(status, StatusCode::OK, "request {round}");
+        // The upstream closes the connection after answering; the proxy hears of it while idle.
+        within(seen.ended.notified()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(
+        seen.authorities.lock().unwrap().clone(),
+        vec!["grpc.test"; 3]
+    );
+}
