@@ -3,6 +3,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod cpu;
 pub mod echo;
 pub mod load;
 pub mod sidecar;

@@ -17,7 +17,19 @@ use tokio::net::TcpListener;
 pub struct Counts {
     pub posts: AtomicU64,
     pub bytes: AtomicU64,
+    /// Spans received: `"traceId"` keys in the JSON bodies (one per span in Zipkin v2 and
+    /// OTLP/JSON; exports are not compressed).
+    pub spans: AtomicU64,
 }
+
+/// Spans in one JSON export body.
+pub fn count_spans(body: &[u8]) -> u64 {
+    body.windows(SPAN_KEY.len())
+        .filter(|w| *w == SPAN_KEY)
+        .count() as u64
+}
+
+const SPAN_KEY: &[u8] = b"\"traceId\"";
 
 pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -31,14 +43,15 @@ pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let c = c.clone();
                     async move {
-                        let len = req
+                        let body = req
                             .into_body()
                             .collect()
                             .await
-                            .map(|b| b.to_bytes().len())
-                            .unwrap_or(0);
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         c.posts.fetch_add(1, Ordering::Relaxed);
-                        c.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        c.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                        c.spans.fetch_add(count_spans(&body), Ordering::Relaxed);
                         let mut resp = http::Response::new(Empty::<Bytes>::new());
                         *resp.status_mut() = http::StatusCode::ACCEPTED;
                         Ok::<_, Infallible>(resp)
@@ -51,4 +64,16 @@ pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
         }
     });
     Ok((addr, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_one_span_per_trace_id_key() {
+        let body = br#"[{"traceId":"a","id":"1"},{"traceId":"a","id":"2","parentId":"1"}]"#;
+        assert_eq!(count_spans(body), 2);
+        assert_eq!(count_spans(b"[]"), 0);
+    }
 }

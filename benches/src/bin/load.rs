@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,7 +14,7 @@ use clap::{Parser, ValueEnum};
 use mesh_config::{LogLevel, MeshConfig, Protocol};
 use tracemesh_benches::sidecar::{free_port, Sidecar, Spec};
 use tracemesh_benches::stats::Summary;
-use tracemesh_benches::{echo, load, sink};
+use tracemesh_benches::{cpu, echo, load, sink};
 
 #[derive(Parser, Debug)]
 #[command(about = "Latency and throughput through tracemesh sidecars vs a direct baseline")]
@@ -44,6 +46,19 @@ struct Args {
     /// Span protocol when tracing is on.
     #[arg(long, default_value = "zipkin")]
     protocol: String,
+    /// Rounds of the tracing CPU comparison (tracing off, then on, per round, through two
+    /// sidecars); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    cpu_rounds: usize,
+    /// Requests per configuration and round in the CPU comparison.
+    #[arg(long, default_value_t = 10_000)]
+    cpu_requests: usize,
+    /// Connections in the CPU comparison.
+    #[arg(long, default_value_t = 8)]
+    cpu_concurrency: usize,
+    /// Skip the latency comparison (direct / 1 / 2 sidecars), e.g. to run only the CPU one.
+    #[arg(long)]
+    skip_latency: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,8 +103,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             anyhow::bail!("no proxy binary");
         }
-        for &tracing in modes {
-            run_mode(&args, &proxy, &work, server, tracing).await?;
+        if !args.skip_latency {
+            for &tracing in modes {
+                run_mode(&args, &proxy, &work, server, tracing).await?;
+            }
+        }
+        if args.cpu_rounds > 0 {
+            tracing_cpu(&args, &proxy, &work, server).await?;
         }
         Ok(())
     }
@@ -127,72 +147,8 @@ async fn run_mode(
     server: SocketAddr,
     tracing: bool,
 ) -> anyhow::Result<()> {
-    let sink = if tracing {
-        Some(sink::start().await?)
-    } else {
-        None
-    };
-    let config_path = work.join(format!(
-        "mesh-config-{}.yaml",
-        if tracing { "tracing" } else { "plain" }
-    ));
-    let mut config = MeshConfig::default();
-    config.spec.sidecar.log_level = LogLevel::Warn;
-    if let Some((addr, _)) = &sink {
-        let t = &mut config.spec.observability.tracing;
-        t.enable = true;
-        t.address = addr.ip().to_string();
-        t.port = addr.port();
-        t.sampled_fraction = 1.0;
-        t.protocol = match args.protocol.as_str() {
-            "otlp-http" => Protocol::OtlpHttp,
-            "otlp-grpc" => Protocol::OtlpGrpc,
-            _ => Protocol::Zipkin,
-        };
-        t.endpoint = match t.protocol {
-            Protocol::Zipkin => "/api/v2/spans".into(),
-            _ => "/v1/traces".into(),
-        };
-    }
-    config.validate().context("bench mesh config")?;
-    std::fs::write(&config_path, config.to_yaml())?;
-
-    println!(
-        "\n== tracing {} (sampledFraction 1.0{}), sidecar threads {}, {} requests x {:?} connections, {} B bodies",
-        if tracing { "ON" } else { "off" },
-        if tracing { format!(", {}", args.protocol) } else { String::new() },
-        args.threads,
-        args.requests,
-        args.concurrency,
-        args.body_size
-    );
-
-    let b_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let b = Sidecar::start(Spec {
-        name: "sidecar-b",
-        proxy,
-        mesh_config: &config_path,
-        inbound: vec![(b_listen, server)],
-        threads: args.threads,
-        log_dir: work,
-    })
-    .await?;
-    let a = match Sidecar::start(Spec {
-        name: "sidecar-a",
-        proxy,
-        mesh_config: &config_path,
-        inbound: Vec::new(),
-        threads: args.threads,
-        log_dir: work,
-    })
-    .await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            b.stop().await;
-            return Err(e);
-        }
-    };
+    let pair = Pair::start(args, proxy, work, server, tracing).await?;
+    let (a, b, b_listen, sink) = (pair.a, pair.b, pair.b_listen, pair.sink);
     // Let allocations from startup settle before reading the idle footprint.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = (a.rss_kib(), b.rss_kib());
@@ -226,9 +182,10 @@ async fn run_mode(
         // Give the exporters a moment to flush their last batch.
         tokio::time::sleep(Duration::from_secs(2)).await;
         println!(
-            "trace sink: {} export requests, {} bytes",
-            counts.posts.load(std::sync::atomic::Ordering::Relaxed),
-            counts.bytes.load(std::sync::atomic::Ordering::Relaxed)
+            "trace sink: {} export requests, {} spans, {} bytes",
+            counts.posts.load(Ordering::Relaxed),
+            counts.spans.load(Ordering::Relaxed),
+            counts.bytes.load(Ordering::Relaxed)
         );
     }
     a.stop().await;
@@ -291,4 +248,234 @@ fn safe_div(a: f64, b: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// Sidecar A (outbound forward proxy) and sidecar B (inbound in front of the server), with
+/// their MeshConfig and, when tracing, the sink they export to.
+struct Pair {
+    a: Sidecar,
+    b: Sidecar,
+    b_listen: SocketAddr,
+    sink: Option<(SocketAddr, Arc<sink::Counts>)>,
+}
+
+impl Pair {
+    async fn start(
+        args: &Args,
+        proxy: &Path,
+        work: &Path,
+        server: SocketAddr,
+        tracing: bool,
+    ) -> anyhow::Result<Pair> {
+        let sink = if tracing {
+            Some(sink::start().await?)
+        } else {
+            None
+        };
+        let label = if tracing { "tracing" } else { "plain" };
+        let config_path = work.join(format!("mesh-config-{label}.yaml"));
+        write_config(args, &config_path, sink.as_ref().map(|(addr, _)| *addr))?;
+        let b_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let b = Sidecar::start(Spec {
+            name: &format!("sidecar-b-{label}"),
+            proxy,
+            mesh_config: &config_path,
+            inbound: vec![(b_listen, server)],
+            threads: args.threads,
+            log_dir: work,
+        })
+        .await?;
+        let a = match Sidecar::start(Spec {
+            name: &format!("sidecar-a-{label}"),
+            proxy,
+            mesh_config: &config_path,
+            inbound: Vec::new(),
+            threads: args.threads,
+            log_dir: work,
+        })
+        .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                b.stop().await;
+                return Err(e);
+            }
+        };
+        Ok(Pair {
+            a,
+            b,
+            b_listen,
+            sink,
+        })
+    }
+
+    fn ticks(&self) -> Option<(u64, u64)> {
+        Some((cpu::ticks(self.a.pid()?)?, cpu::ticks(self.b.pid()?)?))
+    }
+
+    fn spans(&self) -> u64 {
+        self.sink
+            .as_ref()
+            .map_or(0, |(_, c)| c.spans.load(Ordering::Relaxed))
+    }
+
+    async fn stop(self) {
+        self.a.stop().await;
+        self.b.stop().await;
+    }
+}
+
+/// The bench MeshConfig: warn logging, and tracing at 100% sampling to `sink` when given.
+fn write_config(args: &Args, path: &Path, sink: Option<SocketAddr>) -> anyhow::Result<()> {
+    let mut config = MeshConfig::default();
+    config.spec.sidecar.log_level = LogLevel::Warn;
+    if let Some(addr) = sink {
+        let t = &mut config.spec.observability.tracing;
+        t.enable = true;
+        t.address = addr.ip().to_string();
+        t.port = addr.port();
+        t.sampled_fraction = 1.0;
+        t.protocol = match args.protocol.as_str() {
+            "otlp-http" => Protocol::OtlpHttp,
+            "otlp-grpc" => Protocol::OtlpGrpc,
+            _ => Protocol::Zipkin,
+        };
+        t.endpoint = match t.protocol {
+            Protocol::Zipkin => "/api/v2/spans".into(),
+            _ => "/v1/traces".into(),
+        };
+    }
+    config.validate().context("bench mesh config")?;
+    std::fs::write(path, config.to_yaml())?;
+    Ok(())
+}
+
+/// One figure taken from a round.
+type Metric = fn(&Round) -> f64;
+
+/// One configuration's figures in one round.
+struct Round {
+    /// CPU µs per request in sidecar A and sidecar B.
+    cpu: (f64, f64),
+    p50: Duration,
+    p99: Duration,
+}
+
+/// CPU per request with tracing at 100% sampling vs off. Both sidecar pairs run side by side
+/// for the whole comparison and are loaded in turn (off, on, off, on...), so machine drift
+/// (other load on a shared host) hits both alike; the figures are medians over the rounds.
+async fn tracing_cpu(
+    args: &Args,
+    proxy: &Path,
+    work: &Path,
+    server: SocketAddr,
+) -> anyhow::Result<()> {
+    let off = Pair::start(args, proxy, work, server, false).await?;
+    let on = match Pair::start(args, proxy, work, server, true).await {
+        Ok(p) => p,
+        Err(e) => {
+            off.stop().await;
+            return Err(e);
+        }
+    };
+    let result = tracing_cpu_rounds(args, &off, &on).await;
+    off.stop().await;
+    on.stop().await;
+    result
+}
+
+async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Result<()> {
+    println!(
+        "\n== tracing CPU: 2 sidecars, {} rounds x {} requests per configuration, {} connections, \
+         {} B bodies, sidecar threads {}; CPU = utime+stime from /proc/PID/stat at {} ticks/s",
+        args.cpu_rounds,
+        args.cpu_requests,
+        args.cpu_concurrency,
+        args.body_size,
+        args.threads,
+        cpu::CLK_TCK
+    );
+    let mut sent_on = 0usize;
+    let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=args.cpu_rounds {
+        for (i, pair) in [off, on].into_iter().enumerate() {
+            let target = load::Target::via_proxy(pair.a.outbound(), pair.b_listen)?;
+            let body = Bytes::from(vec![b'x'; args.body_size]);
+            let warm = load::Plan {
+                requests: args.warmup,
+                concurrency: args.cpu_concurrency,
+                time_limit: Duration::from_secs(5),
+                body: body.clone(),
+            };
+            let w = load::run(&target, &warm).await;
+            let before = pair.ticks().context("reading sidecar CPU time")?;
+            let plan = load::Plan {
+                requests: args.cpu_requests,
+                concurrency: args.cpu_concurrency,
+                time_limit: Duration::from_secs(args.time_limit),
+                body,
+            };
+            let s = load::run(&target, &plan).await;
+            // The exporter batches off the request path: let it send this round's spans so
+            // their CPU lands in this round.
+            if pair.sink.is_some() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let after = pair.ticks().context("reading sidecar CPU time")?;
+            if i == 1 {
+                sent_on += w.requests + w.errors + s.requests + s.errors;
+            }
+            let r = Round {
+                cpu: (
+                    cpu::micros_per_request(after.0.saturating_sub(before.0), s.requests),
+                    cpu::micros_per_request(after.1.saturating_sub(before.1), s.requests),
+                ),
+                p50: s.p50,
+                p99: s.p99,
+            };
+            println!(
+                "round {round} tracing {:<3} CPU/request: A {:.1} µs, B {:.1} µs, sum {:.1} µs; {s}",
+                if i == 1 { "on" } else { "off" },
+                r.cpu.0,
+                r.cpu.1,
+                r.cpu.0 + r.cpu.1
+            );
+            rounds[i].push(r);
+        }
+    }
+    let med = |rs: &[Round], f: Metric| cpu::median(&rs.iter().map(f).collect::<Vec<_>>());
+    let rows: [(&str, Metric); 5] = [
+        ("CPU/request sidecar A (µs)", |r| r.cpu.0),
+        ("CPU/request sidecar B (µs)", |r| r.cpu.1),
+        ("CPU/request both (µs)", |r| r.cpu.0 + r.cpu.1),
+        ("latency p50 (µs)", |r| r.p50.as_secs_f64() * 1e6),
+        ("latency p99 (µs)", |r| r.p99.as_secs_f64() * 1e6),
+    ];
+    println!(
+        "medians over {} rounds:      off        on   on/off",
+        args.cpu_rounds
+    );
+    for (name, f) in rows {
+        let (a, b) = (med(&rounds[0], f), med(&rounds[1], f));
+        println!("{name:<27} {a:>8.1} {b:>9.1}   {:.3}", safe_div(b, a));
+    }
+    println!(
+        "RSS after load (KiB): off A {} B {}; on A {} B {}",
+        kib(off.a.rss_kib()),
+        kib(off.b.rss_kib()),
+        kib(on.a.rss_kib()),
+        kib(on.b.rss_kib())
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spans = on.spans();
+    let posts = on
+        .sink
+        .as_ref()
+        .map_or(0, |(_, c)| c.posts.load(Ordering::Relaxed));
+    println!(
+        "trace sink: {spans} spans in {posts} exports for {sent_on} requests through the tracing \
+         sidecars (2 spans expected per request: {:.3} of expected)",
+        safe_div(spans as f64, 2.0 * sent_on as f64)
+    );
+    Ok(())
 }

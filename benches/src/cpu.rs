@@ -1,0 +1,73 @@
+//! Process CPU time from /proc/PID/stat, for CPU per request: latency alone hides work a
+//! sidecar does off the request path (span export), CPU time does not.
+
+/// Clock ticks per second of the utime/stime fields. sysconf(_SC_CLK_TCK) is 100 on every
+/// Linux ABI in use (a fixed kernel USER_HZ); reading it would need libc for one constant.
+pub const CLK_TCK: u64 = 100;
+
+/// utime + stime of `pid` in clock ticks (1/[`CLK_TCK`] s), or None if it cannot be read.
+pub fn ticks(pid: u32) -> Option<u64> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime from one /proc/PID/stat line. The command name (field 2) may hold spaces
+/// and parentheses, so fields are counted after its last ')'.
+pub fn parse_stat(line: &str) -> Option<u64> {
+    let rest = &line[line.rfind(')')? + 1..];
+    // After the name: field 3 (state) is index 0, so utime (14) and stime (15) are 11 and 12.
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU microseconds per request from a tick delta.
+pub fn micros_per_request(ticks: u64, requests: usize) -> f64 {
+    if requests == 0 {
+        return 0.0;
+    }
+    ticks as f64 * 1e6 / CLK_TCK as f64 / requests as f64
+}
+
+/// Median of a small set (mean of the middle two when even); 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_after_a_name_with_spaces_and_parens() {
+        let line = "1234 (mesh (proxy) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 \
+                    250 75 0 0 20 0 3 0 100 1000000 300 18446744073709551615";
+        assert_eq!(parse_stat(line), Some(325));
+    }
+
+    #[test]
+    fn truncated_stat_is_none() {
+        assert_eq!(parse_stat("1 (x) S 1 2 3"), None);
+        assert_eq!(parse_stat("no name here"), None);
+    }
+
+    #[test]
+    fn own_process_has_readable_ticks() {
+        assert!(ticks(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn per_request_and_median() {
+        assert_eq!(micros_per_request(100, 10_000), 100.0);
+        assert_eq!(micros_per_request(5, 0), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}
