@@ -137,12 +137,8 @@ impl Exporter {
                     service,
                     local_ip,
                 } => {
-                    let spans: Vec<_> = batch
-                        .iter()
-                        .map(|s| s.to_zipkin(service, *local_ip))
-                        .collect();
-                    let body =
-                        serde_json::to_vec(&spans).map_err(|e| ExportError::Send(e.to_string()))?;
+                    let body = encode_zipkin(batch, service, *local_ip)
+                        .map_err(|e| ExportError::Send(e.to_string()))?;
                     let request = http::Request::post(url.clone())
                         .header(http::header::CONTENT_TYPE, "application/json")
                         .body(Bytes::from(body))
@@ -171,6 +167,24 @@ impl Exporter {
             Err(_) => Err(ExportError::Send("timed out".into())),
         }
     }
+}
+
+/// A batch as one Zipkin v2 JSON array, written span by span into a single buffer.
+pub fn encode_zipkin(
+    batch: &[SpanRecord],
+    service: &str,
+    local_ip: Option<std::net::IpAddr>,
+) -> serde_json::Result<Vec<u8>> {
+    let mut body = Vec::with_capacity(2 + batch.len() * 640);
+    body.push(b'[');
+    for (i, span) in batch.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        span.write_zipkin(&mut body, service, local_ip)?;
+    }
+    body.push(b']');
+    Ok(body)
 }
 
 /// `opentelemetry_http::HttpClient` on hyper-util. Requests run on the tokio runtime that

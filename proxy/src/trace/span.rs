@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::SpanData;
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
 use trace_context::SpanIds;
 
 use super::{Direction, Outcome};
@@ -112,79 +113,32 @@ impl SpanRecord {
         }
     }
 
-    /// The Zipkin v2 JSON span (zipkin2 API schema: lower-hex ids, microsecond timestamps).
+    /// The Zipkin v2 JSON span as a value (what [`SpanRecord::write_zipkin`] writes).
     pub fn to_zipkin(&self, service_name: &str, local_ip: Option<std::net::IpAddr>) -> Value {
-        let mut tags = Map::new();
-        let mut tag = |k: &str, v: String| {
-            tags.insert(k.to_owned(), Value::String(v));
-        };
-        tag("http.method", self.method.to_string());
-        tag("http.url", self.url.clone());
-        tag(
-            "http.protocol",
-            if self.http2 { "HTTP/2" } else { "HTTP/1.1" }.to_owned(),
-        );
-        if let Some(s) = self.outcome.status {
-            tag("http.status_code", s.as_u16().to_string());
-        }
-        tag("upstream_cluster", self.upstream_cluster());
-        tag("peer.address", self.peer.to_string());
-        tag("request_size", self.outcome.request_size.to_string());
-        tag("response_size", self.outcome.response_size.to_string());
-        if let Some(e) = self.error_text() {
-            tag("error", e);
-        }
+        serde_json::to_value(Zipkin {
+            span: self,
+            service: service_name,
+            local_ip,
+        })
+        .unwrap_or(Value::Null)
+    }
 
-        let mut local = Map::new();
-        local.insert("serviceName".into(), Value::String(service_name.to_owned()));
-        if let Some(ip) = local_ip {
-            local.insert(
-                if ip.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
-                Value::String(ip.to_string()),
-            );
-        }
-        // The other side of the hop: the caller for a SERVER span, the upstream for a CLIENT.
-        let remote_addr = match self.direction {
-            Direction::Inbound => self.peer,
-            Direction::Outbound => self.upstream,
-        };
-        let mut remote = Map::new();
-        let family = if remote_addr.is_ipv4() {
-            "ipv4"
-        } else {
-            "ipv6"
-        };
-        remote.insert(family.into(), Value::String(remote_addr.ip().to_string()));
-        remote.insert("port".into(), json!(remote_addr.port()));
-
-        let mut span = Map::new();
-        span.insert(
-            "traceId".into(),
-            Value::String(self.ids.trace_id.to_string()),
-        );
-        span.insert("id".into(), Value::String(self.ids.span_id.to_string()));
-        if let Some(parent) = self.ids.parent_id {
-            span.insert("parentId".into(), Value::String(parent.to_string()));
-        }
-        let kind = match self.direction {
-            Direction::Inbound => "SERVER",
-            Direction::Outbound => "CLIENT",
-        };
-        span.insert("kind".into(), Value::String(kind.into()));
-        span.insert("name".into(), Value::String(self.name().to_lowercase()));
-        span.insert("timestamp".into(), json!(micros_since_epoch(self.start)));
-        // zipkin2 requires a duration of at least 1 µs when present.
-        span.insert(
-            "duration".into(),
-            json!((self.duration.as_micros() as u64).max(1)),
-        );
-        span.insert("localEndpoint".into(), Value::Object(local));
-        span.insert("remoteEndpoint".into(), Value::Object(remote));
-        span.insert("tags".into(), Value::Object(tags));
-        if self.debug {
-            span.insert("debug".into(), Value::Bool(true));
-        }
-        Value::Object(span)
+    /// Appends the Zipkin v2 JSON span (zipkin2 API schema: lower-hex ids, microsecond
+    /// timestamps) to `out`, straight from the record: no intermediate JSON tree or strings.
+    pub fn write_zipkin(
+        &self,
+        out: &mut Vec<u8>,
+        service_name: &str,
+        local_ip: Option<std::net::IpAddr>,
+    ) -> serde_json::Result<()> {
+        serde_json::to_writer(
+            out,
+            &Zipkin {
+                span: self,
+                service: service_name,
+                local_ip,
+            },
+        )
     }
 
     /// The OpenTelemetry SDK form, for the OTLP exporters (semantic-convention attributes).
@@ -253,6 +207,143 @@ impl SpanRecord {
             links: Default::default(),
             status,
             instrumentation_scope: scope.clone(),
+        }
+    }
+}
+
+/// One span in Zipkin v2 JSON form, serialised field by field (keys in sorted order).
+struct Zipkin<'a> {
+    span: &'a SpanRecord,
+    service: &'a str,
+    local_ip: Option<std::net::IpAddr>,
+}
+
+impl Serialize for Zipkin<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = self.span;
+        let mut map = serializer.serialize_map(None)?;
+        if r.debug {
+            map.serialize_entry("debug", &true)?;
+        }
+        // zipkin2 requires a duration of at least 1 µs when present.
+        map.serialize_entry("duration", &(r.duration.as_micros() as u64).max(1))?;
+        map.serialize_entry("id", r.ids.span_id.encode().as_str())?;
+        let kind = match r.direction {
+            Direction::Inbound => "SERVER",
+            Direction::Outbound => "CLIENT",
+        };
+        map.serialize_entry("kind", kind)?;
+        map.serialize_entry(
+            "localEndpoint",
+            &LocalEndpoint {
+                service: self.service,
+                ip: self.local_ip,
+            },
+        )?;
+        map.serialize_entry("name", &Lowercase(format_args!("{} {}", r.method, r.path)))?;
+        if let Some(parent) = r.ids.parent_id {
+            map.serialize_entry("parentId", parent.encode().as_str())?;
+        }
+        // The other side of the hop: the caller for a SERVER span, the upstream for a CLIENT.
+        let remote = match r.direction {
+            Direction::Inbound => r.peer,
+            Direction::Outbound => r.upstream,
+        };
+        map.serialize_entry("remoteEndpoint", &RemoteEndpoint(remote))?;
+        map.serialize_entry("tags", &ZipkinTags(r))?;
+        map.serialize_entry("timestamp", &micros_since_epoch(r.start))?;
+        map.serialize_entry("traceId", r.ids.trace_id.encode().as_str())?;
+        map.end()
+    }
+}
+
+struct LocalEndpoint<'a> {
+    service: &'a str,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Serialize for LocalEndpoint<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        match self.ip {
+            Some(ip @ std::net::IpAddr::V4(_)) => map.serialize_entry("ipv4", &Shown(ip))?,
+            Some(ip @ std::net::IpAddr::V6(_)) => map.serialize_entry("ipv6", &Shown(ip))?,
+            None => {}
+        }
+        map.serialize_entry("serviceName", self.service)?;
+        map.end()
+    }
+}
+
+struct RemoteEndpoint(SocketAddr);
+
+impl Serialize for RemoteEndpoint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        let family = if self.0.is_ipv4() { "ipv4" } else { "ipv6" };
+        map.serialize_entry(family, &Shown(self.0.ip()))?;
+        map.serialize_entry("port", &self.0.port())?;
+        map.end()
+    }
+}
+
+/// Envoy's tag names; every value is a string.
+struct ZipkinTags<'a>(&'a SpanRecord);
+
+impl Serialize for ZipkinTags<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        match (&r.outcome.error, r.outcome.status) {
+            (Some(e), _) => map.serialize_entry("error", e)?,
+            (None, Some(s)) if s.is_server_error() => {
+                map.serialize_entry("error", &Shown(s.as_u16()))?
+            }
+            _ => {}
+        }
+        map.serialize_entry("http.method", r.method.as_str())?;
+        let protocol = if r.http2 { "HTTP/2" } else { "HTTP/1.1" };
+        map.serialize_entry("http.protocol", protocol)?;
+        if let Some(s) = r.outcome.status {
+            map.serialize_entry("http.status_code", &Shown(s.as_u16()))?;
+        }
+        map.serialize_entry("http.url", &r.url)?;
+        map.serialize_entry("peer.address", &Shown(r.peer))?;
+        map.serialize_entry("request_size", &Shown(r.outcome.request_size))?;
+        map.serialize_entry("response_size", &Shown(r.outcome.response_size))?;
+        match r.direction {
+            Direction::Inbound => map.serialize_entry(
+                "upstream_cluster",
+                &Shown(format_args!("inbound|{}", r.upstream.port())),
+            )?,
+            Direction::Outbound => map.serialize_entry(
+                "upstream_cluster",
+                &Shown(format_args!("outbound|{}", r.host)),
+            )?,
+        }
+        map.end()
+    }
+}
+
+/// A JSON string written from `Display`, without an intermediate `String`.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// A JSON string of the lowercased `Display` output.
+struct Lowercase<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Lowercase<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = self.0.to_string();
+        if text.chars().any(char::is_uppercase) {
+            serializer.serialize_str(&text.to_lowercase())
+        } else {
+            serializer.serialize_str(&text)
         }
     }
 }
@@ -335,6 +426,26 @@ mod tests {
             "connection refused"
         );
         assert!(!record(Direction::Outbound, 404).is_error());
+    }
+
+    #[test]
+    fn written_zipkin_is_the_same_json() {
+        let mut r = record(Direction::Outbound, 503);
+        r.debug = true;
+        r.outcome.error = Some("upstream \"reset\"".into());
+        let mut out = Vec::new();
+        r.write_zipkin(&mut out, "a.default", Some("::1".parse().unwrap()))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, r.to_zipkin("a.default", Some("::1".parse().unwrap())));
+        assert_eq!(v["debug"], true);
+        assert_eq!(v["name"], "get /api/items");
+        assert_eq!(v["localEndpoint"]["ipv6"], "::1");
+        assert_eq!(v["remoteEndpoint"]["ipv4"], "10.0.0.2");
+        assert_eq!(v["remoteEndpoint"]["port"], 8080);
+        assert_eq!(v["tags"]["error"], "upstream \"reset\"");
+        assert_eq!(v["tags"]["upstream_cluster"], "outbound|b.default:8080");
+        assert_eq!(v["tags"]["http.protocol"], "HTTP/1.1");
     }
 
     #[test]
