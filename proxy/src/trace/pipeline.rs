@@ -16,8 +16,9 @@ use super::span::SpanRecord;
 
 /// Spans waiting for export; at a few hundred bytes each this bounds memory to about 1 MiB.
 pub const QUEUE_CAPACITY: usize = 4096;
-/// Spans per export request: large enough to amortise a request, small enough for any collector.
-pub const MAX_BATCH: usize = 512;
+/// Spans per export request: enough to amortise a request, few enough that encoding one batch
+/// on a request worker stays well under a millisecond.
+pub const MAX_BATCH: usize = 128;
 /// How long a partial batch waits for company; short, so traces show up promptly.
 pub const BATCH_DELAY: Duration = Duration::from_millis(100);
 
