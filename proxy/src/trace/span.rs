@@ -22,17 +22,48 @@ pub struct SpanRecord {
     pub ids: SpanIds,
     pub debug: bool,
     pub method: http::Method,
-    /// `scheme://host/path?query`.
-    pub url: String,
-    /// The path without the query, for the span name.
-    pub path: String,
-    pub host: String,
+    /// The request target as received (a cheap, shared copy); with `host` it gives
+    /// `http.url`, and its path the span name.
+    pub uri: http::Uri,
+    pub host: Host,
     pub peer: SocketAddr,
     pub upstream: SocketAddr,
     pub http2: bool,
     pub start: SystemTime,
     pub duration: Duration,
     pub outcome: Outcome,
+}
+
+/// Where the request said it was going: the URI's authority, else the `Host` header, else
+/// the address it was forwarded to. Kept as received and formatted only at export.
+#[derive(Clone, Debug)]
+pub enum Host {
+    Authority(http::uri::Authority),
+    /// Checked to be visible ASCII when captured.
+    Header(http::HeaderValue),
+    Addr(SocketAddr),
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Authority(a) => f.write_str(a.as_str()),
+            Host::Header(h) => f.write_str(h.to_str().unwrap_or_default()),
+            Host::Addr(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// `scheme://host/path?query`, written on demand.
+pub struct Url<'a>(&'a SpanRecord);
+
+impl std::fmt::Display for Url<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = &self.0.uri;
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        write!(f, "{scheme}://{}{path_and_query}", self.0.host)
+    }
 }
 
 impl SpanRecord {
@@ -45,39 +76,38 @@ impl SpanRecord {
         peer: SocketAddr,
         upstream: SocketAddr,
     ) -> Self {
-        let host = request
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                request
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| upstream.to_string());
-        let scheme = request.uri.scheme_str().unwrap_or("http");
-        let path_and_query = request
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let host = match request.uri.authority() {
+            Some(a) => Host::Authority(a.clone()),
+            None => match request.headers.get(http::header::HOST) {
+                Some(h) if h.to_str().is_ok() => Host::Header(h.clone()),
+                _ => Host::Addr(upstream),
+            },
+        };
         Self {
             direction,
             ids,
             debug,
             method: request.method.clone(),
-            url: format!("{scheme}://{host}{path_and_query}"),
-            path: request.uri.path().to_owned(),
+            uri: request.uri.clone(),
             host,
             peer,
             upstream,
             http2: request.version == http::Version::HTTP_2,
-            start: SystemTime::now(),
+            // Set by `end`, with the wall clock read when the span started.
+            start: UNIX_EPOCH,
             duration: Duration::ZERO,
             outcome: Outcome::default(),
         }
+    }
+
+    /// `scheme://host/path?query`.
+    pub fn url(&self) -> Url<'_> {
+        Url(self)
+    }
+
+    /// The path without the query, for the span name.
+    pub fn path(&self) -> &str {
+        self.uri.path()
     }
 
     /// Records the outcome. `start` is the wall clock at start (for the timestamp), `duration`
@@ -89,7 +119,7 @@ impl SpanRecord {
     }
 
     pub fn name(&self) -> String {
-        format!("{} {}", self.method, self.path)
+        format!("{} {}", self.method, self.path())
     }
 
     /// An error span: the proxy failed the request, or the answer was a 5xx.
@@ -157,14 +187,14 @@ impl SpanRecord {
 
         let mut attributes = vec![
             KeyValue::new("http.request.method", self.method.to_string()),
-            KeyValue::new("url.full", self.url.clone()),
+            KeyValue::new("url.full", self.url().to_string()),
             KeyValue::new(
                 "network.protocol.version",
                 if self.http2 { "2" } else { "1.1" },
             ),
             KeyValue::new("network.peer.address", self.peer.ip().to_string()),
             KeyValue::new("network.peer.port", i64::from(self.peer.port())),
-            KeyValue::new("server.address", self.host.clone()),
+            KeyValue::new("server.address", self.host.to_string()),
             KeyValue::new("http.request.body.size", self.outcome.request_size as i64),
             KeyValue::new("http.response.body.size", self.outcome.response_size as i64),
             KeyValue::new("upstream_cluster", self.upstream_cluster()),
@@ -240,7 +270,10 @@ impl Serialize for Zipkin<'_> {
                 ip: self.local_ip,
             },
         )?;
-        map.serialize_entry("name", &Lowercase(format_args!("{} {}", r.method, r.path)))?;
+        map.serialize_entry(
+            "name",
+            &Lowercase(format_args!("{} {}", r.method, r.path())),
+        )?;
         if let Some(parent) = r.ids.parent_id {
             map.serialize_entry("parentId", parent.encode().as_str())?;
         }
@@ -307,7 +340,7 @@ impl Serialize for ZipkinTags<'_> {
         if let Some(s) = r.outcome.status {
             map.serialize_entry("http.status_code", &Shown(s.as_u16()))?;
         }
-        map.serialize_entry("http.url", &r.url)?;
+        map.serialize_entry("http.url", &Shown(r.url()))?;
         map.serialize_entry("peer.address", &Shown(r.peer))?;
         map.serialize_entry("request_size", &Shown(r.outcome.request_size))?;
         map.serialize_entry("response_size", &Shown(r.outcome.response_size))?;
