@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binaries;
+pub mod loopback;
 pub mod mesh;
 pub mod net;
 pub mod pod;

@@ -3,79 +3,20 @@
 //! binary patches the document. Changes must reach the sidecar; invalid ones must not.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tracemesh_collector::{Collector, CollectorConfig, RunningCollector};
 use tracemesh_tests::binaries;
+use tracemesh_tests::loopback::{free_ports, Spawned};
 
 /// Upper bound for every wait in this file.
 const BOUND: Duration = Duration::from_secs(10);
 
 const INITIAL: &str = "apiVersion: config.tracemesh.dev/v1alpha1\nkind: MeshConfig\n\
     metadata: {name: mesh-config, namespace: mesh-system}\nspec:\n  sidecar:\n    logLevel: info\n";
-
-/// A child process killed on drop; its log is printed when the test fails.
-struct Spawned {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Spawned {
-    fn start(name: &str, mut cmd: Command, dir: &Path) -> Spawned {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Spawned {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} ---\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("bound").port())
-        .collect()
-}
-
-/// Waits until `port` accepts; false if the process exited first (its port was taken).
-fn wait_listening(process: &mut Spawned, port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if matches!(process.child.try_wait(), Ok(Some(_))) {
-            return false;
-        }
-        assert!(start.elapsed() < BOUND, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
 
 /// One plain HTTP GET on loopback; the body, or None on any failure.
 fn http_get(port: u16, path: &str) -> Option<String> {
@@ -170,7 +111,7 @@ fn config_server(dir: &Path) -> ConfigServer {
             .arg(dir.join("tls.key"))
             .env("RUST_LOG", "info");
         let mut injector = Spawned::start(&format!("injector-{attempt}"), cmd, dir);
-        if wait_listening(&mut injector, port) {
+        if injector.wait_listening(SocketAddr::from(([127, 0, 0, 1], port))) {
             return ConfigServer {
                 _injector: injector,
                 url: format!("https://127.0.0.1:{port}/v1/meshconfig"),
@@ -203,8 +144,9 @@ fn sidecar(dir: &Path, server: &ConfigServer, app_port: Option<u16>) -> (Spawned
             cmd.args(["--inbound", &format!("127.0.0.1:{entry}=127.0.0.1:{app}")]);
         }
         let mut process = Spawned::start(&format!("sidecar-{attempt}"), cmd, dir);
-        if wait_listening(&mut process, admin)
-            && (app_port.is_none() || wait_listening(&mut process, entry))
+        if process.wait_listening(SocketAddr::from(([127, 0, 0, 1], admin)))
+            && (app_port.is_none()
+                || process.wait_listening(SocketAddr::from(([127, 0, 0, 1], entry))))
         {
             return (process, admin, entry);
         }
@@ -284,7 +226,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
         let mut cmd = Command::new("python3");
         cmd.arg(&script).arg(port.to_string());
         let mut process = Spawned::start(&format!("app-{attempt}"), cmd, dir);
-        if wait_listening(&mut process, port) {
+        if process.wait_listening(SocketAddr::from(([127, 0, 0, 1], port))) {
             return (process, port);
         }
     }

@@ -9,15 +9,16 @@
 //! is root-only like the rest of the e2e suite.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracemesh_collector::span::Span;
 use tracemesh_collector::{Collector, CollectorConfig, RunningCollector};
+use tracemesh_tests::loopback::{free_port, free_ports, Spawned};
 use tracemesh_tests::{binaries, root_or_skip, Pod, Proc, SidecarOpts, WAIT};
 
 /// An uninstrumented app: serves GET, calls `NEXT` (if set) with the trace headers it received.
@@ -171,72 +172,6 @@ fn group(spans: &[Span]) -> BTreeMap<String, Vec<Span>> {
 // ---------------------------------------------------------------------------------------------
 // Explicit mode: every process on loopback, distinct ports, no root.
 
-/// A child process killed on drop; its stderr is printed when the test fails.
-struct Spawned {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Spawned {
-    fn start(name: &str, mut cmd: Command, dir: &Path) -> Spawned {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Spawned {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} ---\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    free_ports(1)[0]
-}
-
-/// Distinct ports that are free now. They stay free only until someone else (a test running in
-/// parallel) binds them, so whoever starts a server on them must retry on a clash: see
-/// [`start_node`].
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("bound").port())
-        .collect()
-}
-
-/// Waits until `addr` accepts; false if the process exited first (e.g. its port was taken).
-fn wait_listening(process: &mut Spawned, addr: SocketAddr) -> bool {
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if matches!(process.child.try_wait(), Ok(Some(_))) {
-            return false;
-        }
-        assert!(start.elapsed() < WAIT, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
-}
-
 fn tracing_yaml(enable: bool, protocol: &str, port: u16, endpoint: &str) -> String {
     format!(
         "apiVersion: config.tracemesh.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: mesh-config, namespace: mesh-system}}\n\
@@ -323,7 +258,7 @@ fn start_node(
             app.env("NEXT", format!("http://127.0.0.1:{route_port}"));
         }
         let mut app = Spawned::start(&format!("{name}-app"), app, dir);
-        if !wait_listening(&mut app, SocketAddr::from(([127, 0, 0, 1], app_port))) {
+        if !app.wait_listening(SocketAddr::from(([127, 0, 0, 1], app_port))) {
             continue;
         }
 
@@ -355,11 +290,9 @@ fn start_node(
             ]);
         }
         let mut sidecar = Spawned::start(&format!("{name}-sidecar"), sidecar, dir);
-        let listening = wait_listening(
-            &mut sidecar,
-            SocketAddr::from(([127, 0, 0, 1], inbound_port)),
-        ) && (next_entry.is_none()
-            || wait_listening(&mut sidecar, SocketAddr::from(([127, 0, 0, 1], route_port))));
+        let listening = sidecar.wait_listening(SocketAddr::from(([127, 0, 0, 1], inbound_port)))
+            && (next_entry.is_none()
+                || sidecar.wait_listening(SocketAddr::from(([127, 0, 0, 1], route_port))));
         if !listening {
             continue;
         }
