@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use mesh_config::Protocol;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::export::Exporter;
 use super::metrics::TraceMetrics;
@@ -21,6 +23,9 @@ pub const QUEUE_CAPACITY: usize = 4096;
 pub const MAX_BATCH: usize = 128;
 /// How long a partial batch waits for company; short, so traces show up promptly.
 pub const BATCH_DELAY: Duration = Duration::from_millis(100);
+/// How often a partial batch looks at the queue: one wake-up per interval instead of per span,
+/// while the queue holds far more than an interval's worth of spans at any realistic rate.
+pub const COLLECT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Owns the queue of one exporter; dropping it (and every [`SpanSender`]) flushes and ends it.
 #[derive(Debug)]
@@ -80,21 +85,28 @@ impl Pipeline {
 
 async fn run(exporter: Exporter, mut rx: mpsc::Receiver<SpanRecord>, metrics: TraceMetrics) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        // `recv` returns `None` only once every queued span has been received: the flush.
-        let Some(first) = rx.recv().await else { break };
+    // `recv` returns `None` only once every queued span has been received: the flush.
+    while let Some(first) = rx.recv().await {
         batch.push(first);
-        let deadline = tokio::time::sleep(BATCH_DELAY);
-        tokio::pin!(deadline);
-        let mut closed = false;
-        while batch.len() < MAX_BATCH {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(span) => batch.push(span),
-                    None => { closed = true; break; }
-                },
-                _ = &mut deadline => break,
+        let deadline = Instant::now() + BATCH_DELAY;
+        // Collect by draining the queue at intervals rather than waking for every span.
+        loop {
+            let mut closed = false;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
             }
+            let now = Instant::now();
+            if closed || batch.len() >= MAX_BATCH || now >= deadline {
+                break;
+            }
+            tokio::time::sleep(COLLECT_INTERVAL.min(deadline - now)).await;
         }
         let n = batch.len() as u64;
         match exporter.export(&batch).await {
@@ -106,9 +118,6 @@ async fn run(exporter: Exporter, mut rx: mpsc::Receiver<SpanRecord>, metrics: Tr
             }
         }
         batch.clear();
-        if closed {
-            break;
-        }
     }
     tracing::debug!(protocol = %exporter.protocol, "span pipeline flushed and closed");
 }
