@@ -4,8 +4,8 @@
 //! Zipkin v2 JSON is encoded here: `opentelemetry-zipkin` (deprecated upstream) writes no
 //! `localEndpoint.serviceName` and rewrites the `error` tag, both of which the contract needs.
 //! OTLP goes through `opentelemetry-otlp` (HTTP protobuf with our hyper client, or gRPC with
-//! tonic). Every exporter runs on the proxy's tokio runtime, driven by the pipeline task, so no
-//! exporter thread ever needs a reactor it does not have and nothing blocks a worker.
+//! tonic). Every exporter is built and runs on the pipeline's export thread (its own tokio
+//! runtime), so its client always has a reactor and nothing blocks a request worker.
 
 use std::future::Future;
 use std::pin::Pin;

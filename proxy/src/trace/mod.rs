@@ -117,8 +117,8 @@ impl Tracer {
         &self.inner.identity
     }
 
-    /// Applies a MeshConfig tracing block. Must run inside a tokio runtime (the exporter and its
-    /// batch task live there). When the block is unchanged this does nothing; otherwise the new
+    /// Applies a MeshConfig tracing block. The exporter and its batch task run on an export
+    /// thread of their own. When the block is unchanged this does nothing; otherwise the new
     /// exporter takes over at once and the old one flushes what it queued, in the background.
     pub fn apply(&self, config: &Tracing) {
         let _serial = self
@@ -130,8 +130,8 @@ impl Tracer {
             return;
         }
         let pipeline = if config.enable {
-            match export::Exporter::build(config, &self.inner.identity) {
-                Ok(exporter) => Some(Pipeline::spawn(exporter, self.inner.metrics.clone())),
+            match Pipeline::start(config, &self.inner.identity, self.inner.metrics.clone()) {
+                Ok(pipeline) => Some(pipeline),
                 Err(e) => {
                     tracing::warn!(error = %e, "tracing exporter not built; spans are not recorded");
                     self.inner.metrics.export_error(config.protocol);

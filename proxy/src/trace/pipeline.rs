@@ -1,9 +1,10 @@
 //! The bounded queue between the data path and the exporter, and the batch task behind it.
 //!
 //! The data path only ever `try_send`s: when the collector is slow or down the queue fills and
-//! spans are dropped and counted, so requests never wait on tracing. The batch task runs on the
-//! proxy's runtime (no exporter thread, no blocking flush); when the last sender is dropped
-//! (the config moved on) it exports what is left to its collector and ends.
+//! spans are dropped and counted, so requests never wait on tracing. The batch task and its
+//! exporter run on a thread of their own, so encoding and sending a batch never delays a
+//! request; when the last sender is dropped (the config moved on) it exports what is left to
+//! its collector and the thread ends.
 
 use std::time::Duration;
 
@@ -12,9 +13,11 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::export::Exporter;
+use super::export::{ExportError, Exporter};
 use super::metrics::TraceMetrics;
 use super::span::SpanRecord;
+use super::Identity;
+use mesh_config::Tracing;
 
 /// Spans waiting for export; at a few hundred bytes each this bounds memory to about 1 MiB.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -52,22 +55,42 @@ impl SpanSender {
 }
 
 impl Pipeline {
-    /// Starts the batch task on the current runtime.
-    pub fn spawn(exporter: Exporter, metrics: TraceMetrics) -> Self {
+    /// Builds the exporter for `config` and starts its batch task on a thread of its own (with
+    /// a single-threaded runtime), so encoding and sending never hold up a request worker. The
+    /// thread ends once the queue is closed and flushed.
+    pub fn start(
+        config: &Tracing,
+        identity: &Identity,
+        metrics: TraceMetrics,
+    ) -> Result<Self, ExportError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ExportError::Build(format!("export runtime: {e}")))?;
+        let runtime = ExportRuntime(Some(runtime));
+        // Built inside the export runtime: its HTTP client and gRPC channel run there.
+        let exporter = {
+            let _enter = runtime.handle().enter();
+            Exporter::build(config, identity)?
+        };
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (done_tx, done) = watch::channel(false);
         let protocol = exporter.protocol;
         let task_metrics = metrics.clone();
-        tokio::spawn(async move {
-            run(exporter, rx, task_metrics).await;
-            let _ = done_tx.send(true);
-        });
+        std::thread::Builder::new()
+            .name("trace-export".into())
+            .spawn(move || {
+                runtime.block_on(run(exporter, rx, task_metrics));
+                drop(runtime);
+                let _ = done_tx.send(true);
+            })
+            .map_err(|e| ExportError::Build(format!("export thread: {e}")))?;
         let sender = SpanSender {
             tx,
             protocol,
             metrics,
         };
-        Self { sender, done }
+        Ok(Self { sender, done })
     }
 
     pub fn sender(&self) -> SpanSender {
@@ -79,6 +102,35 @@ impl Pipeline {
         let mut done = self.done.clone();
         async move {
             let _ = done.wait_for(|d| *d).await;
+        }
+    }
+}
+
+/// The export thread's runtime. Dropping a runtime blocks, which is refused inside another
+/// runtime; this one is shut down without waiting wherever it is dropped.
+struct ExportRuntime(Option<tokio::runtime::Runtime>);
+
+impl ExportRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the runtime is only taken on drop"),
+        }
+    }
+
+    /// `Runtime::block_on`: on a current-thread runtime only it drives IO and timers.
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        match &self.0 {
+            Some(rt) => rt.block_on(future),
+            None => unreachable!("the runtime is only taken on drop"),
+        }
+    }
+}
+
+impl Drop for ExportRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
         }
     }
 }
