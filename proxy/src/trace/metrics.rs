@@ -67,6 +67,25 @@ impl TraceMetrics {
         );
     }
 
+    /// The started-spans counter for `p`, resolved once so the data path only increments it.
+    pub fn started_counter(&self, p: Protocol) -> Counter {
+        self.started
+            .get_or_create(&ProtocolLabels {
+                protocol: p.as_str(),
+            })
+            .clone()
+    }
+
+    /// The dropped-spans counter for `p` and `reason`, resolved once.
+    pub fn dropped_counter(&self, p: Protocol, reason: &'static str) -> Counter {
+        self.dropped
+            .get_or_create(&DropLabels {
+                protocol: p.as_str(),
+                reason,
+            })
+            .clone()
+    }
+
     pub fn started(&self, p: Protocol) {
         self.started
             .get_or_create(&ProtocolLabels {

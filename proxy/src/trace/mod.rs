@@ -217,7 +217,7 @@ impl Tracer {
         if !decided.sampled {
             return ActiveSpan { pending: None };
         }
-        self.inner.metrics.started(active.config.protocol);
+        pipeline.span_started();
         let record = SpanRecord::begin(
             direction,
             request,

@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use mesh_config::Protocol;
+use mesh_config::Tracing;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -17,7 +18,6 @@ use super::export::{ExportError, Exporter};
 use super::metrics::TraceMetrics;
 use super::span::SpanRecord;
 use super::Identity;
-use mesh_config::Tracing;
 
 /// Spans waiting for export; at a few hundred bytes each this bounds memory to about 1 MiB.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -34,6 +34,7 @@ pub const COLLECT_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub struct Pipeline {
     sender: SpanSender,
+    started: Counter,
     /// Becomes true when the batch task has exported everything and ended.
     done: watch::Receiver<bool>,
 }
@@ -42,14 +43,13 @@ pub struct Pipeline {
 #[derive(Clone, Debug)]
 pub struct SpanSender {
     tx: mpsc::Sender<SpanRecord>,
-    protocol: Protocol,
-    metrics: TraceMetrics,
+    queue_full: Counter,
 }
 
 impl SpanSender {
     pub fn send(&self, span: SpanRecord) {
         if self.tx.try_send(span).is_err() {
-            self.metrics.dropped(self.protocol, "queue_full", 1);
+            self.queue_full.inc();
         }
     }
 }
@@ -87,10 +87,18 @@ impl Pipeline {
             .map_err(|e| ExportError::Build(format!("export thread: {e}")))?;
         let sender = SpanSender {
             tx,
-            protocol,
-            metrics,
+            queue_full: metrics.dropped_counter(protocol, "queue_full"),
         };
-        Ok(Self { sender, done })
+        Ok(Self {
+            sender,
+            started: metrics.started_counter(protocol),
+            done,
+        })
+    }
+
+    /// Counts a sampled request's span as started.
+    pub fn span_started(&self) {
+        self.started.inc();
     }
 
     pub fn sender(&self) -> SpanSender {
