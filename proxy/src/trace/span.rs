@@ -367,17 +367,36 @@ impl<T: std::fmt::Display> Serialize for Shown<T> {
     }
 }
 
-/// A JSON string of the lowercased `Display` output.
+/// A JSON string of the lowercased `Display` output, written without an intermediate `String`.
+/// Methods and URI paths are ASCII, for which this equals `str::to_lowercase`.
 struct Lowercase<T>(T);
 
 impl<T: std::fmt::Display> Serialize for Lowercase<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let text = self.0.to_string();
-        if text.chars().any(char::is_uppercase) {
-            serializer.serialize_str(&text.to_lowercase())
-        } else {
-            serializer.serialize_str(&text)
+        serializer.collect_str(self)
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for Lowercase<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        write!(LowercaseWriter(f), "{}", self.0)
+    }
+}
+
+struct LowercaseWriter<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
+
+impl std::fmt::Write for LowercaseWriter<'_, '_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if !s.chars().any(char::is_uppercase) {
+            return self.0.write_str(s);
         }
+        for c in s.chars() {
+            for lower in c.to_lowercase() {
+                self.0.write_char(lower)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -473,6 +492,8 @@ mod tests {
         assert_eq!(v, r.to_zipkin("a.default", Some("::1".parse().unwrap())));
         assert_eq!(v["debug"], true);
         assert_eq!(v["name"], "get /api/items");
+        r.uri = "http://b.default:8080/Api/ITEMS?X=1".parse().unwrap();
+        assert_eq!(r.to_zipkin("a", None)["name"], "get /api/items");
         assert_eq!(v["localEndpoint"]["ipv6"], "::1");
         assert_eq!(v["remoteEndpoint"]["ipv4"], "10.0.0.2");
         assert_eq!(v["remoteEndpoint"]["port"], 8080);
