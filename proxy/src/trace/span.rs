@@ -22,48 +22,17 @@ pub struct SpanRecord {
     pub ids: SpanIds,
     pub debug: bool,
     pub method: http::Method,
-    /// The request target as received (a cheap, shared copy); with `host` it gives
-    /// `http.url`, and its path the span name.
-    pub uri: http::Uri,
-    pub host: Host,
+    /// `scheme://host/path?query` in one allocation, copied so the span pins none of the
+    /// request's buffers; `host` and `path` are ranges of it.
+    url: String,
+    host: std::ops::Range<usize>,
+    path: std::ops::Range<usize>,
     pub peer: SocketAddr,
     pub upstream: SocketAddr,
     pub http2: bool,
     pub start: SystemTime,
     pub duration: Duration,
     pub outcome: Outcome,
-}
-
-/// Where the request said it was going: the URI's authority, else the `Host` header, else
-/// the address it was forwarded to. Kept as received and formatted only at export.
-#[derive(Clone, Debug)]
-pub enum Host {
-    Authority(http::uri::Authority),
-    /// Checked to be visible ASCII when captured.
-    Header(http::HeaderValue),
-    Addr(SocketAddr),
-}
-
-impl std::fmt::Display for Host {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Host::Authority(a) => f.write_str(a.as_str()),
-            Host::Header(h) => f.write_str(h.to_str().unwrap_or_default()),
-            Host::Addr(a) => write!(f, "{a}"),
-        }
-    }
-}
-
-/// `scheme://host/path?query`, written on demand.
-pub struct Url<'a>(&'a SpanRecord);
-
-impl std::fmt::Display for Url<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let uri = &self.0.uri;
-        let scheme = uri.scheme_str().unwrap_or("http");
-        let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        write!(f, "{scheme}://{}{path_and_query}", self.0.host)
-    }
 }
 
 impl SpanRecord {
@@ -76,20 +45,15 @@ impl SpanRecord {
         peer: SocketAddr,
         upstream: SocketAddr,
     ) -> Self {
-        let host = match request.uri.authority() {
-            Some(a) => Host::Authority(a.clone()),
-            None => match request.headers.get(http::header::HOST) {
-                Some(h) if h.to_str().is_ok() => Host::Header(h.clone()),
-                _ => Host::Addr(upstream),
-            },
-        };
+        let (url, host, path) = url_of(&request.uri, &request.headers, upstream);
         Self {
             direction,
             ids,
             debug,
             method: request.method.clone(),
-            uri: request.uri.clone(),
+            url,
             host,
+            path,
             peer,
             upstream,
             http2: request.version == http::Version::HTTP_2,
@@ -101,13 +65,19 @@ impl SpanRecord {
     }
 
     /// `scheme://host/path?query`.
-    pub fn url(&self) -> Url<'_> {
-        Url(self)
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Where the request said it was going: the URI's authority, else the `Host` header, else
+    /// the address it was forwarded to.
+    pub fn host(&self) -> &str {
+        &self.url[self.host.clone()]
     }
 
     /// The path without the query, for the span name.
     pub fn path(&self) -> &str {
-        self.uri.path()
+        &self.url[self.path.clone()]
     }
 
     /// Records the outcome. `start` is the wall clock at start (for the timestamp), `duration`
@@ -139,7 +109,7 @@ impl SpanRecord {
     fn upstream_cluster(&self) -> String {
         match self.direction {
             Direction::Inbound => format!("inbound|{}", self.upstream.port()),
-            Direction::Outbound => format!("outbound|{}", self.host),
+            Direction::Outbound => format!("outbound|{}", self.host()),
         }
     }
 
@@ -187,14 +157,14 @@ impl SpanRecord {
 
         let mut attributes = vec![
             KeyValue::new("http.request.method", self.method.to_string()),
-            KeyValue::new("url.full", self.url().to_string()),
+            KeyValue::new("url.full", self.url().to_owned()),
             KeyValue::new(
                 "network.protocol.version",
                 if self.http2 { "2" } else { "1.1" },
             ),
             KeyValue::new("network.peer.address", self.peer.ip().to_string()),
             KeyValue::new("network.peer.port", i64::from(self.peer.port())),
-            KeyValue::new("server.address", self.host.to_string()),
+            KeyValue::new("server.address", self.host().to_owned()),
             KeyValue::new("http.request.body.size", self.outcome.request_size as i64),
             KeyValue::new("http.response.body.size", self.outcome.response_size as i64),
             KeyValue::new("upstream_cluster", self.upstream_cluster()),
@@ -340,7 +310,7 @@ impl Serialize for ZipkinTags<'_> {
         if let Some(s) = r.outcome.status {
             map.serialize_entry("http.status_code", &Shown(s.as_u16()))?;
         }
-        map.serialize_entry("http.url", &Shown(r.url()))?;
+        map.serialize_entry("http.url", r.url())?;
         map.serialize_entry("peer.address", &Shown(r.peer))?;
         map.serialize_entry("request_size", &Shown(r.outcome.request_size))?;
         map.serialize_entry("response_size", &Shown(r.outcome.response_size))?;
@@ -351,7 +321,7 @@ impl Serialize for ZipkinTags<'_> {
             )?,
             Direction::Outbound => map.serialize_entry(
                 "upstream_cluster",
-                &Shown(format_args!("outbound|{}", r.host)),
+                &Shown(format_args!("outbound|{}", r.host())),
             )?,
         }
         map.end()
@@ -398,6 +368,41 @@ impl std::fmt::Write for LowercaseWriter<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// The URL as one string, with the ranges of its host and of its path (without the query).
+fn url_of(
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    upstream: SocketAddr,
+) -> (String, std::ops::Range<usize>, std::ops::Range<usize>) {
+    use std::fmt::Write;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let header_host = || {
+        headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    };
+    let mut url = String::with_capacity(scheme.len() + 3 + 32 + path_and_query.len());
+    url.push_str(scheme);
+    url.push_str("://");
+    let host_start = url.len();
+    match uri.authority().map(|a| a.as_str()).or_else(header_host) {
+        Some(h) => url.push_str(h),
+        None => {
+            let _ = write!(url, "{upstream}");
+        }
+    }
+    let host_end = url.len();
+    url.push_str(path_and_query);
+    // `Uri::path` is empty without a path (authority form), else a prefix of path-and-query.
+    let path_len = if path_and_query.starts_with(uri.path()) {
+        uri.path().len()
+    } else {
+        0
+    };
+    (url, host_start..host_end, host_end..host_end + path_len)
 }
 
 fn micros_since_epoch(t: SystemTime) -> u64 {
@@ -492,8 +497,19 @@ mod tests {
         assert_eq!(v, r.to_zipkin("a.default", Some("::1".parse().unwrap())));
         assert_eq!(v["debug"], true);
         assert_eq!(v["name"], "get /api/items");
-        r.uri = "http://b.default:8080/Api/ITEMS?X=1".parse().unwrap();
+        let (parts, _) = http::Request::get("/Api/ITEMS?X=1")
+            .header("host", "b:80")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = SpanRecord::begin(Direction::Inbound, &parts, r.ids, false, r.peer, r.upstream);
+        assert_eq!(r.url(), "http://b:80/Api/ITEMS?X=1");
+        assert_eq!(r.host(), "b:80");
+        assert_eq!(r.path(), "/Api/ITEMS");
         assert_eq!(r.to_zipkin("a", None)["name"], "get /api/items");
+        let (parts, _) = http::Request::get("/").body(()).unwrap().into_parts();
+        let r = SpanRecord::begin(Direction::Inbound, &parts, r.ids, false, r.peer, r.upstream);
+        assert_eq!(r.url(), "http://10.0.0.2:8080/");
         assert_eq!(v["localEndpoint"]["ipv6"], "::1");
         assert_eq!(v["remoteEndpoint"]["ipv4"], "10.0.0.2");
         assert_eq!(v["remoteEndpoint"]["port"], 8080);
