@@ -6,6 +6,7 @@
 mod document;
 mod error;
 mod parse;
+pub mod resource;
 mod schema;
 mod validate;
 

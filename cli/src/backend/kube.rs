@@ -5,7 +5,7 @@
 
 use super::{mesh_config_from_object, Backend, BackendError};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::Client;
 use mesh_config::MeshConfig;
 use serde_json::Value;
@@ -49,19 +49,8 @@ impl KubeBackend {
         Api::namespaced_with(
             self.client.clone(),
             mesh_config::DEFAULT_NAMESPACE,
-            &mesh_config_resource(),
+            &mesh_config::resource::api_resource(),
         )
-    }
-}
-
-/// The MeshConfig custom resource, as the CRD in manifests/crd.yaml declares it.
-pub fn mesh_config_resource() -> ApiResource {
-    ApiResource {
-        group: "config.tracemesh.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: mesh_config::API_VERSION.into(),
-        kind: mesh_config::KIND.into(),
-        plural: "meshconfigs".into(),
     }
 }
 

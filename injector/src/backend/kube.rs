@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -21,18 +21,6 @@ use super::BackendError;
 use crate::document;
 use crate::inject::NamespaceInfo;
 use crate::served::{publish, Served, ServedRx, ServedTx};
-
-/// The MeshConfig CRD as the dynamic API sees it (no generated type: the schema is owned by
-/// `mesh-config` and the CRD manifest, and the document is validated by `document`).
-pub fn mesh_config_resource() -> ApiResource {
-    ApiResource {
-        group: "config.tracemesh.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: mesh_config::API_VERSION.into(),
-        kind: mesh_config::KIND.into(),
-        plural: "meshconfigs".into(),
-    }
-}
 
 pub struct KubeBackend {
     client: Client,
@@ -51,8 +39,11 @@ impl KubeBackend {
     /// no resource exists, the defaults are served (every field has one).
     pub fn start(client: Client, namespace: &str, name: &str) -> Self {
         let (tx, rx) = watch::channel(Arc::new(Served::default()));
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, &mesh_config_resource());
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            namespace,
+            &mesh_config::resource::api_resource(),
+        );
         let watcher = tokio::spawn(follow(api, name.to_string(), tx));
         Self {
             client,
