@@ -69,6 +69,15 @@ fn codec(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // A sidecar starting a trace: nothing to read, the whole x-b3 set to write.
+    let root = trace_context::extract(&none).context.child();
+    c.bench_function("inject/new root", |b| {
+        b.iter_batched_ref(
+            || none.clone(),
+            |map| trace_context::inject(black_box(&root), map),
+            criterion::BatchSize::SmallInput,
+        )
+    });
     c.bench_function("extract+child+inject/b3 multi", |b| {
         b.iter_batched_ref(
             || multi.clone(),

@@ -1,9 +1,10 @@
 //! B3 propagation (openzipkin/b3-propagation): the multi-header form and the single `b3` header.
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderName;
 
 use crate::context::{Malformed, Sampling, SpanIds, TraceContext};
 use crate::id::{SpanId, TraceId};
+use crate::scan::{Slot, TraceHeaders};
 
 pub const B3: HeaderName = HeaderName::from_static("b3");
 pub const TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
@@ -21,24 +22,15 @@ pub(crate) enum Parse {
     Malformed(Malformed, Sampling),
 }
 
-/// The value of a header, the first one when repeated (HeaderMap keeps arrival order), as bytes.
-/// An empty value counts as absent: proxies and templating often emit empty headers.
-fn first<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
-    headers
-        .get(name)
-        .map(|v| v.as_bytes())
-        .filter(|v| !v.is_empty())
-}
-
 /// Reads `x-b3-*`. Brave's rules where the spec is silent: `true`/`false` are accepted for
 /// sampled (older tracers sent them), `x-b3-flags: 1` means debug and wins over sampled, any
 /// other flags value is ignored.
-pub(crate) fn parse_multi(headers: &HeaderMap) -> Parse {
-    let trace = first(headers, &TRACE_ID);
-    let span = first(headers, &SPAN_ID);
-    let parent = first(headers, &PARENT_SPAN_ID);
-    let sampled = first(headers, &SAMPLED);
-    let flags = first(headers, &FLAGS);
+pub(crate) fn parse_multi(headers: &TraceHeaders<'_>) -> Parse {
+    let trace = headers.get(Slot::TraceId);
+    let span = headers.get(Slot::SpanId);
+    let parent = headers.get(Slot::ParentSpanId);
+    let sampled = headers.get(Slot::Sampled);
+    let flags = headers.get(Slot::Flags);
     if trace.is_none() && span.is_none() && parent.is_none() && sampled.is_none() && flags.is_none()
     {
         return Parse::Absent;
@@ -106,8 +98,8 @@ fn parent_id(hex: &[u8]) -> Option<Option<SpanId>> {
 
 /// Reads the single `b3` header: `{trace}-{span}[-{sampling}[-{parent}]]` or `{sampling}`
 /// alone, sampling being `0`, `1` or `d`.
-pub(crate) fn parse_single(headers: &HeaderMap) -> Parse {
-    let Some(value) = first(headers, &B3) else {
+pub(crate) fn parse_single(headers: &TraceHeaders<'_>) -> Parse {
+    let Some(value) = headers.get(Slot::B3) else {
         return Parse::Absent;
     };
     match parse_single_value(value) {

@@ -12,6 +12,7 @@ mod context;
 mod id;
 mod inject;
 mod sampler;
+mod scan;
 mod w3c;
 
 pub use context::{Extracted, Format, Malformed, Sampling, SpanIds, TraceContext};
@@ -27,12 +28,13 @@ pub mod headers {
 
 use b3::Parse;
 use http::HeaderMap;
+use scan::TraceHeaders;
 
 /// Reads the caller's context. Precedence follows brave: the single `b3` header wins, then
 /// `x-b3-*`, then `traceparent`; a malformed format is skipped (and reported) so the next
 /// well-formed one is used. With nothing usable, only a valid sampling decision is kept.
 pub fn extract(headers: &HeaderMap) -> Extracted {
-    type Parser = fn(&HeaderMap) -> Parse;
+    type Parser = fn(&TraceHeaders<'_>) -> Parse;
     const FORMATS: [(Format, Parser); 3] = [
         (Format::B3Single, b3::parse_single),
         (Format::B3Multi, b3::parse_multi),
@@ -40,8 +42,9 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
     ];
     let mut malformed = None;
     let mut sampling = Sampling::Deferred;
+    let found = TraceHeaders::scan(headers);
     for (format, parse) in FORMATS {
-        match parse(headers) {
+        match parse(&found) {
             Parse::Absent => {}
             Parse::Valid(context, dropped) => {
                 return Extracted {

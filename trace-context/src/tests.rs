@@ -469,7 +469,106 @@ fn randomized_headers_never_panic_and_output_is_well_formed() {
         assert_eq!(back.malformed, None);
         assert_eq!(back.context.ids, Some(ids));
         assert_eq!(back.context.sampling, child.sampling);
+        assert_eq!(
+            trace_headers(&out),
+            trace_headers(&reference_inject(&child, &h))
+        );
     }
+}
+
+const TRACE_HEADERS: [&str; 8] = [
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "traceparent",
+    "tracestate",
+];
+
+/// Every value of every trace header, by name.
+fn trace_headers(h: &HeaderMap) -> Vec<(&'static str, Vec<String>)> {
+    TRACE_HEADERS
+        .iter()
+        .map(|&n| {
+            let values = h
+                .get_all(n)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            (n, values)
+        })
+        .collect()
+}
+
+/// `inject` by the letter of its contract, with no care for cost: drop every trace header,
+/// write the x-b3 set, and `b3` / `traceparent` (with `tracestate`) where the request had them.
+fn reference_inject(ctx: &TraceContext, original: &HeaderMap) -> HeaderMap {
+    let mut h = original.clone();
+    let had = |n: &str| original.contains_key(n);
+    for n in TRACE_HEADERS {
+        h.remove(n);
+    }
+    let mut fresh = HeaderMap::new();
+    inject(ctx, &mut fresh);
+    for n in [
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+    ] {
+        if let Some(v) = fresh.get(n) {
+            h.insert(HeaderName::from_static(n), v.clone());
+        }
+    }
+    let mut with_formats = HeaderMap::new();
+    for n in ["b3", "traceparent"] {
+        if had(n) {
+            with_formats.insert(HeaderName::from_static(n), HeaderValue::from_static("0"));
+        }
+    }
+    inject(ctx, &mut with_formats);
+    if had("b3") {
+        if let Some(v) = with_formats.get("b3") {
+            h.insert("b3", v.clone());
+        }
+    }
+    if had("traceparent") {
+        if let (Some(tp), Some(ids)) = (with_formats.get("traceparent"), ctx.ids) {
+            assert!(tp.to_str().unwrap().contains(&ids.span_id.to_string()));
+            h.insert("traceparent", tp.clone());
+            if let Some(state) = &ctx.tracestate {
+                h.insert("tracestate", state.clone());
+            }
+        }
+    }
+    h
+}
+
+#[test]
+fn headers_already_right_are_kept_and_stale_ones_go() {
+    // The usual hop: the trace id and decision carry over, the span ids change.
+    let h = map(&[
+        ("x-b3-traceid", T128),
+        ("x-b3-spanid", S),
+        ("x-b3-sampled", "1"),
+        ("x-b3-flags", "0"),
+        ("tracestate", "congo=t61rcWkgMzE"),
+        ("host", "b.example"),
+    ]);
+    let (_, child, out) = downstream(&h, false);
+    let ids = child.ids.unwrap();
+    assert_eq!(get(&out, "x-b3-traceid"), Some(T128));
+    assert_eq!(get(&out, "x-b3-spanid").unwrap(), ids.span_id.to_string());
+    assert_eq!(get(&out, "x-b3-parentspanid"), Some(S));
+    assert_eq!(get(&out, "x-b3-sampled"), Some("1"));
+    // Flags other than 1 are not forwarded; tracestate only travels with traceparent.
+    assert_eq!(get(&out, "x-b3-flags"), None);
+    assert_eq!(get(&out, "tracestate"), None);
+    assert_eq!(get(&out, "host"), Some("b.example"));
+    assert_eq!(out.len(), 5);
 }
 
 #[test]

@@ -1,11 +1,12 @@
 //! W3C Trace Context: `traceparent` / `tracestate`, so apps instrumented with OpenTelemetry
 //! defaults join the same trace as B3 ones.
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderName;
 
 use crate::b3::Parse;
 use crate::context::{Malformed, Sampling, SpanIds, TraceContext};
 use crate::id::{parse_hex64, SpanId, TraceId};
+use crate::scan::{Slot, TraceHeaders};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -13,12 +14,8 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// `00-{32 hex trace}-{16 hex parent}-{2 hex flags}`. Future versions may append fields after
 /// a `-`; version `ff` is invalid. The sampled flag (bit 0) is honoured as the caller's
 /// decision, as OpenTelemetry's parent-based sampler does.
-pub(crate) fn parse(headers: &HeaderMap) -> Parse {
-    let Some(value) = headers
-        .get(&TRACEPARENT)
-        .map(|v| v.as_bytes())
-        .filter(|v| !v.is_empty())
-    else {
+pub(crate) fn parse(headers: &TraceHeaders<'_>) -> Parse {
+    let Some(value) = headers.get(Slot::TraceParent) else {
         return Parse::Absent;
     };
     match parse_value(value) {
@@ -30,7 +27,7 @@ pub(crate) fn parse(headers: &HeaderMap) -> Parse {
                 } else {
                     Sampling::NotSampled
                 },
-                tracestate: headers.get(&TRACESTATE).cloned(),
+                tracestate: headers.value(Slot::TraceState).cloned(),
             },
             None,
         ),
