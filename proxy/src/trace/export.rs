@@ -23,6 +23,7 @@ use opentelemetry_sdk::trace::SpanExporter as _;
 use opentelemetry_sdk::Resource;
 
 use super::span::SpanRecord;
+use super::zipkin::ZipkinEncoder;
 use super::Identity;
 
 /// One export attempt's limit: a slow collector costs the batch, never a request.
@@ -55,8 +56,7 @@ enum Kind {
     Zipkin {
         client: HyperClient,
         url: http::Uri,
-        service: String,
-        local_ip: Option<std::net::IpAddr>,
+        encoder: ZipkinEncoder,
     },
     Otlp {
         exporter: opentelemetry_otlp::SpanExporter,
@@ -93,8 +93,7 @@ impl Exporter {
                     url: url.clone(),
                     source,
                 })?,
-                service,
-                local_ip: identity.pod_ip,
+                encoder: ZipkinEncoder::new(&service, identity.pod_ip),
             },
             Protocol::OtlpHttp | Protocol::OtlpGrpc => {
                 let built = if config.protocol == Protocol::OtlpHttp {
@@ -134,11 +133,9 @@ impl Exporter {
                 Kind::Zipkin {
                     client,
                     url,
-                    service,
-                    local_ip,
+                    encoder,
                 } => {
-                    let body = encode_zipkin(batch, service, *local_ip)
-                        .map_err(|e| ExportError::Send(e.to_string()))?;
+                    let body = encoder.encode(batch);
                     let request = http::Request::post(url.clone())
                         .header(http::header::CONTENT_TYPE, "application/json")
                         .body(Bytes::from(body))
@@ -167,24 +164,6 @@ impl Exporter {
             Err(_) => Err(ExportError::Send("timed out".into())),
         }
     }
-}
-
-/// A batch as one Zipkin v2 JSON array, written span by span into a single buffer.
-pub fn encode_zipkin(
-    batch: &[SpanRecord],
-    service: &str,
-    local_ip: Option<std::net::IpAddr>,
-) -> serde_json::Result<Vec<u8>> {
-    let mut body = Vec::with_capacity(2 + batch.len() * 640);
-    body.push(b'[');
-    for (i, span) in batch.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        span.write_zipkin(&mut body, service, local_ip)?;
-    }
-    body.push(b']');
-    Ok(body)
 }
 
 /// `opentelemetry_http::HttpClient` on hyper-util. Requests run on the tokio runtime that

@@ -7,7 +7,7 @@
 //!
 //! Path of a span: `start` (extract, decide, inject: [`propagate`]) → `finish` (a
 //! [`span::SpanRecord`] into the bounded queue of [`pipeline`]) → batch → [`export`] (Zipkin v2
-//! JSON or OTLP through the opentelemetry exporters). [`reload`] swaps the pipeline when the
+//! JSON by [`zipkin`], or OTLP through the opentelemetry exporters). [`reload`] swaps the pipeline when the
 //! MeshConfig's tracing block changes.
 
 pub mod export;
@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod propagate;
 pub mod reload;
 pub mod span;
+pub mod zipkin;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};

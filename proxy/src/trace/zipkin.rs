@@ -1,0 +1,425 @@
+//! Zipkin v2 JSON (the zipkin2 API's `ListOfSpans`), written straight from [`SpanRecord`]s
+//! into one export body.
+//!
+//! Written by hand because it runs for every span at full sampling. Nearly everything in a
+//! span is JSON-safe by construction (hex ids, addresses, numbers, fixed names) and is copied
+//! as is; only text that came with the request (URL, method, error) is checked for escapes.
+//! The local endpoint is the same for every span of a sidecar, so it is encoded once.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::span::SpanRecord;
+use super::Direction;
+
+/// What every span of one sidecar shares: its `localEndpoint`, already encoded.
+#[derive(Clone, Debug)]
+pub struct ZipkinEncoder {
+    local_endpoint: Vec<u8>,
+}
+
+impl ZipkinEncoder {
+    pub fn new(service_name: &str, local_ip: Option<IpAddr>) -> Self {
+        let mut local_endpoint = Vec::with_capacity(64);
+        local_endpoint.push(b'{');
+        match local_ip {
+            Some(ip @ IpAddr::V4(_)) => {
+                local_endpoint.extend_from_slice(b"\"ipv4\":");
+                push_ip_string(&mut local_endpoint, ip);
+                local_endpoint.push(b',');
+            }
+            Some(ip @ IpAddr::V6(_)) => {
+                local_endpoint.extend_from_slice(b"\"ipv6\":");
+                push_ip_string(&mut local_endpoint, ip);
+                local_endpoint.push(b',');
+            }
+            None => {}
+        }
+        local_endpoint.extend_from_slice(b"\"serviceName\":");
+        push_str(&mut local_endpoint, service_name);
+        local_endpoint.push(b'}');
+        Self { local_endpoint }
+    }
+
+    /// A batch as one JSON array.
+    pub fn encode(&self, batch: &[SpanRecord]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + batch.len() * 640);
+        out.push(b'[');
+        for (i, span) in batch.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            self.write_span(&mut out, span);
+        }
+        out.push(b']');
+        out
+    }
+
+    /// One span object (keys in sorted order, as zipkin2's own encoder writes them).
+    pub fn write_span(&self, out: &mut Vec<u8>, r: &SpanRecord) {
+        out.push(b'{');
+        if r.debug {
+            out.extend_from_slice(b"\"debug\":true,");
+        }
+        // zipkin2 requires a duration of at least 1 µs when present.
+        out.extend_from_slice(b"\"duration\":");
+        push_u64(out, (r.duration.as_micros() as u64).max(1));
+        out.extend_from_slice(b",\"id\":\"");
+        out.extend_from_slice(r.ids.span_id.encode().as_bytes());
+        out.extend_from_slice(match r.direction {
+            Direction::Inbound => b"\",\"kind\":\"SERVER\",\"localEndpoint\":",
+            Direction::Outbound => b"\",\"kind\":\"CLIENT\",\"localEndpoint\":",
+        });
+        out.extend_from_slice(&self.local_endpoint);
+        out.extend_from_slice(b",\"name\":");
+        push_name(out, r.method.as_str(), r.path());
+        if let Some(parent) = r.ids.parent_id {
+            out.extend_from_slice(b",\"parentId\":\"");
+            out.extend_from_slice(parent.encode().as_bytes());
+            out.push(b'"');
+        }
+        // The other side of the hop: the caller for a SERVER span, the upstream for a CLIENT.
+        let remote = match r.direction {
+            Direction::Inbound => r.peer,
+            Direction::Outbound => r.upstream,
+        };
+        out.extend_from_slice(if remote.is_ipv4() {
+            b",\"remoteEndpoint\":{\"ipv4\":"
+        } else {
+            b",\"remoteEndpoint\":{\"ipv6\":"
+        });
+        push_ip_string(out, remote.ip());
+        out.extend_from_slice(b",\"port\":");
+        push_u64(out, u64::from(remote.port()));
+        out.extend_from_slice(b"},\"tags\":{");
+        write_tags(out, r);
+        out.extend_from_slice(b"},\"timestamp\":");
+        push_u64(out, micros_since_epoch(r.start));
+        out.extend_from_slice(b",\"traceId\":\"");
+        out.extend_from_slice(r.ids.trace_id.encode().as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+}
+
+/// Envoy's tag names; every value is a string.
+fn write_tags(out: &mut Vec<u8>, r: &SpanRecord) {
+    match (&r.outcome.error, r.outcome.status) {
+        (Some(e), _) => {
+            out.extend_from_slice(b"\"error\":");
+            push_str(out, e);
+            out.push(b',');
+        }
+        (None, Some(s)) if s.is_server_error() => {
+            out.extend_from_slice(b"\"error\":\"");
+            push_u64(out, u64::from(s.as_u16()));
+            out.extend_from_slice(b"\",");
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\"http.method\":");
+    push_str(out, r.method.as_str());
+    out.extend_from_slice(if r.http2 {
+        b",\"http.protocol\":\"HTTP/2\""
+    } else {
+        b",\"http.protocol\":\"HTTP/1.1\""
+    });
+    if let Some(s) = r.outcome.status {
+        out.extend_from_slice(b",\"http.status_code\":\"");
+        push_u64(out, u64::from(s.as_u16()));
+        out.push(b'"');
+    }
+    out.extend_from_slice(b",\"http.url\":");
+    push_str(out, r.url());
+    out.extend_from_slice(b",\"peer.address\":\"");
+    push_socket_addr(out, r.peer);
+    out.extend_from_slice(b"\",\"request_size\":\"");
+    push_u64(out, r.outcome.request_size);
+    out.extend_from_slice(b"\",\"response_size\":\"");
+    push_u64(out, r.outcome.response_size);
+    match r.direction {
+        Direction::Inbound => {
+            out.extend_from_slice(b"\",\"upstream_cluster\":\"inbound|");
+            push_u64(out, u64::from(r.upstream.port()));
+            out.push(b'"');
+        }
+        Direction::Outbound => {
+            out.extend_from_slice(b"\",\"upstream_cluster\":");
+            let mut cluster = String::with_capacity(9 + r.host().len());
+            cluster.push_str("outbound|");
+            cluster.push_str(r.host());
+            push_str(out, &cluster);
+        }
+    }
+}
+
+/// The span name: `<method> <path>` in lower case, as Envoy names its spans.
+fn push_name(out: &mut Vec<u8>, method: &str, path: &str) {
+    if method.is_ascii() && path.is_ascii() {
+        let start = out.len();
+        push_str(out, method);
+        out.pop(); // the closing quote: the path goes inside the same string
+        let path_start = out.len();
+        push_str(out, path);
+        out[path_start] = b' '; // the path's opening quote becomes the separator
+        out[start..].make_ascii_lowercase();
+    } else {
+        push_str(out, &format!("{method} {path}").to_lowercase());
+    }
+}
+
+/// A JSON string. Text without characters to escape (the usual case) is copied in one go.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    // A fold with no early exit, so the check runs over whole vectors.
+    let needs_escape = bytes.iter().fold(false, |acc, &b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if needs_escape {
+        push_escaped(out, bytes);
+    } else {
+        out.extend_from_slice(bytes);
+    }
+    out.push(b'"');
+}
+
+/// RFC 8259 escaping: `"`, `\` and the control characters. UTF-8 passes through.
+fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// An address as a JSON string: dotted quad, or RFC 5952 text for IPv6.
+fn push_ip_string(out: &mut Vec<u8>, ip: IpAddr) {
+    out.push(b'"');
+    push_ip(out, ip);
+    out.push(b'"');
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        // Rare in a cluster, and its text form (zero compression) is the standard library's.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `ip:port`, or `[ip]:port` for IPv6 (how `SocketAddr` displays).
+fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(_) => push_ip(out, addr.ip()),
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "[{}]", v6.ip());
+        }
+    }
+    out.push(b':');
+    push_u64(out, u64::from(addr.port()));
+}
+
+fn micros_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::Value;
+    use trace_context::{SpanId, SpanIds, TraceId};
+
+    use super::*;
+    use crate::trace::Outcome;
+
+    fn record(direction: Direction, uri: &str, status: u16) -> SpanRecord {
+        let (parts, _) = http::Request::get(uri).body(()).unwrap().into_parts();
+        let ids = SpanIds {
+            trace_id: TraceId::parse(b"48485a3953bb6124").unwrap(),
+            span_id: SpanId::parse(b"a2fb4a1d1a96d312").unwrap(),
+            parent_id: SpanId::parse(b"0020000000000001"),
+        };
+        let mut r = SpanRecord::begin(
+            direction,
+            &parts,
+            ids,
+            false,
+            "10.0.0.1:4000".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+        );
+        r.end(
+            UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            Duration::from_micros(1500),
+            Outcome {
+                status: http::StatusCode::from_u16(status).ok(),
+                error: None,
+                request_size: 3,
+                response_size: 42,
+            },
+        );
+        r
+    }
+
+    fn encode_one(r: &SpanRecord, service: &str, ip: Option<IpAddr>) -> Value {
+        let body = ZipkinEncoder::new(service, ip).encode(std::slice::from_ref(r));
+        let mut list: Vec<Value> = serde_json::from_slice(&body).expect("valid JSON");
+        assert_eq!(list.len(), 1);
+        list.remove(0)
+    }
+
+    #[test]
+    fn server_span_has_the_contract_fields_and_envoy_tags() {
+        let r = record(
+            Direction::Inbound,
+            "http://b.default:8080/api/items?x=1",
+            200,
+        );
+        let z = encode_one(&r, "b.default", Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(z["kind"], "SERVER");
+        assert_eq!(z["traceId"], "48485a3953bb6124");
+        assert_eq!(z["id"], "a2fb4a1d1a96d312");
+        assert_eq!(z["parentId"], "0020000000000001");
+        assert_eq!(z["name"], "get /api/items");
+        assert_eq!(z["duration"], 1500);
+        assert_eq!(z["timestamp"], 1_700_000_000_123_456u64);
+        assert_eq!(z["localEndpoint"]["serviceName"], "b.default");
+        assert_eq!(z["localEndpoint"]["ipv4"], "10.0.0.2");
+        assert_eq!(z["remoteEndpoint"]["ipv4"], "10.0.0.1");
+        assert_eq!(z["remoteEndpoint"]["port"], 4000);
+        assert!(z.get("debug").is_none());
+        let tags = &z["tags"];
+        assert_eq!(tags["http.method"], "GET");
+        assert_eq!(tags["http.protocol"], "HTTP/1.1");
+        assert_eq!(tags["http.url"], "http://b.default:8080/api/items?x=1");
+        assert_eq!(tags["http.status_code"], "200");
+        assert_eq!(tags["upstream_cluster"], "inbound|8080");
+        assert_eq!(tags["peer.address"], "10.0.0.1:4000");
+        assert_eq!(tags["request_size"], "3");
+        assert_eq!(tags["response_size"], "42");
+        assert!(tags.get("error").is_none());
+        // Every tag value is a string, as zipkin2 requires.
+        assert!(tags.as_object().unwrap().values().all(Value::is_string));
+    }
+
+    #[test]
+    fn client_span_errors_debug_and_ipv6() {
+        let mut r = record(Direction::Outbound, "http://b.default:8080/Api/ITEMS", 503);
+        r.debug = true;
+        r.peer = "[fd00::1]:4000".parse().unwrap();
+        r.upstream = "[fd00::2]:8080".parse().unwrap();
+        let z = encode_one(&r, "a.default", Some("::1".parse().unwrap()));
+        assert_eq!(z["kind"], "CLIENT");
+        assert_eq!(z["debug"], true);
+        assert_eq!(z["name"], "get /api/items");
+        assert_eq!(z["localEndpoint"]["ipv6"], "::1");
+        assert_eq!(z["remoteEndpoint"]["ipv6"], "fd00::2");
+        assert_eq!(z["remoteEndpoint"]["port"], 8080);
+        assert_eq!(z["tags"]["peer.address"], "[fd00::1]:4000");
+        assert_eq!(z["tags"]["error"], "503");
+        assert_eq!(z["tags"]["upstream_cluster"], "outbound|b.default:8080");
+
+        r.outcome.status = None;
+        r.outcome.error = Some("upstream \"reset\"\n".into());
+        let z = encode_one(&r, "a.default", None);
+        assert_eq!(z["tags"]["error"], "upstream \"reset\"\n");
+        assert!(z["tags"].get("http.status_code").is_none());
+        assert!(z["localEndpoint"].get("ipv4").is_none());
+    }
+
+    #[test]
+    fn zero_duration_is_written_as_one_microsecond() {
+        let mut r = record(Direction::Inbound, "http://b/", 200);
+        r.duration = Duration::ZERO;
+        assert_eq!(encode_one(&r, "b", None)["duration"], 1);
+    }
+
+    #[test]
+    fn any_text_round_trips_through_the_json() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let alphabet: Vec<char> = "aZ09 \"\\/\n\r\t\u{0}\u{1}\u{8}\u{c}\u{1f}\u{7f}é€😀{}[]:,"
+            .chars()
+            .collect();
+        for _ in 0..2_000 {
+            let text: String = (0..rng.usize(0..40))
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let mut r = record(Direction::Outbound, "http://b/x", 200);
+            r.outcome.error = Some(text.clone());
+            let z = encode_one(&r, &text, None);
+            assert_eq!(z["tags"]["error"], text.as_str());
+            assert_eq!(z["localEndpoint"]["serviceName"], text.as_str());
+        }
+    }
+
+    #[test]
+    fn names_lowercase_any_path() {
+        let r = record(Direction::Inbound, "http://b/%C3%89T%C3%89?Q=1", 200);
+        assert_eq!(encode_one(&r, "b", None)["name"], "get /%c3%89t%c3%89");
+        assert_eq!(r.url(), "http://b/%C3%89T%C3%89?Q=1");
+        let mut out = Vec::new();
+        push_name(&mut out, "PATCH", "/Ünïcode/PATH");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).unwrap(),
+            "patch /ünïcode/path"
+        );
+        let mut out = Vec::new();
+        push_name(&mut out, "GET", "/a\"b");
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), "get /a\"b");
+    }
+
+    #[test]
+    fn a_batch_is_a_json_array() {
+        let spans = [
+            record(Direction::Inbound, "http://b/1", 200),
+            record(Direction::Outbound, "http://c/2", 500),
+        ];
+        let body = ZipkinEncoder::new("b.default", None).encode(&spans);
+        let list: Vec<Value> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1]["tags"]["error"], "500");
+        let empty = ZipkinEncoder::new("b.default", None).encode(&[]);
+        assert_eq!(empty, b"[]");
+    }
+}
