@@ -40,9 +40,13 @@ struct Args {
     /// Worker threads per sidecar (`--threads`).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Tracing in the sidecars, at 100% sampling, exporting to a local sink.
+    /// Tracing in the sidecars, at `--sampled-fraction`, exporting to a local sink.
     #[arg(long, value_enum, default_value_t = TracingMode::Off)]
     tracing: TracingMode,
+    /// `sampledFraction` when tracing is on: 1 records every request; 0 measures what
+    /// propagating the trace context alone costs.
+    #[arg(long, default_value_t = 1.0)]
+    sampled_fraction: f64,
     /// Span protocol when tracing is on.
     #[arg(long, default_value = "zipkin")]
     protocol: String,
@@ -325,7 +329,7 @@ impl Pair {
     }
 }
 
-/// The bench MeshConfig: warn logging, and tracing at 100% sampling to `sink` when given.
+/// The bench MeshConfig: warn logging, and tracing at `--sampled-fraction` to `sink` when given.
 fn write_config(args: &Args, path: &Path, sink: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut config = MeshConfig::default();
     config.spec.sidecar.log_level = LogLevel::Warn;
@@ -334,7 +338,7 @@ fn write_config(args: &Args, path: &Path, sink: Option<SocketAddr>) -> anyhow::R
         t.enable = true;
         t.address = addr.ip().to_string();
         t.port = addr.port();
-        t.sampled_fraction = 1.0;
+        t.sampled_fraction = args.sampled_fraction;
         t.protocol = match args.protocol.as_str() {
             "otlp-http" => Protocol::OtlpHttp,
             "otlp-grpc" => Protocol::OtlpGrpc,
@@ -361,7 +365,7 @@ struct Round {
     p99: Duration,
 }
 
-/// CPU per request with tracing at 100% sampling vs off. Both sidecar pairs run side by side
+/// CPU per request with tracing on (at `--sampled-fraction`) vs off. Both sidecar pairs run side by side
 /// for the whole comparison and are loaded in turn (off, on, off, on...), so machine drift
 /// (other load on a shared host) hits both alike; the figures are medians over the rounds.
 async fn tracing_cpu(
@@ -386,8 +390,10 @@ async fn tracing_cpu(
 
 async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Result<()> {
     println!(
-        "\n== tracing CPU: 2 sidecars, {} rounds x {} requests per configuration, {} connections, \
-         {} B bodies, sidecar threads {}; CPU = utime+stime from /proc/PID/stat at {} ticks/s",
+        "\n== tracing CPU: 2 sidecars, sampledFraction {}, {} rounds x {} requests per \
+         configuration, {} connections, {} B bodies, sidecar threads {}; CPU = utime+stime from \
+         /proc/PID/stat at {} ticks/s",
+        args.sampled_fraction,
         args.cpu_rounds,
         args.cpu_requests,
         args.cpu_concurrency,
@@ -398,7 +404,11 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
     let mut sent_on = 0usize;
     let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=args.cpu_rounds {
-        for (i, pair) in [off, on].into_iter().enumerate() {
+        // ABBA order (off, on, then on, off): whichever runs second in a round meets a warmer
+        // (or busier) machine, and alternating cancels that out of the medians.
+        let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let pair = [off, on][i];
             let target = load::Target::via_proxy(pair.a.outbound(), pair.b_listen)?;
             let body = Bytes::from(vec![b'x'; args.body_size]);
             let warm = load::Plan {
@@ -417,10 +427,8 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
             };
             let s = load::run(&target, &plan).await;
             // The exporter batches off the request path: let it send this round's spans so
-            // their CPU lands in this round.
-            if pair.sink.is_some() {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+            // their CPU lands in this round (both configurations wait alike).
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let after = pair.ticks().context("reading sidecar CPU time")?;
             if i == 1 {
                 sent_on += w.requests + w.errors + s.requests + s.errors;
@@ -474,8 +482,8 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         .map_or(0, |(_, c)| c.posts.load(Ordering::Relaxed));
     println!(
         "trace sink: {spans} spans in {posts} exports for {sent_on} requests through the tracing \
-         sidecars (2 spans expected per request: {:.3} of expected)",
-        safe_div(spans as f64, 2.0 * sent_on as f64)
+         sidecars (2 x sampledFraction spans expected per request: {:.3} of expected)",
+        safe_div(spans as f64, 2.0 * args.sampled_fraction * sent_on as f64)
     );
     Ok(())
 }
