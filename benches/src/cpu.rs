@@ -1,5 +1,9 @@
-//! Process CPU time from /proc/PID/stat, for CPU per request: latency alone hides work a
-//! sidecar does off the request path (span export), CPU time does not.
+//! Process CPU time, for CPU per request: latency alone hides work a sidecar does off the
+//! request path (span export), CPU time does not.
+//!
+//! The scheduler's own runtime of every thread (`/proc/PID/task/TID/schedstat`, nanoseconds)
+//! is the measure; utime + stime from `/proc/PID/stat` is only sampled at the clock tick, which
+//! misses much of a process that runs in bursts shorter than a tick, as a proxy does.
 
 /// Clock ticks per second of the utime/stime fields. sysconf(_SC_CLK_TCK) is 100 on every
 /// Linux ABI in use (a fixed kernel USER_HZ); reading it would need libc for one constant.
@@ -19,6 +23,33 @@ pub fn parse_stat(line: &str) -> Option<u64> {
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// Nanoseconds on CPU of every live thread of `pid` (the first field of each thread's
+/// schedstat), or None if the process cannot be read.
+pub fn on_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        // A thread may exit between the listing and the read; it no longer counts.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += parse_schedstat(&stat)?;
+        }
+    }
+    Some(total)
+}
+
+/// The run time (first field) of one schedstat line: `run_ns wait_ns timeslices`.
+pub fn parse_schedstat(line: &str) -> Option<u64> {
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU microseconds per request from a nanosecond delta.
+pub fn micros_per_request_ns(nanos: u64, requests: usize) -> f64 {
+    if requests == 0 {
+        return 0.0;
+    }
+    nanos as f64 / 1e3 / requests as f64
 }
 
 /// CPU microseconds per request from a tick delta.
@@ -63,9 +94,23 @@ mod tests {
     }
 
     #[test]
+    fn schedstat_run_time_grows_with_work() {
+        assert_eq!(parse_schedstat("177623836 26494818 587\n"), Some(177623836));
+        assert_eq!(parse_schedstat(""), None);
+        let pid = std::process::id();
+        let before = on_cpu_ns(pid).unwrap();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(on_cpu_ns(pid).unwrap() > before);
+    }
+
+    #[test]
     fn per_request_and_median() {
         assert_eq!(micros_per_request(100, 10_000), 100.0);
         assert_eq!(micros_per_request(5, 0), 0.0);
+        assert_eq!(micros_per_request_ns(2_000_000, 1_000), 2.0);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[]), 0.0);

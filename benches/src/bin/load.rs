@@ -313,8 +313,17 @@ impl Pair {
         })
     }
 
-    fn ticks(&self) -> Option<(u64, u64)> {
-        Some((cpu::ticks(self.a.pid()?)?, cpu::ticks(self.b.pid()?)?))
+    /// utime + stime of both sidecars, in clock ticks: the coarse cross-check.
+    fn ticks(&self) -> Option<u64> {
+        Some(cpu::ticks(self.a.pid()?)? + cpu::ticks(self.b.pid()?)?)
+    }
+
+    /// Nanoseconds on CPU of sidecar A and sidecar B.
+    fn on_cpu_ns(&self) -> Option<(u64, u64)> {
+        Some((
+            cpu::on_cpu_ns(self.a.pid()?)?,
+            cpu::on_cpu_ns(self.b.pid()?)?,
+        ))
     }
 
     fn spans(&self) -> u64 {
@@ -361,6 +370,9 @@ type Metric = fn(&Round) -> f64;
 struct Round {
     /// CPU µs per request in sidecar A and sidecar B.
     cpu: (f64, f64),
+    /// The same for both together from utime + stime (tick-sampled, so coarser and biased
+    /// low for bursty processes; printed as a cross-check).
+    ticks: f64,
     p50: Duration,
     p99: Duration,
 }
@@ -391,15 +403,14 @@ async fn tracing_cpu(
 async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Result<()> {
     println!(
         "\n== tracing CPU: 2 sidecars, sampledFraction {}, {} rounds x {} requests per \
-         configuration, {} connections, {} B bodies, sidecar threads {}; CPU = utime+stime from \
-         /proc/PID/stat at {} ticks/s",
+         configuration, {} connections, {} B bodies, sidecar threads {}; CPU = run time of every \
+         sidecar thread from /proc/PID/task/*/schedstat",
         args.sampled_fraction,
         args.cpu_rounds,
         args.cpu_requests,
         args.cpu_concurrency,
         args.body_size,
         args.threads,
-        cpu::CLK_TCK
     );
     let mut sent_on = 0usize;
     let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
@@ -418,7 +429,8 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
                 body: body.clone(),
             };
             let w = load::run(&target, &warm).await;
-            let before = pair.ticks().context("reading sidecar CPU time")?;
+            let before = pair.on_cpu_ns().context("reading sidecar CPU time")?;
+            let ticks_before = pair.ticks().context("reading sidecar CPU ticks")?;
             let plan = load::Plan {
                 requests: args.cpu_requests,
                 concurrency: args.cpu_concurrency,
@@ -429,14 +441,19 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
             // The exporter batches off the request path: let it send this round's spans so
             // their CPU lands in this round (both configurations wait alike).
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let after = pair.ticks().context("reading sidecar CPU time")?;
+            let after = pair.on_cpu_ns().context("reading sidecar CPU time")?;
+            let ticks_after = pair.ticks().context("reading sidecar CPU ticks")?;
             if i == 1 {
                 sent_on += w.requests + w.errors + s.requests + s.errors;
             }
             let r = Round {
                 cpu: (
-                    cpu::micros_per_request(after.0.saturating_sub(before.0), s.requests),
-                    cpu::micros_per_request(after.1.saturating_sub(before.1), s.requests),
+                    cpu::micros_per_request_ns(after.0.saturating_sub(before.0), s.requests),
+                    cpu::micros_per_request_ns(after.1.saturating_sub(before.1), s.requests),
+                ),
+                ticks: cpu::micros_per_request(
+                    ticks_after.saturating_sub(ticks_before),
+                    s.requests,
                 ),
                 p50: s.p50,
                 p99: s.p99,
@@ -452,10 +469,11 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         }
     }
     let med = |rs: &[Round], f: Metric| cpu::median(&rs.iter().map(f).collect::<Vec<_>>());
-    let rows: [(&str, Metric); 5] = [
+    let rows: [(&str, Metric); 6] = [
         ("CPU/request sidecar A (µs)", |r| r.cpu.0),
         ("CPU/request sidecar B (µs)", |r| r.cpu.1),
         ("CPU/request both (µs)", |r| r.cpu.0 + r.cpu.1),
+        ("  both, tick-sampled (µs)", |r| r.ticks),
         ("latency p50 (µs)", |r| r.p50.as_secs_f64() * 1e6),
         ("latency p99 (µs)", |r| r.p99.as_secs_f64() * 1e6),
     ];
