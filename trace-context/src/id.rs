@@ -169,17 +169,32 @@ pub(crate) fn parse_hex64(hex: &[u8]) -> Option<u64> {
     if hex.is_empty() || hex.len() > 16 {
         return None;
     }
+    // Branch-free per character: invalid characters set a high bit, checked once at the end.
     let mut v: u64 = 0;
+    let mut invalid = 0u8;
     for &c in hex {
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u64::from(d);
+        let d = HEX_VALUE[usize::from(c)];
+        invalid |= d;
+        v = (v << 4) | u64::from(d & 0xf);
     }
-    Some(v)
+    (invalid & 0xf0 == 0).then_some(v)
 }
+
+/// The value of each lower-hex digit; 0xff for every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -219,6 +234,20 @@ mod tests {
         assert!(SpanId::parse(b"48485a3953bb612").is_none());
         assert!(SpanId::parse(b"463ac35c9f6413ad48485a3953bb6124").is_none());
         assert!(SpanId::parse(b"+8485a3953bb6124").is_none());
+        for bad in [b'/', b':', b'`', b'g', b'G', b'A', b' ', 0x80, 0xff] {
+            let mut id = *b"48485a3953bb6124";
+            id[7] = bad;
+            assert!(SpanId::parse(&id).is_none(), "{bad:#x}");
+        }
+    }
+
+    #[test]
+    fn every_hex_digit_parses_to_its_value() {
+        assert_eq!(parse_hex64(b"0123456789abcdef"), Some(0x0123456789abcdef));
+        assert_eq!(parse_hex64(b"fedcba9876543210"), Some(0xfedcba9876543210));
+        assert_eq!(parse_hex64(b"f"), Some(0xf));
+        assert_eq!(parse_hex64(b""), None);
+        assert_eq!(parse_hex64(b"00000000000000000"), None);
     }
 
     #[test]

@@ -232,7 +232,7 @@ impl Tracer {
                 record,
                 started: Instant::now(),
                 wall: SystemTime::now(),
-                sender: pipeline.sender(),
+                active,
             })),
         }
     }
@@ -253,7 +253,9 @@ struct Pending {
     record: SpanRecord,
     started: Instant,
     wall: SystemTime,
-    sender: pipeline::SpanSender,
+    /// Keeps the pipeline this span was started on alive until the span is queued there, so a
+    /// reload never loses an in-flight span.
+    active: Arc<Active>,
 }
 
 /// A span in flight. Dropping it without `finish` records nothing.
@@ -276,10 +278,12 @@ impl ActiveSpan {
             mut record,
             started,
             wall,
-            sender,
+            active,
         } = *p;
         record.end(wall, started.elapsed(), outcome);
-        sender.send(record);
+        if let Some(pipeline) = &active.pipeline {
+            pipeline.send(record);
+        }
     }
 }
 

@@ -1,17 +1,20 @@
 //! The bounded queue between the data path and the exporter, and the batch task behind it.
 //!
-//! The data path only ever `try_send`s: when the collector is slow or down the queue fills and
-//! spans are dropped and counted, so requests never wait on tracing. The batch task and its
-//! exporter run on a thread of their own, so encoding and sending a batch never delays a
-//! request; when the last sender is dropped (the config moved on) it exports what is left to
-//! its collector and the thread ends.
+//! The data path only ever appends to the queue under a lock held for one push: when the
+//! collector is slow or down the queue fills and spans are dropped and counted, so requests
+//! never wait on tracing. The export thread takes the whole queue at once by swapping buffers,
+//! and hands the emptied buffer back, so queueing a span never allocates. The batch task and
+//! its exporter run on that thread, so encoding and sending a batch never delays a request;
+//! when the pipeline is dropped (the config moved on and its last in-flight span ended) it
+//! exports what is left to its collector and the thread ends.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mesh_config::Tracing;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::export::{ExportError, Exporter};
@@ -21,8 +24,8 @@ use super::Identity;
 
 /// Spans waiting for export; at a few hundred bytes each this bounds memory to about 1 MiB.
 pub const QUEUE_CAPACITY: usize = 4096;
-/// Spans per export request: enough to amortise a request, few enough that encoding one batch
-/// on a request worker stays well under a millisecond.
+/// Spans per export request: enough to amortise a request, small enough to keep one export
+/// body under 100 KiB.
 pub const MAX_BATCH: usize = 128;
 /// How long a partial batch waits for company; short, so traces show up promptly.
 pub const BATCH_DELAY: Duration = Duration::from_millis(100);
@@ -30,34 +33,88 @@ pub const BATCH_DELAY: Duration = Duration::from_millis(100);
 /// while the queue holds far more than an interval's worth of spans at any realistic rate.
 pub const COLLECT_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Owns the queue of one exporter; dropping it (and every [`SpanSender`]) flushes and ends it.
+/// Owns the queue of one exporter; dropping it flushes the queue and ends the export thread.
 #[derive(Debug)]
 pub struct Pipeline {
-    sender: SpanSender,
+    queue: Arc<SpanQueue>,
     started: Counter,
+    queue_full: Counter,
     /// Becomes true when the batch task has exported everything and ended.
     done: watch::Receiver<bool>,
 }
 
-/// The data path's handle: a non-blocking send that counts drops.
-#[derive(Clone, Debug)]
-pub struct SpanSender {
-    tx: mpsc::Sender<SpanRecord>,
-    queue_full: Counter,
+/// Spans on their way from the data path to the export thread.
+#[derive(Debug, Default)]
+struct SpanQueue {
+    state: Mutex<Queued>,
+    /// Wakes the export thread when the queue stops being empty, or closes.
+    ready: Notify,
+    /// Set when the pipeline is dropped: nothing more will come.
+    closed: AtomicBool,
 }
 
-impl SpanSender {
-    pub fn send(&self, span: SpanRecord) {
-        if self.tx.try_send(span).is_err() {
-            self.queue_full.inc();
+#[derive(Debug, Default)]
+struct Queued {
+    spans: Vec<SpanRecord>,
+    /// Taken by the export thread and not yet exported: they count against the capacity, so
+    /// at most [`QUEUE_CAPACITY`] spans are held in all.
+    exporting: usize,
+}
+
+impl SpanQueue {
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        // A panic while holding the lock cannot leave a Vec half-pushed; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a span; false when the queue is full.
+    fn push(&self, span: SpanRecord) -> bool {
+        let mut queued = self.lock();
+        if queued.spans.len() + queued.exporting >= QUEUE_CAPACITY {
+            return false;
         }
+        queued.spans.push(span);
+        let first = queued.spans.len() == 1;
+        drop(queued);
+        // Only the first span of a batch wakes the export thread.
+        if first {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.lock().spans.len()
+    }
+
+    /// Everything queued, swapped for `empty` (a drained buffer that keeps its capacity).
+    fn take(&self, empty: Vec<SpanRecord>) -> Vec<SpanRecord> {
+        let mut queued = self.lock();
+        let spans = std::mem::replace(&mut queued.spans, empty);
+        queued.exporting += spans.len();
+        spans
+    }
+
+    /// `n` taken spans are done with (exported or dropped): room for as many new ones.
+    fn done(&self, n: usize) {
+        let mut queued = self.lock();
+        queued.exporting = queued.exporting.saturating_sub(n);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 }
 
 impl Pipeline {
     /// Builds the exporter for `config` and starts its batch task on a thread of its own (with
     /// a single-threaded runtime), so encoding and sending never hold up a request worker. The
-    /// thread ends once the queue is closed and flushed.
+    /// thread ends once the pipeline is dropped and the queue flushed.
     pub fn start(
         config: &Tracing,
         identity: &Identity,
@@ -73,25 +130,23 @@ impl Pipeline {
             let _enter = runtime.handle().enter();
             Exporter::build(config, identity)?
         };
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let queue = Arc::new(SpanQueue::default());
         let (done_tx, done) = watch::channel(false);
         let protocol = exporter.protocol;
         let task_metrics = metrics.clone();
+        let task_queue = queue.clone();
         std::thread::Builder::new()
             .name("trace-export".into())
             .spawn(move || {
-                runtime.block_on(run(exporter, rx, task_metrics));
+                runtime.block_on(run(exporter, task_queue, task_metrics));
                 drop(runtime);
                 let _ = done_tx.send(true);
             })
             .map_err(|e| ExportError::Build(format!("export thread: {e}")))?;
-        let sender = SpanSender {
-            tx,
-            queue_full: metrics.dropped_counter(protocol, "queue_full"),
-        };
         Ok(Self {
-            sender,
+            queue,
             started: metrics.started_counter(protocol),
+            queue_full: metrics.dropped_counter(protocol, "queue_full"),
             done,
         })
     }
@@ -101,16 +156,26 @@ impl Pipeline {
         self.started.inc();
     }
 
-    pub fn sender(&self) -> SpanSender {
-        self.sender.clone()
+    /// Queues a finished span. Never blocks on the exporter: a full queue drops the span
+    /// and counts it.
+    pub fn send(&self, span: SpanRecord) {
+        if !self.queue.push(span) {
+            self.queue_full.inc();
+        }
     }
 
-    /// Resolves when the batch task has flushed and ended (after every sender is dropped).
+    /// Resolves when the batch task has flushed and ended (after the pipeline is dropped).
     pub fn finished(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut done = self.done.clone();
         async move {
             let _ = done.wait_for(|d| *d).await;
         }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 
@@ -143,41 +208,117 @@ impl Drop for ExportRuntime {
     }
 }
 
-async fn run(exporter: Exporter, mut rx: mpsc::Receiver<SpanRecord>, metrics: TraceMetrics) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    // `recv` returns `None` only once every queued span has been received: the flush.
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = Instant::now() + BATCH_DELAY;
-        // Collect by draining the queue at intervals rather than waking for every span.
-        loop {
-            let mut closed = false;
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(span) => batch.push(span),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
+async fn run(exporter: Exporter, queue: Arc<SpanQueue>, metrics: TraceMetrics) {
+    let mut spare = Vec::new();
+    loop {
+        let closed = queue.is_closed();
+        if queue.len() == 0 {
+            if closed {
+                break;
             }
+            // A notification sent before this wait is kept as a permit, so none is missed.
+            queue.ready.notified().await;
+            continue;
+        }
+        // Let a partial batch fill up, looking at intervals rather than waking for every span.
+        let deadline = Instant::now() + BATCH_DELAY;
+        while !queue.is_closed() && queue.len() < MAX_BATCH {
             let now = Instant::now();
-            if closed || batch.len() >= MAX_BATCH || now >= deadline {
+            if now >= deadline {
                 break;
             }
             tokio::time::sleep(COLLECT_INTERVAL.min(deadline - now)).await;
         }
-        let n = batch.len() as u64;
-        match exporter.export(&batch).await {
-            Ok(()) => metrics.exported(exporter.protocol, n),
-            Err(e) => {
-                tracing::debug!(error = %e, spans = n, protocol = %exporter.protocol, "span export failed");
-                metrics.export_error(exporter.protocol);
-                metrics.dropped(exporter.protocol, "export_failed", n);
+        let mut spans = queue.take(spare);
+        // Batches of at most MAX_BATCH, evened out: 130 spans go as 65 + 65, not 128 + 2.
+        let batches = spans.len().div_ceil(MAX_BATCH);
+        for batch in spans.chunks(spans.len().div_ceil(batches.max(1)).max(1)) {
+            let n = batch.len() as u64;
+            match exporter.export(batch).await {
+                Ok(()) => metrics.exported(exporter.protocol, n),
+                Err(e) => {
+                    tracing::debug!(error = %e, spans = n, protocol = %exporter.protocol, "span export failed");
+                    metrics.export_error(exporter.protocol);
+                    metrics.dropped(exporter.protocol, "export_failed", n);
+                }
             }
+            queue.done(batch.len());
         }
-        batch.clear();
+        spans.clear();
+        spare = spans;
     }
     tracing::debug!(protocol = %exporter.protocol, "span pipeline flushed and closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Direction;
+
+    fn span() -> SpanRecord {
+        let (parts, _) = http::Request::get("http://b/")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let addr = "10.0.0.1:80".parse().unwrap();
+        SpanRecord::begin(
+            Direction::Inbound,
+            &parts,
+            trace_context::SpanIds::new_root(),
+            false,
+            addr,
+            addr,
+        )
+    }
+
+    #[test]
+    fn spans_being_exported_count_against_the_capacity() {
+        let queue = SpanQueue::default();
+        for _ in 0..QUEUE_CAPACITY {
+            assert!(queue.push(span()));
+        }
+        assert!(!queue.push(span()), "full");
+        let taken = queue.take(Vec::new());
+        assert_eq!((taken.len(), queue.len()), (QUEUE_CAPACITY, 0));
+        assert!(!queue.push(span()), "still held by the export thread");
+        queue.done(MAX_BATCH);
+        for _ in 0..MAX_BATCH {
+            assert!(queue.push(span()));
+        }
+        assert!(!queue.push(span()));
+    }
+
+    #[test]
+    fn the_buffer_handed_back_is_reused() {
+        let queue = SpanQueue::default();
+        queue.push(span());
+        let mut taken = queue.take(Vec::new());
+        queue.done(taken.len());
+        taken.clear();
+        let capacity = taken.capacity();
+        queue.push(span());
+        let again = queue.take(taken);
+        assert_eq!(again.len(), 1);
+        assert_eq!(queue.lock().spans.capacity(), capacity);
+    }
+
+    #[tokio::test]
+    async fn the_first_span_and_closing_wake_the_export_thread() {
+        let queue = SpanQueue::default();
+        queue.push(span());
+        tokio::time::timeout(Duration::from_secs(5), queue.ready.notified())
+            .await
+            .expect("woken by the first span");
+        queue.push(span());
+        let second = tokio::time::timeout(Duration::from_millis(50), queue.ready.notified());
+        assert!(
+            second.await.is_err(),
+            "only the first span of a batch wakes"
+        );
+        queue.close();
+        assert!(queue.is_closed());
+        tokio::time::timeout(Duration::from_secs(5), queue.ready.notified())
+            .await
+            .expect("woken by close");
+    }
 }
