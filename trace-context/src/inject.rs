@@ -3,6 +3,7 @@
 use http::header::{HeaderMap, HeaderValue};
 
 use crate::context::{Sampling, TraceContext};
+use crate::id::HexBuf;
 use crate::scan::{Slot, SLOTS};
 
 /// Writes `ctx` as `x-b3-*` and removes every other trace header, then rewrites `b3` and
@@ -52,126 +53,148 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
     }
 }
 
-/// What each trace header should say downstream, `None` for "not sent". The `b3` and
-/// `traceparent` forms are built only when the request carries them.
+/// What each trace header should say downstream, `None` for "not sent". The ids are encoded
+/// once up front (every hop sends them); the `b3` and `traceparent` forms only when the
+/// request carries them.
 struct Wanted<'a> {
     ctx: &'a TraceContext,
-    values: [Option<Wire<'a>>; SLOTS],
-    built: [bool; SLOTS],
+    trace_id: Option<HexBuf<32>>,
+    span_id: Option<HexBuf<16>>,
+    parent_id: Option<HexBuf<16>>,
+    b3: Option<Option<Wire>>,
+    traceparent: Option<Option<Wire>>,
 }
 
 impl<'a> Wanted<'a> {
     fn new(ctx: &'a TraceContext) -> Self {
+        let ids = ctx.ids.as_ref();
         Self {
             ctx,
-            values: Default::default(),
-            built: [false; SLOTS],
+            trace_id: ids.map(|ids| ids.trace_id.encode()),
+            span_id: ids.map(|ids| ids.span_id.encode()),
+            parent_id: ids.and_then(|ids| ids.parent_id).map(|p| p.encode()),
+            b3: None,
+            traceparent: None,
         }
     }
 
-    fn get(&mut self, slot: Slot) -> Option<&Wire<'a>> {
-        let i = slot.index();
-        if !self.built[i] {
-            self.values[i] = Self::build(self.ctx, slot);
-            self.built[i] = true;
-        }
-        self.values[i].as_ref()
-    }
-
-    fn build(ctx: &'a TraceContext, slot: Slot) -> Option<Wire<'a>> {
-        let ids = ctx.ids.as_ref();
+    fn get(&mut self, slot: Slot) -> Option<Want<'_>> {
+        let ctx = self.ctx;
         match slot {
-            Slot::TraceId => ids.map(|ids| Wire::bytes(ids.trace_id.encode().as_bytes())),
-            Slot::SpanId => ids.map(|ids| Wire::bytes(ids.span_id.encode().as_bytes())),
-            Slot::ParentSpanId => ids
-                .and_then(|ids| ids.parent_id)
-                .map(|parent| Wire::bytes(parent.encode().as_bytes())),
+            Slot::TraceId => self.trace_id.as_ref().map(|h| Want::Bytes(h.as_bytes())),
+            Slot::SpanId => self.span_id.as_ref().map(|h| Want::Bytes(h.as_bytes())),
+            Slot::ParentSpanId => self.parent_id.as_ref().map(|h| Want::Bytes(h.as_bytes())),
             Slot::Sampled => match ctx.sampling {
-                Sampling::Sampled => Some(Wire::Static("1")),
-                Sampling::NotSampled => Some(Wire::Static("0")),
+                Sampling::Sampled => Some(Want::Static("1")),
+                Sampling::NotSampled => Some(Want::Static("0")),
                 // The spec: debug implies sampled, so x-b3-sampled is not sent with it.
                 Sampling::Deferred | Sampling::Debug => None,
             },
-            Slot::Flags => (ctx.sampling == Sampling::Debug).then_some(Wire::Static("1")),
-            Slot::B3 => single_b3(ctx),
-            Slot::TraceParent => ids.map(|ids| {
-                let mut buf = [0u8; 55];
-                buf[..3].copy_from_slice(b"00-");
-                buf[3..35].copy_from_slice(ids.trace_id.encode_128().as_bytes());
-                buf[35] = b'-';
-                buf[36..52].copy_from_slice(ids.span_id.encode().as_bytes());
-                let sampled = matches!(ctx.sampling, Sampling::Sampled | Sampling::Debug);
-                buf[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
-                Wire::bytes(&buf)
-            }),
-            Slot::TraceState => ids.and(ctx.tracestate.as_ref()).map(Wire::Value),
+            Slot::Flags => (ctx.sampling == Sampling::Debug).then_some(Want::Static("1")),
+            Slot::B3 => self
+                .b3
+                .get_or_insert_with(|| single_b3(ctx))
+                .as_ref()
+                .map(|w| Want::Bytes(w.as_bytes())),
+            Slot::TraceParent => self
+                .traceparent
+                .get_or_insert_with(|| traceparent(ctx))
+                .as_ref()
+                .map(|w| Want::Bytes(w.as_bytes())),
+            Slot::TraceState => ctx.ids.and(ctx.tracestate.as_ref()).map(Want::Header),
         }
     }
 }
 
-/// A header value before it is needed as a `HeaderValue`: built on the stack, so a header
-/// that is already right costs a comparison and no allocation.
-enum Wire<'a> {
+/// A wanted header value, borrowed until it has to become a `HeaderValue`: a header that is
+/// already right costs a comparison and no allocation.
+#[derive(Clone, Copy)]
+enum Want<'a> {
+    Bytes(&'a [u8]),
     Static(&'static str),
-    Stack { bytes: [u8; 68], len: usize },
-    Value(&'a HeaderValue),
+    Header(&'a HeaderValue),
 }
 
-impl Wire<'_> {
-    /// At most 68 bytes (the longest `b3` form); our own hex and dashes only.
-    fn bytes(src: &[u8]) -> Self {
-        let mut bytes = [0u8; 68];
-        let len = src.len().min(bytes.len());
-        bytes[..len].copy_from_slice(&src[..len]);
-        Wire::Stack { bytes, len }
+impl Want<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Want::Bytes(b) => b,
+            Want::Static(s) => s.as_bytes(),
+            Want::Header(v) => v.as_bytes(),
+        }
+    }
+
+    fn to_value(self) -> HeaderValue {
+        match self {
+            Want::Bytes(b) => value(b),
+            Want::Static(s) => HeaderValue::from_static(s),
+            Want::Header(v) => v.clone(),
+        }
+    }
+}
+
+/// A header value built on the stack: at most 68 bytes (the longest `b3` form).
+struct Wire {
+    bytes: [u8; 68],
+    len: usize,
+}
+
+impl Wire {
+    fn new() -> Self {
+        Self {
+            bytes: [0; 68],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(self.bytes.len());
+        self.bytes[self.len..end].copy_from_slice(&bytes[..end - self.len]);
+        self.len = end;
     }
 
     fn as_bytes(&self) -> &[u8] {
-        match self {
-            Wire::Static(s) => s.as_bytes(),
-            Wire::Stack { bytes, len } => &bytes[..*len],
-            Wire::Value(v) => v.as_bytes(),
-        }
-    }
-
-    fn to_value(&self) -> HeaderValue {
-        match self {
-            Wire::Static(s) => HeaderValue::from_static(s),
-            Wire::Stack { bytes, len } => value(&bytes[..*len]),
-            Wire::Value(v) => (*v).clone(),
-        }
+        &self.bytes[..self.len]
     }
 }
 
-fn single_b3(ctx: &TraceContext) -> Option<Wire<'static>> {
+/// `00-{trace}-{span}-{flags}`, the trace id widened to 128 bits.
+fn traceparent(ctx: &TraceContext) -> Option<Wire> {
+    let ids = ctx.ids.as_ref()?;
+    let mut w = Wire::new();
+    w.push(b"00-");
+    w.push(ids.trace_id.encode_128().as_bytes());
+    w.push(b"-");
+    w.push(ids.span_id.encode().as_bytes());
+    let sampled = matches!(ctx.sampling, Sampling::Sampled | Sampling::Debug);
+    w.push(if sampled { b"-01" } else { b"-00" });
+    Some(w)
+}
+
+fn single_b3(ctx: &TraceContext) -> Option<Wire> {
     let flag: &[u8] = match ctx.sampling {
         Sampling::Deferred => b"",
         Sampling::Sampled => b"1",
         Sampling::NotSampled => b"0",
         Sampling::Debug => b"d",
     };
+    let mut w = Wire::new();
     let Some(ids) = &ctx.ids else {
-        return (!flag.is_empty()).then(|| Wire::bytes(flag));
+        w.push(flag);
+        return (!flag.is_empty()).then_some(w);
     };
-    // 32 + 1 + 16 + 2 + 17: the longest form, on the stack.
-    let mut buf = [0u8; 68];
-    let mut len = 0;
-    let mut push = |bytes: &[u8]| {
-        buf[len..len + bytes.len()].copy_from_slice(bytes);
-        len += bytes.len();
-    };
-    push(ids.trace_id.encode().as_bytes());
-    push(b"-");
-    push(ids.span_id.encode().as_bytes());
+    w.push(ids.trace_id.encode().as_bytes());
+    w.push(b"-");
+    w.push(ids.span_id.encode().as_bytes());
     if !flag.is_empty() {
-        push(b"-");
-        push(flag);
+        w.push(b"-");
+        w.push(flag);
         if let Some(parent) = ids.parent_id {
-            push(b"-");
-            push(parent.encode().as_bytes());
+            w.push(b"-");
+            w.push(parent.encode().as_bytes());
         }
     }
-    Some(Wire::bytes(&buf[..len]))
+    Some(w)
 }
 
 /// Our own hex and dashes only, so always a valid header value.

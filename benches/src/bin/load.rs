@@ -485,6 +485,20 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         let (a, b) = (med(&rounds[0], f), med(&rounds[1], f));
         println!("{name:<27} {a:>8.1} {b:>9.1}   {:.3}", safe_div(b, a));
     }
+    // Each round's on/off pair ran back to back, so its ratio is the least exposed to drift;
+    // their median and spread say how far to trust the figure above.
+    let mut ratios: Vec<f64> = rounds[0]
+        .iter()
+        .zip(&rounds[1])
+        .map(|(off, on)| safe_div(on.cpu.0 + on.cpu.1, off.cpu.0 + off.cpu.1))
+        .collect();
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    if let (Some(lo), Some(hi)) = (ratios.first(), ratios.last()) {
+        println!(
+            "CPU on/off per round: median {:.3}, range {lo:.3}-{hi:.3}",
+            cpu::median(&ratios)
+        );
+    }
     println!(
         "RSS after load (KiB): off A {} B {}; on A {} B {}",
         kib(off.a.rss_kib()),

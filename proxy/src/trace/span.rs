@@ -20,9 +20,9 @@ pub struct SpanRecord {
     pub ids: SpanIds,
     pub debug: bool,
     pub method: http::Method,
-    /// `scheme://host/path?query` in one allocation, copied so the span pins none of the
-    /// request's buffers; `host` and `path` are ranges of it.
-    url: String,
+    /// `scheme://host/path?query`, copied so the span pins none of the request's buffers;
+    /// `host` and `path` are ranges of it.
+    url: InlineText,
     host: std::ops::Range<usize>,
     path: std::ops::Range<usize>,
     pub peer: SocketAddr,
@@ -64,18 +64,18 @@ impl SpanRecord {
 
     /// `scheme://host/path?query`.
     pub fn url(&self) -> &str {
-        &self.url
+        self.url.as_str()
     }
 
     /// Where the request said it was going: the URI's authority, else the `Host` header, else
     /// the address it was forwarded to.
     pub fn host(&self) -> &str {
-        &self.url[self.host.clone()]
+        self.url().get(self.host.clone()).unwrap_or_default()
     }
 
     /// The path without the query, for the span name.
     pub fn path(&self) -> &str {
-        &self.url[self.path.clone()]
+        self.url().get(self.path.clone()).unwrap_or_default()
     }
 
     /// Records the outcome. `start` is the wall clock at start (for the timestamp), `duration`
@@ -181,12 +181,42 @@ impl SpanRecord {
     }
 }
 
+/// Text held inline up to [`INLINE_TEXT`] bytes, as nearly every URL is: a span then owns no
+/// heap memory for the export thread to free, and allocating on one thread while freeing on
+/// another is the slow path of most allocators.
+#[derive(Debug, Default)]
+struct InlineText(smallvec::SmallVec<[u8; INLINE_TEXT]>);
+
+const INLINE_TEXT: usize = 128;
+
+impl InlineText {
+    fn push_str(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ever built from whole `str`s, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for InlineText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push_str(s);
+        Ok(())
+    }
+}
+
 /// The URL as one string, with the ranges of its host and of its path (without the query).
 fn url_of(
     uri: &http::Uri,
     headers: &http::HeaderMap,
     upstream: SocketAddr,
-) -> (String, std::ops::Range<usize>, std::ops::Range<usize>) {
+) -> (InlineText, std::ops::Range<usize>, std::ops::Range<usize>) {
     use std::fmt::Write;
     let scheme = uri.scheme_str().unwrap_or("http");
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -195,7 +225,7 @@ fn url_of(
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
     };
-    let mut url = String::with_capacity(scheme.len() + 3 + 32 + path_and_query.len());
+    let mut url = InlineText::default();
     url.push_str(scheme);
     url.push_str("://");
     let host_start = url.len();
@@ -288,6 +318,18 @@ mod tests {
         let r = SpanRecord::begin(Direction::Inbound, &parts, r.ids, false, r.peer, r.upstream);
         assert_eq!(r.url(), "http://10.0.0.2:8080/");
         assert_eq!(r.host(), "10.0.0.2:8080");
+        // Longer than the inline buffer: kept whole on the heap.
+        let long = format!("/{}?q={}", "p".repeat(150), "v".repeat(100));
+        let (parts, _) = http::Request::get(long.as_str())
+            .header("host", "b:80")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = SpanRecord::begin(Direction::Inbound, &parts, r.ids, false, r.peer, r.upstream);
+        assert!(r.url().len() > INLINE_TEXT);
+        assert_eq!(r.url(), format!("http://b:80{long}"));
+        assert_eq!(r.path(), format!("/{}", "p".repeat(150)));
+        assert_eq!(r.host(), "b:80");
     }
 
     #[test]
