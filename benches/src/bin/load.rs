@@ -512,10 +512,15 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         .sink
         .as_ref()
         .map_or(0, |(_, c)| c.posts.load(Ordering::Relaxed));
+    let expected = 2.0 * args.sampled_fraction * sent_on as f64;
+    let share = if expected > 0.0 {
+        format!("{:.3} of expected", spans as f64 / expected)
+    } else {
+        "none expected".to_owned()
+    };
     println!(
         "trace sink: {spans} spans in {posts} exports for {sent_on} requests through the tracing \
-         sidecars (2 x sampledFraction spans expected per request: {:.3} of expected)",
-        safe_div(spans as f64, 2.0 * args.sampled_fraction * sent_on as f64)
+         sidecars (2 x sampledFraction spans expected per request: {share})"
     );
     Ok(())
 }
