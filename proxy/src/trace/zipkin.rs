@@ -269,37 +269,11 @@ mod tests {
     use std::time::Duration;
 
     use serde_json::Value;
-    use trace_context::{SpanId, SpanIds, TraceId};
 
     use super::*;
-    use crate::trace::Outcome;
 
     fn record(direction: Direction, uri: &str, status: u16) -> SpanRecord {
-        let (parts, _) = http::Request::get(uri).body(()).unwrap().into_parts();
-        let ids = SpanIds {
-            trace_id: TraceId::parse(b"48485a3953bb6124").unwrap(),
-            span_id: SpanId::parse(b"a2fb4a1d1a96d312").unwrap(),
-            parent_id: SpanId::parse(b"0020000000000001"),
-        };
-        let mut r = SpanRecord::begin(
-            direction,
-            &parts,
-            ids,
-            false,
-            "10.0.0.1:4000".parse().unwrap(),
-            "10.0.0.2:8080".parse().unwrap(),
-        );
-        r.end(
-            UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
-            Duration::from_micros(1500),
-            Outcome {
-                status: http::StatusCode::from_u16(status).ok(),
-                error: None,
-                request_size: 3,
-                response_size: 42,
-            },
-        );
-        r
+        crate::trace::span::tests::fixture(direction, uri, status)
     }
 
     fn encode_one(r: &SpanRecord, service: &str, ip: Option<IpAddr>) -> Value {
