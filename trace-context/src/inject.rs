@@ -1,5 +1,8 @@
 //! Writing a context onto a request for the next hop.
 
+use std::cell::RefCell;
+
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderValue};
 
 use crate::context::{Sampling, TraceContext};
@@ -197,7 +200,23 @@ fn single_b3(ctx: &TraceContext) -> Option<Wire> {
     Some(w)
 }
 
-/// Our own hex and dashes only, so always a valid header value.
+/// A header value for our own hex and dashes (so always valid), cut from a per-thread buffer:
+/// values share one allocation, as hyper's parsed headers share the read buffer, so writing a
+/// request's ids allocates nothing of its own. A buffer is freed with the last value cut from it.
 fn value(bytes: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
+    thread_local! {
+        static SLAB: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    }
+    SLAB.with(|slab| {
+        let mut slab = slab.borrow_mut();
+        if slab.capacity() < bytes.len() {
+            *slab = BytesMut::with_capacity(SLAB_SIZE.max(bytes.len()));
+        }
+        slab.extend_from_slice(bytes);
+        HeaderValue::from_maybe_shared(slab.split().freeze())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    })
 }
+
+/// Room for about a hundred requests' ids per allocation.
+const SLAB_SIZE: usize = 4096;

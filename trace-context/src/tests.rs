@@ -582,3 +582,24 @@ fn undecided_single_header_has_no_parent() {
     assert_eq!(get(&out, "b3").unwrap(), format!("{T64}-{span}"));
     assert_eq!(get(&out, "x-b3-parentspanid"), Some(S));
 }
+
+#[test]
+fn injected_values_stay_intact_across_many_requests() {
+    // Values are cut from shared per-thread buffers; thousands of them, kept alive together,
+    // span many buffers and must each keep their own bytes.
+    let sent: Vec<(TraceContext, HeaderMap)> = (0..2_000)
+        .map(|_| {
+            let mut ctx = TraceContext::default().child();
+            ctx.sampling = Sampling::Sampled;
+            let mut h = HeaderMap::new();
+            inject(&ctx, &mut h);
+            (ctx, h)
+        })
+        .collect();
+    for (ctx, h) in &sent {
+        let ids = ctx.ids.unwrap();
+        assert_eq!(get(h, "x-b3-traceid").unwrap(), ids.trace_id.to_string());
+        assert_eq!(get(h, "x-b3-spanid").unwrap(), ids.span_id.to_string());
+        assert_eq!(extract(h).context.ids, Some(ids));
+    }
+}

@@ -67,6 +67,14 @@ impl SpanRecord {
         self.url.as_str()
     }
 
+    /// [`Self::url`], [`Self::host`] and [`Self::path`] at once (the text checked once).
+    pub fn url_host_path(&self) -> (&str, &str, &str) {
+        let url = self.url();
+        let host = url.get(self.host.clone()).unwrap_or_default();
+        let path = url.get(self.path.clone()).unwrap_or_default();
+        (url, host, path)
+    }
+
     /// Where the request said it was going: the URI's authority, else the `Host` header, else
     /// the address it was forwarded to.
     pub fn host(&self) -> &str {

@@ -72,8 +72,9 @@ impl ZipkinEncoder {
             Direction::Outbound => b"\",\"kind\":\"CLIENT\",\"localEndpoint\":",
         });
         out.extend_from_slice(&self.local_endpoint);
+        let (url, host, path) = r.url_host_path();
         out.extend_from_slice(b",\"name\":");
-        push_name(out, r.method.as_str(), r.path());
+        push_name(out, r.method.as_str(), path);
         if let Some(parent) = r.ids.parent_id {
             out.extend_from_slice(b",\"parentId\":\"");
             out.extend_from_slice(parent.encode().as_bytes());
@@ -93,7 +94,7 @@ impl ZipkinEncoder {
         out.extend_from_slice(b",\"port\":");
         push_u64(out, u64::from(remote.port()));
         out.extend_from_slice(b"},\"tags\":{");
-        write_tags(out, r);
+        write_tags(out, r, url, host);
         out.extend_from_slice(b"},\"timestamp\":");
         push_u64(out, micros_since_epoch(r.start));
         out.extend_from_slice(b",\"traceId\":\"");
@@ -103,7 +104,7 @@ impl ZipkinEncoder {
 }
 
 /// Envoy's tag names; every value is a string.
-fn write_tags(out: &mut Vec<u8>, r: &SpanRecord) {
+fn write_tags(out: &mut Vec<u8>, r: &SpanRecord, url: &str, host: &str) {
     match (&r.outcome.error, r.outcome.status) {
         (Some(e), _) => {
             out.extend_from_slice(b"\"error\":");
@@ -130,7 +131,7 @@ fn write_tags(out: &mut Vec<u8>, r: &SpanRecord) {
         out.push(b'"');
     }
     out.extend_from_slice(b",\"http.url\":");
-    push_str(out, r.url());
+    push_str(out, url);
     out.extend_from_slice(b",\"peer.address\":\"");
     push_socket_addr(out, r.peer);
     out.extend_from_slice(b"\",\"request_size\":\"");
@@ -144,11 +145,9 @@ fn write_tags(out: &mut Vec<u8>, r: &SpanRecord) {
             out.push(b'"');
         }
         Direction::Outbound => {
-            out.extend_from_slice(b"\",\"upstream_cluster\":");
-            let mut cluster = String::with_capacity(9 + r.host().len());
-            cluster.push_str("outbound|");
-            cluster.push_str(r.host());
-            push_str(out, &cluster);
+            out.extend_from_slice(b"\",\"upstream_cluster\":\"outbound|");
+            push_str_contents(out, host);
+            out.push(b'"');
         }
     }
 }
@@ -171,6 +170,12 @@ fn push_name(out: &mut Vec<u8>, method: &str, path: &str) {
 /// A JSON string. Text without characters to escape (the usual case) is copied in one go.
 fn push_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
+    push_str_contents(out, s);
+    out.push(b'"');
+}
+
+/// The inside of a JSON string, escaped.
+fn push_str_contents(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     // A fold with no early exit, so the check runs over whole vectors.
     let needs_escape = bytes.iter().fold(false, |acc, &b| {
@@ -181,7 +186,6 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     } else {
         out.extend_from_slice(bytes);
     }
-    out.push(b'"');
 }
 
 /// RFC 8259 escaping: `"`, `\` and the control characters. UTF-8 passes through.
