@@ -766,3 +766,144 @@ async fn explicit_mode_reload_enables_disables_and_changes_sampling() {
     let last: Vec<f64> = mesh.admin_ports.iter().map(|p| spans_started(*p)).collect();
     assert_eq!(after, last);
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2: the same span per hop when the caller speaks h2c.
+
+/// An h2c-only app that answers 200 and records the trace headers of every request it serves.
+async fn h2c_app() -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::HeaderMap>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let recorded = recorded.clone();
+                        async move {
+                            recorded.lock().expect("lock").push(req.headers().clone());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"h2 leaf")),
+                            ))
+                        }
+                    });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A sidecar with one static route (`--inbound` or `--outbound`, to `target`); returns it and
+/// the route's port once that listens.
+fn route_sidecar(
+    name: &str,
+    dir: &Path,
+    config: &Path,
+    flag: &str,
+    target: SocketAddr,
+) -> (Spawned, u16) {
+    let proxy = binaries::mesh_proxy().expect("mesh-proxy binary");
+    for _attempt in 0..5 {
+        let ports = free_ports(4);
+        let [listen, admin, transparent_in, transparent_out] = ports[..] else {
+            unreachable!("four ports")
+        };
+        let mut cmd = Command::new(&proxy);
+        cmd.args(["run", "--mesh-config"])
+            .arg(config)
+            .args(["--service", name, "--namespace", "demo"])
+            .args(["--pod-ip", "127.0.0.1", "--bind", "127.0.0.1"])
+            .args(["--inbound-port", &transparent_in.to_string()])
+            .args(["--outbound-port", &transparent_out.to_string()])
+            .args(["--admin-port", &admin.to_string()])
+            .args([flag, &format!("127.0.0.1:{listen}={target}")]);
+        let mut sidecar = Spawned::start(&format!("{name}-sidecar"), cmd, dir);
+        if sidecar.wait_listening(SocketAddr::from(([127, 0, 0, 1], listen))) {
+            return (sidecar, listen);
+        }
+    }
+    panic!("{name}: could not start on free ports in 5 attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_mode_h2c_hops_are_traced_like_http1() {
+    let collector = collector().await;
+    let port = collector.zipkin.expect("zipkin").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh-config.yaml");
+    write_config(
+        &config,
+        &tracing_yaml(true, "zipkin", port, "/api/v2/spans"),
+    );
+    let (app, seen) = h2c_app().await;
+    // The caller's app → its sidecar's outbound route → the server's sidecar inbound → app.
+    let (b, b_port) = route_sidecar("b", dir.path(), &config, "--inbound", app);
+    let b_in = SocketAddr::from(([127, 0, 0, 1], b_port));
+    let (a, a_port) = route_sidecar("a", dir.path(), &config, "--outbound", b_in);
+
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", a_port))
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    const APP_SPAN: &str = "00f067aa0ba902b7";
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let request = http::Request::get("http://b.demo:8080/h2/items")
+        .header("x-b3-traceid", TRACE)
+        .header("x-b3-spanid", APP_SPAN)
+        .header("x-b3-sampled", "1")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, send.send_request(request))
+        .await
+        .expect("in time")
+        .expect("h2 response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+
+    let spans = collector.wait_for_spans(2, WAIT).await.expect("both spans");
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let client = spans
+        .iter()
+        .find(|s| s.kind.map(|k| k.as_str()) == Some("CLIENT"))
+        .expect("a CLIENT span");
+    let server = spans
+        .iter()
+        .find(|s| s.kind.map(|k| k.as_str()) == Some("SERVER"))
+        .expect("a SERVER span");
+    for s in [client, server] {
+        assert_zipkin_schema(s);
+        assert_eq!(s.trace_id, TRACE);
+        assert_eq!(s.tag("http.protocol"), Some("HTTP/2"), "{s:#?}");
+        assert_eq!(s.tag("http.method"), Some("GET"));
+        assert_eq!(s.tag("http.status_code"), Some("200"));
+    }
+    assert_eq!(client.service(), "a.demo");
+    assert_eq!(client.parent_id.as_deref(), Some(APP_SPAN));
+    assert_eq!(server.service(), "b.demo");
+    assert_eq!(server.parent_id.as_deref(), Some(client.id.as_str()));
+
+    // The app behind the server's sidecar sees the SERVER span as its parent hop.
+    let seen = seen.lock().expect("lock");
+    assert_eq!(seen.len(), 1);
+    let header = |name: &str| seen[0].get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(header("x-b3-traceid"), Some(TRACE));
+    assert_eq!(header("x-b3-spanid"), Some(server.id.as_str()));
+    assert_eq!(header("x-b3-parentspanid"), Some(client.id.as_str()));
+    assert_eq!(header("x-b3-sampled"), Some("1"));
+    drop((a, b));
+}
