@@ -1,6 +1,8 @@
 //! The load generator: `concurrency` keep-alive HTTP/1.1 connections, each sending one request
 //! at a time (closed loop), until a shared request count or a hard time limit is reached.
 //! Closed-loop latency at fixed concurrency is what a sidecar adds to a real caller's wait.
+//! With a `rate`, requests are also held to a fixed schedule (request `i` not before
+//! `i / rate` seconds), so two configurations compared for CPU per request see the same load.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +56,8 @@ pub struct Plan {
     pub concurrency: usize,
     pub time_limit: Duration,
     pub body: Bytes,
+    /// Requests per second for the whole plan; `None` sends as fast as answers come back.
+    pub rate: Option<f64>,
 }
 
 /// Runs the plan and summarises it. Never runs longer than `time_limit` (plus one request
@@ -68,7 +72,7 @@ pub async fn run(target: &Target, plan: &Plan) -> Summary {
         let plan = plan.clone();
         let issued = issued.clone();
         workers.push(tokio::spawn(async move {
-            worker(&target, &plan, &issued, deadline).await
+            worker(&target, &plan, &issued, start, deadline).await
         }));
     }
     let mut samples = Vec::with_capacity(plan.requests);
@@ -84,6 +88,12 @@ pub async fn run(target: &Target, plan: &Plan) -> Summary {
         }
     }
     Summary::from_samples(samples, errors, start.elapsed(), truncated)
+}
+
+/// When request `index` is due at `rate` requests per second; `None` without a rate.
+fn due_at(start: Instant, index: usize, rate: Option<f64>) -> Option<Instant> {
+    let rate = rate.filter(|r| r.is_finite() && *r > 0.0)?;
+    Some(start + Duration::from_secs_f64(index as f64 / rate))
 }
 
 struct WorkerResult {
@@ -104,6 +114,7 @@ async fn worker(
     target: &Target,
     plan: &Plan,
     issued: &AtomicUsize,
+    start: Instant,
     deadline: Instant,
 ) -> WorkerResult {
     let mut out = WorkerResult {
@@ -118,8 +129,16 @@ async fn worker(
             return out;
         }
         // Errors use up the budget too, so a broken path ends the run instead of spinning.
-        if issued.fetch_add(1, Ordering::Relaxed) >= plan.requests {
+        let index = issued.fetch_add(1, Ordering::Relaxed);
+        if index >= plan.requests {
             return out;
+        }
+        if let Some(due) = due_at(start, index, plan.rate) {
+            if due > deadline {
+                out.truncated = true;
+                return out;
+            }
+            tokio::time::sleep_until(due.into()).await;
         }
         let mut s = match sender.take() {
             Some(s) if !s.is_closed() => s,
@@ -164,5 +183,22 @@ async fn worker(
             }
             _ => out.errors += 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_due_on_a_fixed_schedule() {
+        let t0 = Instant::now();
+        assert_eq!(due_at(t0, 5, None), None);
+        assert_eq!(due_at(t0, 5, Some(0.0)), None);
+        assert_eq!(due_at(t0, 0, Some(100.0)), Some(t0));
+        assert_eq!(
+            due_at(t0, 150, Some(100.0)),
+            Some(t0 + Duration::from_millis(1500))
+        );
     }
 }

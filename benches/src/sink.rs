@@ -22,11 +22,10 @@ pub struct Counts {
     pub spans: AtomicU64,
 }
 
-/// Spans in one JSON export body.
+/// Spans in one JSON export body. A SIMD substring search: the sink shares the machine with
+/// the sidecars being measured, so it must cost next to nothing per span.
 pub fn count_spans(body: &[u8]) -> u64 {
-    body.windows(SPAN_KEY.len())
-        .filter(|w| *w == SPAN_KEY)
-        .count() as u64
+    memchr::memmem::find_iter(body, SPAN_KEY).count() as u64
 }
 
 const SPAN_KEY: &[u8] = b"\"traceId\"";

@@ -57,6 +57,11 @@ struct Args {
     /// Requests per configuration and round in the CPU comparison.
     #[arg(long, default_value_t = 10_000)]
     cpu_requests: usize,
+    /// Requests per second in the CPU comparison, the same for both configurations, so each
+    /// is measured under the same load; 0 sends as fast as answers come back (then the slower
+    /// configuration also runs at a lower rate, which by itself changes CPU per request).
+    #[arg(long, default_value_t = 0.0)]
+    cpu_rate: f64,
     /// Connections in the CPU comparison.
     #[arg(long, default_value_t = 8)]
     cpu_concurrency: usize,
@@ -208,6 +213,7 @@ async fn measure(args: &Args, target: &load::Target, concurrency: usize) -> Summ
         concurrency,
         time_limit: Duration::from_secs(5),
         body: body.clone(),
+        rate: None,
     };
     load::run(target, &warm).await;
     let plan = load::Plan {
@@ -215,6 +221,7 @@ async fn measure(args: &Args, target: &load::Target, concurrency: usize) -> Summ
         concurrency,
         time_limit: Duration::from_secs(args.time_limit),
         body,
+        rate: None,
     };
     load::run(target, &plan).await
 }
@@ -402,10 +409,15 @@ async fn tracing_cpu(
 
 async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Result<()> {
     println!(
-        "\n== tracing CPU: 2 sidecars, sampledFraction {}, {} rounds x {} requests per \
+        "\n== tracing CPU: 2 sidecars, sampledFraction {}, {}, {} rounds x {} requests per \
          configuration, {} connections, {} B bodies, sidecar threads {}; CPU = run time of every \
          sidecar thread from /proc/PID/task/*/schedstat",
         args.sampled_fraction,
+        if args.cpu_rate > 0.0 {
+            format!("{} requests/s", args.cpu_rate)
+        } else {
+            "closed loop".to_owned()
+        },
         args.cpu_rounds,
         args.cpu_requests,
         args.cpu_concurrency,
@@ -427,6 +439,7 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
                 concurrency: args.cpu_concurrency,
                 time_limit: Duration::from_secs(5),
                 body: body.clone(),
+                rate: None,
             };
             let w = load::run(&target, &warm).await;
             let before = pair.on_cpu_ns().context("reading sidecar CPU time")?;
@@ -436,6 +449,7 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
                 concurrency: args.cpu_concurrency,
                 time_limit: Duration::from_secs(args.time_limit),
                 body,
+                rate: (args.cpu_rate > 0.0).then_some(args.cpu_rate),
             };
             let s = load::run(&target, &plan).await;
             // The exporter batches off the request path: let it send this round's spans so
