@@ -177,15 +177,33 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
 /// The inside of a JSON string, escaped.
 fn push_str_contents(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    // A fold with no early exit, so the check runs over whole vectors.
-    let needs_escape = bytes.iter().fold(false, |acc, &b| {
-        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if needs_escape {
+    if needs_escape(bytes) {
         push_escaped(out, bytes);
     } else {
         out.extend_from_slice(bytes);
     }
+}
+
+/// Whether any byte is a control character, `"` or `\`, eight bytes at a time.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Exact for "is any byte below n" with n <= 128; bytes >= 0x80 (UTF-8) never match.
+    let any_below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS != 0;
+    let any_equal = |x: u64, b: u8| any_below(x ^ (ONES * u64::from(b)), 1);
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        if any_below(x, 0x20) || any_equal(x, b'"') || any_equal(x, b'\\') {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// RFC 8259 escaping: `"`, `\` and the control characters. UTF-8 passes through.
@@ -240,7 +258,8 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                push_u64(out, u64::from(octet));
+                let (digits, len) = OCTETS[usize::from(octet)];
+                out.extend_from_slice(&digits[..usize::from(len)]);
             }
         }
         // Rare in a cluster, and its text form (zero compression) is the standard library's.
@@ -249,6 +268,24 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
         }
     }
 }
+
+/// The decimal text of every octet, for dotted quads without formatting.
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut table = [([0u8; 3], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let (h, t, u) = ((i / 100) as u8, (i / 10 % 10) as u8, (i % 10) as u8);
+        table[i] = if i >= 100 {
+            ([b'0' + h, b'0' + t, b'0' + u], 3)
+        } else if i >= 10 {
+            ([b'0' + t, b'0' + u, 0], 2)
+        } else {
+            ([b'0' + u, 0, 0], 1)
+        };
+        i += 1;
+    }
+    table
+};
 
 /// `ip:port`, or `[ip]:port` for IPv6 (how `SocketAddr` displays).
 fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
@@ -385,6 +422,45 @@ mod tests {
         let mut out = Vec::new();
         push_name(&mut out, "GET", "/a\"b");
         assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), "get /a\"b");
+    }
+
+    #[test]
+    fn escape_check_agrees_with_a_byte_by_byte_one() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        for _ in 0..20_000 {
+            let bytes: Vec<u8> = (0..rng.usize(0..40))
+                .map(|_| match rng.u8(0..4) {
+                    0 => rng.u8(0..0x20),
+                    1 => *rng.choice(b"\"\\").unwrap(),
+                    _ => rng.u8(0x20..=0xff),
+                })
+                .collect();
+            let slow = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            assert_eq!(needs_escape(&bytes), slow, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn dotted_quads_match_the_standard_library() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "255.255.255.255",
+            "192.168.100.9",
+            "1.20.199.250",
+        ] {
+            let mut out = Vec::new();
+            push_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(out, ip.as_bytes());
+        }
+        for octet in 0..=255u8 {
+            let mut out = Vec::new();
+            push_ip(&mut out, IpAddr::from([octet, 0, 0, octet]));
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{octet}.0.0.{octet}")
+            );
+        }
     }
 
     #[test]
