@@ -26,17 +26,23 @@ pub fn parse_stat(line: &str) -> Option<u64> {
 }
 
 /// Nanoseconds on CPU of every live thread of `pid` (the first field of each thread's
-/// schedstat), or None if the process cannot be read.
-pub fn on_cpu_ns(pid: u32) -> Option<u64> {
+/// schedstat), and of those among them named `thread` (their `comm`), or None if the process
+/// cannot be read.
+pub fn on_cpu_ns(pid: u32, thread: &str) -> Option<(u64, u64)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0;
+    let (mut total, mut named) = (0, 0);
     for task in tasks.flatten() {
         // A thread may exit between the listing and the read; it no longer counts.
         if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
-            total += parse_schedstat(&stat)?;
+            let ns = parse_schedstat(&stat)?;
+            total += ns;
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == thread {
+                named += ns;
+            }
         }
     }
-    Some(total)
+    Some((total, named))
 }
 
 /// The run time (first field) of one schedstat line: `run_ns wait_ns timeslices`.
@@ -98,12 +104,32 @@ mod tests {
         assert_eq!(parse_schedstat("177623836 26494818 587\n"), Some(177623836));
         assert_eq!(parse_schedstat(""), None);
         let pid = std::process::id();
-        let before = on_cpu_ns(pid).unwrap();
-        let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        let before = on_cpu_ns(pid, "cpu-test-spin").unwrap();
+        std::thread::Builder::new()
+            .name("cpu-test-spin".into())
+            .spawn(|| {
+                let mut x = 0u64;
+                for i in 0..20_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                }
+                // Still alive when read below: an exited thread no longer counts.
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            })
+            .unwrap();
+        let mut after = on_cpu_ns(pid, "cpu-test-spin").unwrap();
+        for _ in 0..500 {
+            if after.1 > 10_000_000 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            after = on_cpu_ns(pid, "cpu-test-spin").unwrap();
         }
-        assert!(on_cpu_ns(pid).unwrap() > before);
+        assert!(after.0 > before.0);
+        assert!(
+            after.1 > before.1,
+            "the named thread's run time counts: {after:?}"
+        );
+        assert!(after.0 - before.0 >= after.1 - before.1);
     }
 
     #[test]

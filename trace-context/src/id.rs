@@ -196,11 +196,22 @@ const HEX_VALUE: [u8; 256] = {
     table
 };
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// The two lower-hex digits of every byte value: an id is written a byte at a time.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    table
+};
 
+/// `v` as 16 lower-hex digits into `out` (16 bytes long).
 fn write_hex64(v: u64, out: &mut [u8]) {
-    for (i, slot) in out.iter_mut().take(16).enumerate() {
-        *slot = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
 }
 
@@ -248,6 +259,28 @@ mod tests {
         assert_eq!(parse_hex64(b"f"), Some(0xf));
         assert_eq!(parse_hex64(b""), None);
         assert_eq!(parse_hex64(b"00000000000000000"), None);
+    }
+
+    #[test]
+    fn ids_are_written_as_sixteen_lower_hex_digits() {
+        for v in [
+            1u64,
+            0x0123456789abcdef,
+            0xfedcba9876543210,
+            u64::MAX,
+            0x00ff00ff00ff00ff,
+        ] {
+            let mut out = [0u8; 16];
+            write_hex64(v, &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
+            assert_eq!(parse_hex64(&out), Some(v));
+        }
+        for _ in 0..1000 {
+            let v = fastrand::u64(..);
+            let mut out = [0u8; 16];
+            write_hex64(v, &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
+        }
     }
 
     #[test]

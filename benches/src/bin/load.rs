@@ -65,6 +65,10 @@ struct Args {
     /// Connections in the CPU comparison.
     #[arg(long, default_value_t = 8)]
     cpu_concurrency: usize,
+    /// Compare two builds instead of tracing off and on: the first column is this mesh-proxy
+    /// binary, with tracing on like `--proxy`, so a change's cost is measured in one run.
+    #[arg(long)]
+    cpu_baseline: Option<PathBuf>,
     /// Skip the latency comparison (direct / 1 / 2 sidecars), e.g. to run only the CPU one.
     #[arg(long)]
     skip_latency: bool,
@@ -156,7 +160,8 @@ async fn run_mode(
     server: SocketAddr,
     tracing: bool,
 ) -> anyhow::Result<()> {
-    let pair = Pair::start(args, proxy, work, server, tracing).await?;
+    let label = if tracing { "tracing" } else { "plain" };
+    let pair = Pair::start(args, proxy, work, server, tracing, label).await?;
     let (a, b, b_listen, sink) = (pair.a, pair.b, pair.b_listen, pair.sink);
     // Let allocations from startup settle before reading the idle footprint.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -271,19 +276,20 @@ struct Pair {
 }
 
 impl Pair {
+    /// `label` names the pair's files and sidecars (`sidecar-a-<label>`).
     async fn start(
         args: &Args,
         proxy: &Path,
         work: &Path,
         server: SocketAddr,
         tracing: bool,
+        label: &str,
     ) -> anyhow::Result<Pair> {
         let sink = if tracing {
             Some(sink::start().await?)
         } else {
             None
         };
-        let label = if tracing { "tracing" } else { "plain" };
         let config_path = work.join(format!("mesh-config-{label}.yaml"));
         write_config(args, &config_path, sink.as_ref().map(|(addr, _)| *addr))?;
         let b_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -325,12 +331,12 @@ impl Pair {
         Some(cpu::ticks(self.a.pid()?)? + cpu::ticks(self.b.pid()?)?)
     }
 
-    /// Nanoseconds on CPU of sidecar A and sidecar B.
-    fn on_cpu_ns(&self) -> Option<(u64, u64)> {
-        Some((
-            cpu::on_cpu_ns(self.a.pid()?)?,
-            cpu::on_cpu_ns(self.b.pid()?)?,
-        ))
+    /// Nanoseconds on CPU of sidecar A, of sidecar B, and of both sidecars' span export
+    /// threads (part of the first two).
+    fn on_cpu_ns(&self) -> Option<(u64, u64, u64)> {
+        let (a, a_export) = cpu::on_cpu_ns(self.a.pid()?, EXPORT_THREAD)?;
+        let (b, b_export) = cpu::on_cpu_ns(self.b.pid()?, EXPORT_THREAD)?;
+        Some((a, b, a_export + b_export))
     }
 
     fn spans(&self) -> u64 {
@@ -370,6 +376,9 @@ fn write_config(args: &Args, path: &Path, sink: Option<SocketAddr>) -> anyhow::R
     Ok(())
 }
 
+/// The name of the sidecar's span export thread (`mesh_proxy::trace::pipeline`).
+const EXPORT_THREAD: &str = "trace-export";
+
 /// One figure taken from a round.
 type Metric = fn(&Round) -> f64;
 
@@ -377,6 +386,8 @@ type Metric = fn(&Round) -> f64;
 struct Round {
     /// CPU µs per request in sidecar A and sidecar B.
     cpu: (f64, f64),
+    /// Of which both sidecars' export threads.
+    export: f64,
     /// The same for both together from utime + stime (tick-sampled, so coarser and biased
     /// low for bursty processes; printed as a cross-check).
     ticks: f64,
@@ -393,8 +404,11 @@ async fn tracing_cpu(
     work: &Path,
     server: SocketAddr,
 ) -> anyhow::Result<()> {
-    let off = Pair::start(args, proxy, work, server, false).await?;
-    let on = match Pair::start(args, proxy, work, server, true).await {
+    let off = match &args.cpu_baseline {
+        Some(baseline) => Pair::start(args, baseline, work, server, true, "baseline").await?,
+        None => Pair::start(args, proxy, work, server, false, "plain").await?,
+    };
+    let on = match Pair::start(args, proxy, work, server, true, "tracing").await {
         Ok(p) => p,
         Err(e) => {
             off.stop().await;
@@ -411,7 +425,7 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
     println!(
         "\n== tracing CPU: 2 sidecars, sampledFraction {}, {}, {} rounds x {} requests per \
          configuration, {} connections, {} B bodies, sidecar threads {}; CPU = run time of every \
-         sidecar thread from /proc/PID/task/*/schedstat",
+         sidecar thread from /proc/PID/task/*/schedstat{}",
         args.sampled_fraction,
         if args.cpu_rate > 0.0 {
             format!("{} requests/s", args.cpu_rate)
@@ -423,6 +437,13 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         args.cpu_concurrency,
         args.body_size,
         args.threads,
+        match &args.cpu_baseline {
+            Some(b) => format!(
+                "; \"off\" is {} with tracing on as well (a build against a build)",
+                b.display()
+            ),
+            None => String::new(),
+        },
     );
     let mut sent_on = 0usize;
     let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
@@ -465,6 +486,7 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
                     cpu::micros_per_request_ns(after.0.saturating_sub(before.0), s.requests),
                     cpu::micros_per_request_ns(after.1.saturating_sub(before.1), s.requests),
                 ),
+                export: cpu::micros_per_request_ns(after.2.saturating_sub(before.2), s.requests),
                 ticks: cpu::micros_per_request(
                     ticks_after.saturating_sub(ticks_before),
                     s.requests,
@@ -483,10 +505,11 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         }
     }
     let med = |rs: &[Round], f: Metric| cpu::median(&rs.iter().map(f).collect::<Vec<_>>());
-    let rows: [(&str, Metric); 6] = [
+    let rows: [(&str, Metric); 7] = [
         ("CPU/request sidecar A (µs)", |r| r.cpu.0),
         ("CPU/request sidecar B (µs)", |r| r.cpu.1),
         ("CPU/request both (µs)", |r| r.cpu.0 + r.cpu.1),
+        ("  of which export threads", |r| r.export),
         ("  both, tick-sampled (µs)", |r| r.ticks),
         ("latency p50 (µs)", |r| r.p50.as_secs_f64() * 1e6),
         ("latency p99 (µs)", |r| r.p99.as_secs_f64() * 1e6),
@@ -497,7 +520,12 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
     );
     for (name, f) in rows {
         let (a, b) = (med(&rounds[0], f), med(&rounds[1], f));
-        println!("{name:<27} {a:>8.1} {b:>9.1}   {:.3}", safe_div(b, a));
+        let ratio = if a > 0.0 {
+            format!("{:.3}", b / a)
+        } else {
+            "-".to_owned()
+        };
+        println!("{name:<27} {a:>8.2} {b:>9.2}   {ratio}");
     }
     // Each round's on/off pair ran back to back, so its ratio is the least exposed to drift;
     // their median and spread say how far to trust the figure above.

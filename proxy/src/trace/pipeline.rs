@@ -15,7 +15,6 @@ use std::time::Duration;
 use mesh_config::Tracing;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{watch, Notify};
-use tokio::time::Instant;
 
 use super::export::{ExportError, Exporter};
 use super::metrics::TraceMetrics;
@@ -24,14 +23,11 @@ use super::Identity;
 
 /// Spans waiting for export; at a few hundred bytes each this bounds memory to about 1 MiB.
 pub const QUEUE_CAPACITY: usize = 4096;
-/// Spans per export request: enough to amortise a request, small enough to keep one export
-/// body under 100 KiB.
-pub const MAX_BATCH: usize = 128;
+/// Spans per export request: enough to amortise the request and the export thread's wake-up,
+/// small enough to keep one export body near 160 KiB.
+pub const MAX_BATCH: usize = 256;
 /// How long a partial batch waits for company; short, so traces show up promptly.
 pub const BATCH_DELAY: Duration = Duration::from_millis(100);
-/// How often a partial batch looks at the queue: one wake-up per interval instead of per span,
-/// while the queue holds far more than an interval's worth of spans at any realistic rate.
-pub const COLLECT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Owns the queue of one exporter; dropping it flushes the queue and ends the export thread.
 #[derive(Debug)]
@@ -53,12 +49,25 @@ struct SpanQueue {
     closed: AtomicBool,
 }
 
+/// When a queued span wakes the export thread. A wake-up (a context switch, on a machine
+/// whose cores the requests need) costs about as much as encoding a dozen spans, so under
+/// load the thread is woken once per full batch and sleeps through the rest.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Exporting, or waiting with a deadline for a batch to fill: only a full batch wakes it.
+    #[default]
+    ForBatch,
+    /// Parked with an empty queue and no deadline: the first span wakes it.
+    Idle,
+}
+
 #[derive(Debug, Default)]
 struct Queued {
     spans: Vec<SpanRecord>,
     /// Taken by the export thread and not yet exported: they count against the capacity, so
     /// at most [`QUEUE_CAPACITY`] spans are held in all.
     exporting: usize,
+    waiting: Waiting,
 }
 
 impl SpanQueue {
@@ -74,10 +83,13 @@ impl SpanQueue {
             return false;
         }
         queued.spans.push(span);
-        let first = queued.spans.len() == 1;
+        let wake = match queued.waiting {
+            Waiting::Idle => true,
+            Waiting::ForBatch => queued.spans.len() == MAX_BATCH,
+        };
+        queued.waiting = Waiting::ForBatch;
         drop(queued);
-        // Only the first span of a batch wakes the export thread.
-        if first {
+        if wake {
             self.ready.notify_one();
         }
         true
@@ -85,6 +97,17 @@ impl SpanQueue {
 
     fn len(&self) -> usize {
         self.lock().spans.len()
+    }
+
+    /// Marks the export thread idle if nothing is queued; false when spans are waiting.
+    fn park_if_empty(&self) -> bool {
+        let mut queued = self.lock();
+        if queued.spans.is_empty() {
+            queued.waiting = Waiting::Idle;
+            true
+        } else {
+            false
+        }
     }
 
     /// Everything queued, swapped for `empty` (a drained buffer that keeps its capacity).
@@ -212,7 +235,7 @@ async fn run(exporter: Exporter, queue: Arc<SpanQueue>, metrics: TraceMetrics) {
     let mut spare = Vec::new();
     loop {
         let closed = queue.is_closed();
-        if queue.len() == 0 {
+        if queue.park_if_empty() {
             if closed {
                 break;
             }
@@ -220,14 +243,9 @@ async fn run(exporter: Exporter, queue: Arc<SpanQueue>, metrics: TraceMetrics) {
             queue.ready.notified().await;
             continue;
         }
-        // Let a partial batch fill up, looking at intervals rather than waking for every span.
-        let deadline = Instant::now() + BATCH_DELAY;
-        while !queue.is_closed() && queue.len() < MAX_BATCH {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            tokio::time::sleep(COLLECT_INTERVAL.min(deadline - now)).await;
+        // Let a partial batch fill up: the span that fills it, or closing, wakes this early.
+        if !closed && queue.len() < MAX_BATCH {
+            let _ = tokio::time::timeout(BATCH_DELAY, queue.ready.notified()).await;
         }
         let mut spans = queue.take(spare);
         // Batches of at most MAX_BATCH, evened out: 130 spans go as 65 + 65, not 128 + 2.
@@ -302,19 +320,33 @@ mod tests {
         assert_eq!(queue.lock().spans.capacity(), capacity);
     }
 
-    #[tokio::test]
-    async fn the_first_span_and_closing_wake_the_export_thread() {
-        let queue = SpanQueue::default();
-        queue.push(span());
-        tokio::time::timeout(Duration::from_secs(5), queue.ready.notified())
+    async fn woken(queue: &SpanQueue) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), queue.ready.notified())
             .await
-            .expect("woken by the first span");
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_idle_export_thread_wakes_for_the_first_span_a_busy_one_for_a_full_batch() {
+        let queue = SpanQueue::default();
+        assert!(queue.park_if_empty());
         queue.push(span());
-        let second = tokio::time::timeout(Duration::from_millis(50), queue.ready.notified());
+        assert!(woken(&queue).await, "the first span wakes an idle thread");
+        assert!(!queue.park_if_empty(), "not idle while spans wait");
+        for _ in 1..MAX_BATCH - 1 {
+            queue.push(span());
+        }
         assert!(
-            second.await.is_err(),
-            "only the first span of a batch wakes"
+            !woken(&queue).await,
+            "a partial batch waits for its deadline"
         );
+        queue.push(span());
+        assert!(woken(&queue).await, "the span that fills a batch wakes");
+        let _ = queue.take(Vec::new());
+        queue.push(span());
+        assert!(!woken(&queue).await, "a busy thread is not woken per span");
+        let _ = queue.take(Vec::new());
+        assert!(queue.park_if_empty());
         queue.close();
         assert!(queue.is_closed());
         tokio::time::timeout(Duration::from_secs(5), queue.ready.notified())
