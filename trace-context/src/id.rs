@@ -166,6 +166,9 @@ fn nonzero_random() -> u64 {
 /// Parses up to 16 lower-hex characters. Upper case is rejected: the B3 spec says lower-hex,
 /// and brave (its reference implementation) refuses anything else.
 pub(crate) fn parse_hex64(hex: &[u8]) -> Option<u64> {
+    if let Ok(id) = <&[u8; 16]>::try_from(hex) {
+        return parse_hex16(id);
+    }
     if hex.is_empty() || hex.len() > 16 {
         return None;
     }
@@ -178,6 +181,42 @@ pub(crate) fn parse_hex64(hex: &[u8]) -> Option<u64> {
         v = (v << 4) | u64::from(d & 0xf);
     }
     (invalid & 0xf0 == 0).then_some(v)
+}
+
+/// Exactly 16 lower-hex characters (every B3 id is one or two of these), eight at a time.
+fn parse_hex16(hex: &[u8; 16]) -> Option<u64> {
+    let (high, low) = hex.split_at(8);
+    let high = parse_hex8(u64::from_be_bytes(high.try_into().ok()?))?;
+    let low = parse_hex8(u64::from_be_bytes(low.try_into().ok()?))?;
+    Some(u64::from(high) << 32 | u64::from(low))
+}
+
+/// Eight lower-hex characters, the first in the most significant byte, as their value. Each
+/// byte is range-checked in parallel: with every byte's top bit set before subtracting, no
+/// borrow crosses into the next byte, so a byte's top bit afterwards says "at least".
+fn parse_hex8(chars: u64) -> Option<u32> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    if chars & HIGHS != 0 {
+        return None;
+    }
+    let within = |lo: u8, hi: u8| {
+        let at_least_lo = (chars | HIGHS).wrapping_sub(ONES * u64::from(lo));
+        let at_most_hi = (ONES * u64::from(hi) | HIGHS).wrapping_sub(chars);
+        at_least_lo & at_most_hi & HIGHS
+    };
+    let digits = within(b'0', b'9');
+    let letters = within(b'a', b'f');
+    if digits | letters != HIGHS {
+        return None;
+    }
+    // '0'..'9' are 0x30..0x39 and 'a'..'f' 0x61..0x66: the low nibble, plus 9 for a letter.
+    let mut v = (chars & (ONES * 0x0f)) + (letters >> 7) * 9;
+    // Pack the eight nibbles, one per byte, into 32 bits.
+    v = (v | (v >> 4)) & 0x00ff_00ff_00ff_00ff;
+    v = (v | (v >> 8)) & 0x0000_ffff_0000_ffff;
+    v = (v | (v >> 16)) & 0x0000_0000_ffff_ffff;
+    u32::try_from(v).ok()
 }
 
 /// The value of each lower-hex digit; 0xff for every other byte.
@@ -259,6 +298,48 @@ mod tests {
         assert_eq!(parse_hex64(b"f"), Some(0xf));
         assert_eq!(parse_hex64(b""), None);
         assert_eq!(parse_hex64(b"00000000000000000"), None);
+    }
+
+    /// The one-character-at-a-time parse, for any length up to 16.
+    fn parse_each(hex: &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for &c in hex {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            v = v << 4 | u64::from(d);
+        }
+        Some(v)
+    }
+
+    #[test]
+    fn sixteen_characters_parse_like_one_at_a_time() {
+        // Every byte value at every position, among valid digits.
+        for pos in 0..16 {
+            for byte in 0..=255u8 {
+                let mut id = *b"0123456789abcdef";
+                id[pos] = byte;
+                assert_eq!(parse_hex64(&id), parse_each(&id), "{id:?}");
+            }
+        }
+        // Random valid ids, and ids with bytes at the edges of the ranges.
+        let edges = *b"/09:`af{gAF@ \x7f";
+        for _ in 0..20_000 {
+            let mut id = [0u8; 16];
+            for c in &mut id {
+                *c = b"0123456789abcdef"[fastrand::usize(..16)];
+            }
+            if fastrand::bool() {
+                id[fastrand::usize(..16)] = edges[fastrand::usize(..edges.len())];
+            }
+            assert_eq!(parse_hex64(&id), parse_each(&id), "{id:?}");
+        }
+        for _ in 0..20_000 {
+            let id: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+            assert_eq!(parse_hex64(&id), parse_each(&id), "{id:?}");
+        }
     }
 
     #[test]
