@@ -188,7 +188,7 @@ fn parse_hex16(hex: &[u8; 16]) -> Option<u64> {
     let (high, low) = hex.split_at(8);
     let high = parse_hex8(u64::from_be_bytes(high.try_into().ok()?))?;
     let low = parse_hex8(u64::from_be_bytes(low.try_into().ok()?))?;
-    Some(u64::from(high) << 32 | u64::from(low))
+    Some((u64::from(high) << 32) | u64::from(low))
 }
 
 /// Eight lower-hex characters, the first in the most significant byte, as their value. Each
@@ -202,7 +202,7 @@ fn parse_hex8(chars: u64) -> Option<u32> {
     }
     let within = |lo: u8, hi: u8| {
         let at_least_lo = (chars | HIGHS).wrapping_sub(ONES * u64::from(lo));
-        let at_most_hi = (ONES * u64::from(hi) | HIGHS).wrapping_sub(chars);
+        let at_most_hi = ((ONES * u64::from(hi)) | HIGHS).wrapping_sub(chars);
         at_least_lo & at_most_hi & HIGHS
     };
     let digits = within(b'0', b'9');
@@ -309,7 +309,7 @@ mod tests {
                 b'a'..=b'f' => c - b'a' + 10,
                 _ => return None,
             };
-            v = v << 4 | u64::from(d);
+            v = (v << 4) | u64::from(d);
         }
         Some(v)
     }
