@@ -276,8 +276,30 @@ struct Pair {
 }
 
 impl Pair {
-    /// `label` names the pair's files and sidecars (`sidecar-a-<label>`).
+    /// `label` names the pair's files and sidecars (`sidecar-a-<label>`). Free ports are found
+    /// by binding port 0 and letting go, so another socket (a client's ephemeral port) can take
+    /// one before a sidecar binds it: a pair that fails to start is tried again on new ports.
     async fn start(
+        args: &Args,
+        proxy: &Path,
+        work: &Path,
+        server: SocketAddr,
+        tracing: bool,
+        label: &str,
+    ) -> anyhow::Result<Pair> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(args, proxy, work, server, tracing, label).await {
+                Err(e) if attempt < 3 => {
+                    eprintln!("{label} sidecars did not start ({e:#}); trying new ports");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(
         args: &Args,
         proxy: &Path,
         work: &Path,
