@@ -77,9 +77,55 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// A 95% bootstrap interval for the median of `values`: the median of 2 000 resamples drawn
+/// with replacement, their 2.5th and 97.5th percentiles. Rounds of a bench are noisy in ways no
+/// formula knows, so the rounds themselves say how far their median could be off. The
+/// resampling is seeded, so one set of rounds always gives one interval.
+pub fn median_interval(values: &[f64]) -> Option<(f64, f64)> {
+    const RESAMPLES: usize = 2_000;
+    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    // xorshift64*: plenty for picking indices, and no dependency for it.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next_index = |n: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    };
+    let mut medians: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            let resample: Vec<f64> = (0..v.len()).map(|_| v[next_index(v.len())]).collect();
+            median(&resample)
+        })
+        .collect();
+    medians.sort_by(|a, b| a.total_cmp(b));
+    Some((
+        medians[RESAMPLES / 40],
+        medians[RESAMPLES - 1 - RESAMPLES / 40],
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_interval_brackets_the_median_and_narrows_with_agreement() {
+        assert_eq!(median_interval(&[]), None);
+        assert_eq!(median_interval(&[1.07; 20]), Some((1.07, 1.07)));
+        let noisy: Vec<f64> = (0..40).map(|i| 1.0 + f64::from(i % 10) * 0.02).collect();
+        let (lo, hi) = median_interval(&noisy).unwrap();
+        let m = median(&noisy);
+        assert!(lo <= m && m <= hi, "{lo} {m} {hi}");
+        assert!(lo > 1.0 && hi < 1.18, "{lo} {hi}");
+        assert_eq!(median_interval(&noisy), Some((lo, hi)), "seeded");
+        let calmer: Vec<f64> = noisy.iter().map(|x| 1.08 + (x - 1.08) / 4.0).collect();
+        let (clo, chi) = median_interval(&calmer).unwrap();
+        assert!(chi - clo < hi - lo);
+    }
 
     #[test]
     fn stat_fields_after_a_name_with_spaces_and_parens() {

@@ -557,9 +557,12 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         .map(|(off, on)| safe_div(on.cpu.0 + on.cpu.1, off.cpu.0 + off.cpu.1))
         .collect();
     ratios.sort_by(|a, b| a.total_cmp(b));
-    if let (Some(lo), Some(hi)) = (ratios.first(), ratios.last()) {
+    if let (Some(lo), Some(hi), Some((ci_lo, ci_hi))) =
+        (ratios.first(), ratios.last(), cpu::median_interval(&ratios))
+    {
         println!(
-            "CPU on/off per round: median {:.3}, range {lo:.3}-{hi:.3}",
+            "CPU on/off per round: median {:.3} (95% interval {ci_lo:.3}-{ci_hi:.3}), range \
+             {lo:.3}-{hi:.3}",
             cpu::median(&ratios)
         );
     }
