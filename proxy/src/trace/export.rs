@@ -135,20 +135,9 @@ impl Exporter {
                     url,
                     encoder,
                 } => {
-                    let body = encoder.encode(batch);
-                    let request = http::Request::post(url.clone())
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .body(Bytes::from(body))
-                        .map_err(|e| ExportError::Send(e.to_string()))?;
-                    let response = client
-                        .send_bytes(request)
+                    client
+                        .post_zipkin(url, Bytes::from(encoder.encode(batch)))
                         .await
-                        .map_err(|e| ExportError::Send(e.to_string()))?;
-                    if response.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(ExportError::Status(response.status()))
-                    }
                 }
                 Kind::Otlp { exporter, scope } => {
                     let spans = batch.iter().map(|s| s.to_span_data(scope)).collect();
@@ -201,20 +190,48 @@ impl HttpClient for HyperClient {
         'a: 'b,
         Self: 'b,
     {
-        let client = self.client.clone();
-        let task = self.runtime.spawn(async move {
-            let exchange = async {
-                let response = client.request(request.map(Full::new)).await?;
-                let (parts, body) = response.into_parts();
-                let body = body.collect().await?.to_bytes();
-                Ok::<_, HttpError>(http::Response::from_parts(parts, body))
-            };
-            match tokio::time::timeout(EXPORT_TIMEOUT, exchange).await {
-                Ok(result) => result,
-                Err(elapsed) => Err(Box::new(elapsed) as HttpError),
-            }
-        });
+        let client = self.clone();
+        let task = self
+            .runtime
+            .spawn(async move { client.exchange(request).await });
         Box::pin(async move { task.await.map_err(|e| -> HttpError { Box::new(e) })? })
+    }
+}
+
+impl HyperClient {
+    /// One request and its whole answer, bounded by [`EXPORT_TIMEOUT`]. Runs on the runtime
+    /// that polls it, which must be the one that built the client.
+    pub async fn exchange(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, HttpError> {
+        let exchange = async {
+            let response = self.client.request(request.map(Full::new)).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, HttpError>(http::Response::from_parts(parts, body))
+        };
+        match tokio::time::timeout(EXPORT_TIMEOUT, exchange).await {
+            Ok(result) => result,
+            Err(elapsed) => Err(Box::new(elapsed) as HttpError),
+        }
+    }
+
+    /// POSTs a Zipkin v2 JSON body; a non-2xx answer is an error.
+    pub async fn post_zipkin(&self, url: &http::Uri, body: Bytes) -> Result<(), ExportError> {
+        let request = http::Request::post(url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|e| ExportError::Send(e.to_string()))?;
+        let response = self
+            .exchange(request)
+            .await
+            .map_err(|e| ExportError::Send(e.to_string()))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(ExportError::Status(response.status()))
+        }
     }
 }
 
