@@ -12,6 +12,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use mesh_config::{LogLevel, MeshConfig, Protocol};
+use mesh_proxy::trace::pipeline;
 use tracemesh_benches::sidecar::{free_port, Sidecar, Spec};
 use tracemesh_benches::stats::Summary;
 use tracemesh_benches::{cpu, echo, load, sink};
@@ -356,8 +357,8 @@ impl Pair {
     /// Nanoseconds on CPU of sidecar A, of sidecar B, and of both sidecars' span export
     /// threads (part of the first two).
     fn on_cpu_ns(&self) -> Option<(u64, u64, u64)> {
-        let (a, a_export) = cpu::on_cpu_ns(self.a.pid()?, EXPORT_THREAD)?;
-        let (b, b_export) = cpu::on_cpu_ns(self.b.pid()?, EXPORT_THREAD)?;
+        let (a, a_export) = cpu::on_cpu_ns(self.a.pid()?, pipeline::EXPORT_THREAD)?;
+        let (b, b_export) = cpu::on_cpu_ns(self.b.pid()?, pipeline::EXPORT_THREAD)?;
         Some((a, b, a_export + b_export))
     }
 
@@ -397,9 +398,6 @@ fn write_config(args: &Args, path: &Path, sink: Option<SocketAddr>) -> anyhow::R
     std::fs::write(path, config.to_yaml())?;
     Ok(())
 }
-
-/// The name of the sidecar's span export thread (`mesh_proxy::trace::pipeline`).
-const EXPORT_THREAD: &str = "trace-export";
 
 /// One figure taken from a round.
 type Metric = fn(&Round) -> f64;

@@ -28,6 +28,8 @@ pub const QUEUE_CAPACITY: usize = 4096;
 pub const MAX_BATCH: usize = 256;
 /// How long a partial batch waits for company; short, so traces show up promptly.
 pub const BATCH_DELAY: Duration = Duration::from_millis(100);
+/// The export thread's name, as `ps`, `top` and `/proc/PID/task/*/comm` show it.
+pub const EXPORT_THREAD: &str = "trace-export";
 
 /// Owns the queue of one exporter; dropping it flushes the queue and ends the export thread.
 #[derive(Debug)]
@@ -159,7 +161,7 @@ impl Pipeline {
         let task_metrics = metrics.clone();
         let task_queue = queue.clone();
         std::thread::Builder::new()
-            .name("trace-export".into())
+            .name(EXPORT_THREAD.into())
             .spawn(move || {
                 runtime.block_on(run(exporter, task_queue, task_metrics));
                 drop(runtime);
