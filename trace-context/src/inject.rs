@@ -5,9 +5,9 @@ use std::cell::RefCell;
 use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderValue};
 
-use crate::context::{Sampling, TraceContext};
+use crate::context::{Extracted, Sampling, TraceContext};
 use crate::id::HexBuf;
-use crate::scan::{Slot, SLOTS};
+use crate::scan::{Slot, TraceHeaders, SLOTS};
 
 /// Writes `ctx` as `x-b3-*` and removes every other trace header, then rewrites `b3` and
 /// `traceparent` when the request carried them (so apps reading those formats see this
@@ -18,13 +18,52 @@ use crate::scan::{Slot, SLOTS};
 /// right, as the trace id and sampling decision usually are); only missing headers are
 /// inserted and only stale or repeated ones removed, each a hashed operation on the map.
 pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
+    let mut found = Found::scan(headers);
     let mut wanted = Wanted::new(ctx);
-    let mut count = [0u8; SLOTS];
-    for (name, value) in headers.iter_mut() {
-        let Some(slot) = Slot::of(name) else { continue };
-        let seen = &mut count[slot.index()];
-        *seen = seen.saturating_add(1);
-        if *seen == 1 {
+    found.rewrite_in_place(&mut wanted);
+    let count = found.count;
+    insert_and_remove(headers, &count, &mut wanted);
+}
+
+/// The trace headers of a request, found in one pass: the first value of each, writable, and
+/// how many times each occurs.
+pub(crate) struct Found<'a> {
+    first: [Option<&'a mut HeaderValue>; SLOTS],
+    count: [u8; SLOTS],
+}
+
+impl<'a> Found<'a> {
+    pub(crate) fn scan(headers: &'a mut HeaderMap) -> Self {
+        let mut found = Found {
+            first: Default::default(),
+            count: [0; SLOTS],
+        };
+        for (name, value) in headers.iter_mut() {
+            let Some(slot) = Slot::of(name) else { continue };
+            let seen = &mut found.count[slot.index()];
+            *seen = seen.saturating_add(1);
+            if *seen == 1 {
+                found.first[slot.index()] = Some(value);
+            }
+        }
+        found
+    }
+
+    /// A read-only view, for extraction.
+    pub(crate) fn view(&self) -> TraceHeaders<'_> {
+        TraceHeaders::from_first(self.first.each_ref().map(|v| v.as_deref()))
+    }
+
+    pub(crate) fn count(&self) -> [u8; SLOTS] {
+        self.count
+    }
+
+    /// Overwrites the first value of every present header that is wanted and differs.
+    fn rewrite_in_place(&mut self, wanted: &mut Wanted<'_>) {
+        for slot in Slot::ALL {
+            let Some(value) = self.first[slot.index()].as_deref_mut() else {
+                continue;
+            };
             if let Some(want) = wanted.get(slot) {
                 if value.as_bytes() != want.as_bytes() {
                     *value = want.to_value();
@@ -32,7 +71,28 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
             }
         }
     }
+}
 
+/// Extracts the caller's context and writes the one `next` chooses, in one pass over the
+/// headers (extraction and injection both need to find the trace headers): the same result as
+/// [`crate::extract`] followed by [`inject`]. Returns what was extracted and what was sent.
+pub fn propagate(
+    headers: &mut HeaderMap,
+    next: impl FnOnce(&Extracted) -> TraceContext,
+) -> (Extracted, TraceContext) {
+    let mut found = Found::scan(headers);
+    let extracted = crate::extract_from(&found.view());
+    let sent = next(&extracted);
+    let mut wanted = Wanted::new(&sent);
+    found.rewrite_in_place(&mut wanted);
+    let count = found.count();
+    insert_and_remove(headers, &count, &mut wanted);
+    (extracted, sent)
+}
+
+/// Inserts the wanted headers that are missing, replaces repeated ones, and removes the ones
+/// not wanted; headers present once were rewritten in place already.
+fn insert_and_remove(headers: &mut HeaderMap, count: &[u8; SLOTS], wanted: &mut Wanted<'_>) {
     let present = |slot: Slot| count[slot.index()] > 0;
     for slot in Slot::ALL {
         // `b3` and `traceparent` go on only where the app used them, `tracestate` with the latter.
@@ -43,7 +103,7 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
         };
         let want = if emitted { wanted.get(slot) } else { None };
         match (want, count[slot.index()]) {
-            // Written in place above, or rightly absent.
+            // Written in place, or rightly absent.
             (Some(_), 1) | (None, 0) => {}
             (Some(want), _) => {
                 // `insert` replaces every value of a repeated header.

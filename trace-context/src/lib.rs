@@ -17,7 +17,7 @@ mod w3c;
 
 pub use context::{Extracted, Format, Malformed, Sampling, SpanIds, TraceContext};
 pub use id::{HexBuf, SpanId, TraceId};
-pub use inject::inject;
+pub use inject::{inject, propagate};
 pub use sampler::sampled_at;
 
 /// Header names this crate reads and writes.
@@ -34,6 +34,11 @@ use scan::TraceHeaders;
 /// `x-b3-*`, then `traceparent`; a malformed format is skipped (and reported) so the next
 /// well-formed one is used. With nothing usable, only a valid sampling decision is kept.
 pub fn extract(headers: &HeaderMap) -> Extracted {
+    extract_from(&TraceHeaders::scan(headers))
+}
+
+/// [`extract`] from trace headers already found.
+fn extract_from(found: &TraceHeaders<'_>) -> Extracted {
     type Parser = fn(&TraceHeaders<'_>) -> Parse;
     const FORMATS: [(Format, Parser); 3] = [
         (Format::B3Single, b3::parse_single),
@@ -42,9 +47,8 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
     ];
     let mut malformed = None;
     let mut sampling = Sampling::Deferred;
-    let found = TraceHeaders::scan(headers);
     for (format, parse) in FORMATS {
-        match parse(&found) {
+        match parse(found) {
             Parse::Absent => {}
             Parse::Valid(context, dropped) => {
                 return Extracted {

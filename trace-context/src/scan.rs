@@ -87,6 +87,10 @@ impl<'a> TraceHeaders<'a> {
         found
     }
 
+    pub(crate) fn from_first(first: [Option<&'a HeaderValue>; SLOTS]) -> Self {
+        Self { first }
+    }
+
     /// The header's first value as bytes. An empty value counts as absent: proxies and
     /// templating often emit empty headers.
     pub(crate) fn get(&self, slot: Slot) -> Option<&'a [u8]> {

@@ -36,6 +36,17 @@ fn downstream(h: &HeaderMap, decide: bool) -> (Extracted, TraceContext, HeaderMa
     }
     let mut out = h.clone();
     inject(&child, &mut out);
+    // The one-pass form must agree exactly with extract-then-inject, in every case here.
+    let mut one_pass = h.clone();
+    let (seen, sent) = propagate(&mut one_pass, |seen| {
+        assert_eq!(seen, &e);
+        child.clone()
+    });
+    assert_eq!((&seen, &sent), (&e, &child));
+    assert_eq!(
+        one_pass, out,
+        "propagate and extract + inject disagree on {h:?}"
+    );
     (e, child, out)
 }
 

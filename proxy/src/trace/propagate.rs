@@ -20,20 +20,24 @@ pub struct Decided {
 /// caller's decision wins; otherwise `fraction`, deterministically from the trace id), and
 /// injects the result, replacing every trace header the request carried.
 pub fn propagate(headers: &mut HeaderMap, fraction: f64) -> Decided {
-    let extracted = trace_context::extract(headers);
-    let mut child = extracted.context.child();
-    // `child` always has ids; the fallback is never taken.
-    let ids = child.ids.unwrap_or_else(SpanIds::new_root);
-    if child.sampling == Sampling::Deferred {
-        child.sampling = if trace_context::sampled_at(&ids.trace_id, fraction) {
-            Sampling::Sampled
-        } else {
-            Sampling::NotSampled
-        };
-    }
-    trace_context::inject(&child, headers);
+    let (extracted, child) = trace_context::propagate(headers, |extracted| {
+        let mut child = extracted.context.child();
+        if child.sampling == Sampling::Deferred {
+            // `child` always has ids: a child of the caller's span or a new root.
+            let sampled = child
+                .ids
+                .is_some_and(|ids| trace_context::sampled_at(&ids.trace_id, fraction));
+            child.sampling = if sampled {
+                Sampling::Sampled
+            } else {
+                Sampling::NotSampled
+            };
+        }
+        child
+    });
     Decided {
-        ids,
+        // Never taken: see above.
+        ids: child.ids.unwrap_or_else(SpanIds::new_root),
         sampled: child.sampling.decision().unwrap_or(false),
         debug: child.sampling == Sampling::Debug,
         malformed: extracted.malformed,

@@ -67,9 +67,10 @@ impl SpanRecord {
         self.url.as_str()
     }
 
-    /// [`Self::url`], [`Self::host`] and [`Self::path`] at once (the text checked once).
-    pub fn url_host_path(&self) -> (&str, &str, &str) {
-        let url = self.url();
+    /// [`Self::url`], [`Self::host`] and [`Self::path`] as bytes, for the encoders: the text
+    /// is UTF-8 by construction (built from whole `str`s), so it is not checked again per span.
+    pub fn url_host_path_bytes(&self) -> (&[u8], &[u8], &[u8]) {
+        let url = self.url.as_bytes();
         let host = url.get(self.host.clone()).unwrap_or_default();
         let path = url.get(self.path.clone()).unwrap_or_default();
         (url, host, path)
@@ -204,6 +205,10 @@ impl InlineText {
 
     fn len(&self) -> usize {
         self.0.len()
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 
     fn as_str(&self) -> &str {

@@ -72,7 +72,7 @@ impl ZipkinEncoder {
             Direction::Outbound => b"\",\"kind\":\"CLIENT\",\"localEndpoint\":",
         });
         out.extend_from_slice(&self.local_endpoint);
-        let (url, host, path) = r.url_host_path();
+        let (url, host, path) = r.url_host_path_bytes();
         out.extend_from_slice(b",\"name\":");
         push_name(out, r.method.as_str(), path);
         if let Some(parent) = r.ids.parent_id {
@@ -104,7 +104,7 @@ impl ZipkinEncoder {
 }
 
 /// Envoy's tag names; every value is a string.
-fn write_tags(out: &mut Vec<u8>, r: &SpanRecord, url: &str, host: &str) {
+fn write_tags(out: &mut Vec<u8>, r: &SpanRecord, url: &[u8], host: &[u8]) {
     match (&r.outcome.error, r.outcome.status) {
         (Some(e), _) => {
             out.extend_from_slice(b"\"error\":");
@@ -131,7 +131,7 @@ fn write_tags(out: &mut Vec<u8>, r: &SpanRecord, url: &str, host: &str) {
         out.push(b'"');
     }
     out.extend_from_slice(b",\"http.url\":");
-    push_str(out, url);
+    push_text(out, url);
     out.extend_from_slice(b",\"peer.address\":\"");
     push_socket_addr(out, r.peer);
     out.extend_from_slice(b"\",\"request_size\":\"");
@@ -153,30 +153,35 @@ fn write_tags(out: &mut Vec<u8>, r: &SpanRecord, url: &str, host: &str) {
 }
 
 /// The span name: `<method> <path>` in lower case, as Envoy names its spans.
-fn push_name(out: &mut Vec<u8>, method: &str, path: &str) {
+fn push_name(out: &mut Vec<u8>, method: &str, path: &[u8]) {
     if method.is_ascii() && path.is_ascii() {
         let start = out.len();
         push_str(out, method);
         out.pop(); // the closing quote: the path goes inside the same string
         let path_start = out.len();
-        push_str(out, path);
+        push_text(out, path);
         out[path_start] = b' '; // the path's opening quote becomes the separator
         out[start..].make_ascii_lowercase();
     } else {
+        let path = String::from_utf8_lossy(path);
         push_str(out, &format!("{method} {path}").to_lowercase());
     }
 }
 
 /// A JSON string. Text without characters to escape (the usual case) is copied in one go.
 fn push_str(out: &mut Vec<u8>, s: &str) {
+    push_text(out, s.as_bytes());
+}
+
+/// A JSON string from text known to be UTF-8 (a span's URL, built from whole `str`s).
+fn push_text(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'"');
-    push_str_contents(out, s);
+    push_str_contents(out, text);
     out.push(b'"');
 }
 
-/// The inside of a JSON string, escaped.
-fn push_str_contents(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
+/// The inside of a JSON string, escaped. `bytes` is UTF-8.
+fn push_str_contents(out: &mut Vec<u8>, bytes: &[u8]) {
     if needs_escape(bytes) {
         push_escaped(out, bytes);
     } else {
@@ -254,13 +259,18 @@ fn push_ip_string(out: &mut Vec<u8>, ip: IpAddr) {
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                let (digits, len) = OCTETS[usize::from(octet)];
-                out.extend_from_slice(&digits[..usize::from(len)]);
+            // Built on the stack with fixed-size copies, then appended in one go: a copy of
+            // one to three bytes per octet would each be a call to `memcpy`.
+            let mut text = [0u8; 16];
+            let mut len = 0;
+            for octet in v4.octets() {
+                let (digits, n) = OCTETS[usize::from(octet)];
+                text[len..len + 3].copy_from_slice(&digits);
+                len += usize::from(n);
+                text[len] = b'.';
+                len += 1;
             }
+            out.extend_from_slice(&text[..len - 1]);
         }
         // Rare in a cluster, and its text form (zero compression) is the standard library's.
         IpAddr::V6(v6) => {
@@ -414,13 +424,13 @@ mod tests {
         assert_eq!(encode_one(&r, "b", None)["name"], "get /%c3%89t%c3%89");
         assert_eq!(r.url(), "http://b/%C3%89T%C3%89?Q=1");
         let mut out = Vec::new();
-        push_name(&mut out, "PATCH", "/Ünïcode/PATH");
+        push_name(&mut out, "PATCH", "/Ünïcode/PATH".as_bytes());
         assert_eq!(
             serde_json::from_slice::<Value>(&out).unwrap(),
             "patch /ünïcode/path"
         );
         let mut out = Vec::new();
-        push_name(&mut out, "GET", "/a\"b");
+        push_name(&mut out, "GET", b"/a\"b");
         assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), "get /a\"b");
     }
 

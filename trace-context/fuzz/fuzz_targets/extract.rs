@@ -1,5 +1,6 @@
-//! Arbitrary bytes split into trace headers: extraction must not panic, and what injection
-//! writes must parse back to the same context.
+//! Arbitrary bytes split into trace headers: extraction must not panic, what injection writes
+//! must parse back to the same context, and the one-pass `propagate` must agree exactly with
+//! extraction followed by injection.
 #![no_main]
 
 use http::{HeaderMap, HeaderValue};
@@ -36,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
             trace_context::Sampling::NotSampled
         };
     }
+    let mut one_pass = headers.clone();
+    let (seen, _) = trace_context::propagate(&mut one_pass, |_| child.clone());
+    assert_eq!(seen, extracted);
     trace_context::inject(&child, &mut headers);
+    assert_eq!(one_pass, headers);
     let back = trace_context::extract(&headers);
     assert_eq!(back.malformed, None);
     assert_eq!(back.context.ids, child.ids);
