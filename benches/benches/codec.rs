@@ -88,6 +88,14 @@ fn codec(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // The same hop as the proxy runs it: the trace headers found once for both halves.
+    c.bench_function("propagate/b3 multi", |b| {
+        b.iter_batched_ref(
+            || multi.clone(),
+            |map| trace_context::propagate(map, |seen| seen.context.child()),
+            criterion::BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(benches, codec);

@@ -30,39 +30,60 @@ pub fn count_spans(body: &[u8]) -> u64 {
 
 const SPAN_KEY: &[u8] = b"\"traceId\"";
 
-pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+/// Starts the sink on 127.0.0.1 on a dedicated single-threaded runtime, as the echo server
+/// is: on the load generator's runtime, receiving a batch (about 150 KiB) would hold up the
+/// clients' tasks and lower the tracing pair's request rate for reasons of the bench's own.
+/// The thread lives as long as the process.
+pub fn start() -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
     let counts = Arc::new(Counts::default());
     let c = counts.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let c = c.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let c = c.clone();
-                    async move {
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        c.posts.fetch_add(1, Ordering::Relaxed);
-                        c.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                        c.spans.fetch_add(count_spans(&body), Ordering::Relaxed);
-                        let mut resp = http::Response::new(Empty::<Bytes>::new());
-                        *resp.status_mut() = http::StatusCode::ACCEPTED;
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+    std::thread::Builder::new()
+        .name("trace-sink".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return eprintln!("trace sink runtime: {e}"),
+            };
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => return eprintln!("trace sink listener: {e}"),
+                };
+                while let Ok((tcp, _)) = listener.accept().await {
+                    tokio::spawn(serve(tcp, c.clone()));
+                }
             });
+        })?;
+    Ok((addr, counts))
+}
+
+async fn serve(tcp: tokio::net::TcpStream, c: Arc<Counts>) {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let c = c.clone();
+        async move {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            c.posts.fetch_add(1, Ordering::Relaxed);
+            c.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            c.spans.fetch_add(count_spans(&body), Ordering::Relaxed);
+            let mut resp = http::Response::new(Empty::<Bytes>::new());
+            *resp.status_mut() = http::StatusCode::ACCEPTED;
+            Ok::<_, Infallible>(resp)
         }
     });
-    Ok((addr, counts))
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tcp), svc)
+        .await;
 }
 
 #[cfg(test)]

@@ -309,7 +309,7 @@ impl Pair {
         label: &str,
     ) -> anyhow::Result<Pair> {
         let sink = if tracing {
-            Some(sink::start().await?)
+            Some(sink::start()?)
         } else {
             None
         };
