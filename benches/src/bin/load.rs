@@ -308,11 +308,7 @@ impl Pair {
         tracing: bool,
         label: &str,
     ) -> anyhow::Result<Pair> {
-        let sink = if tracing {
-            Some(sink::start()?)
-        } else {
-            None
-        };
+        let sink = if tracing { Some(sink::start()?) } else { None };
         let config_path = work.join(format!("mesh-config-{label}.yaml"));
         write_config(args, &config_path, sink.as_ref().map(|(addr, _)| *addr))?;
         let b_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
