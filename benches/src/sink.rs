@@ -22,6 +22,23 @@ pub struct Counts {
     pub spans: AtomicU64,
 }
 
+/// How the sink answers, to measure requests through sidecars whose collector misbehaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Behaviour {
+    /// 202 at once, like a healthy collector.
+    #[default]
+    Ok,
+    /// Nothing listens: every export is refused.
+    Down,
+    /// Reads the export, then waits [`SLOW_ANSWER`] before answering 202.
+    Slow,
+    /// Reads the export and answers 500.
+    Error,
+}
+
+/// How long a slow sink takes to answer an export.
+pub const SLOW_ANSWER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Spans in one JSON export body. A SIMD substring search: the sink shares the machine with
 /// the sidecars being measured, so it must cost next to nothing per span.
 pub fn count_spans(body: &[u8]) -> u64 {
@@ -34,8 +51,14 @@ const SPAN_KEY: &[u8] = b"\"traceId\"";
 /// is: on the load generator's runtime, receiving a batch (about 150 KiB) would hold up the
 /// clients' tasks and lower the tracing pair's request rate for reasons of the bench's own.
 /// The thread lives as long as the process.
-pub fn start() -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
+pub fn start(behaviour: Behaviour) -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    if behaviour == Behaviour::Down {
+        // A port just given up: connections to it are refused, as by a collector that is down.
+        let addr = std_listener.local_addr()?;
+        drop(std_listener);
+        return Ok((addr, Arc::new(Counts::default())));
+    }
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
     let counts = Arc::new(Counts::default());
@@ -56,17 +79,20 @@ pub fn start() -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
                     Err(e) => return eprintln!("trace sink listener: {e}"),
                 };
                 while let Ok((tcp, _)) = listener.accept().await {
-                    tokio::spawn(serve(tcp, c.clone()));
+                    tokio::spawn(serve(tcp, c.clone(), behaviour));
                 }
             });
         })?;
     Ok((addr, counts))
 }
 
-async fn serve(tcp: tokio::net::TcpStream, c: Arc<Counts>) {
+async fn serve(tcp: tokio::net::TcpStream, c: Arc<Counts>, behaviour: Behaviour) {
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let c = c.clone();
         async move {
+            if behaviour == Behaviour::Slow {
+                tokio::time::sleep(SLOW_ANSWER).await;
+            }
             let body = req
                 .into_body()
                 .collect()
@@ -77,7 +103,10 @@ async fn serve(tcp: tokio::net::TcpStream, c: Arc<Counts>) {
             c.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
             c.spans.fetch_add(count_spans(&body), Ordering::Relaxed);
             let mut resp = http::Response::new(Empty::<Bytes>::new());
-            *resp.status_mut() = http::StatusCode::ACCEPTED;
+            *resp.status_mut() = match behaviour {
+                Behaviour::Error => http::StatusCode::INTERNAL_SERVER_ERROR,
+                _ => http::StatusCode::ACCEPTED,
+            };
             Ok::<_, Infallible>(resp)
         }
     });

@@ -48,6 +48,10 @@ struct Args {
     /// propagating the trace context alone costs.
     #[arg(long, default_value_t = 1.0)]
     sampled_fraction: f64,
+    /// How the trace sink answers: `down`, `slow` and `error` measure requests through
+    /// sidecars whose collector refuses, stalls or fails every export.
+    #[arg(long, value_enum, default_value_t = sink::Behaviour::Ok)]
+    collector: sink::Behaviour,
     /// Span protocol when tracing is on.
     #[arg(long, default_value = "zipkin")]
     protocol: String,
@@ -308,7 +312,11 @@ impl Pair {
         tracing: bool,
         label: &str,
     ) -> anyhow::Result<Pair> {
-        let sink = if tracing { Some(sink::start()?) } else { None };
+        let sink = if tracing {
+            Some(sink::start(args.collector)?)
+        } else {
+            None
+        };
         let config_path = work.join(format!("mesh-config-{label}.yaml"));
         write_config(args, &config_path, sink.as_ref().map(|(addr, _)| *addr))?;
         let b_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -580,8 +588,9 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         "none expected".to_owned()
     };
     println!(
-        "trace sink: {spans} spans in {posts} exports for {sent_on} requests through the tracing \
-         sidecars (2 x sampledFraction spans expected per request: {share})"
+        "trace sink ({:?} collector): {spans} spans in {posts} exports for {sent_on} requests \
+         through the tracing sidecars (2 x sampledFraction spans expected per request: {share})",
+        args.collector
     );
     Ok(())
 }
