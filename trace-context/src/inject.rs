@@ -54,10 +54,6 @@ impl<'a> Found<'a> {
         TraceHeaders::from_first(self.first.each_ref().map(|v| v.as_deref()))
     }
 
-    pub(crate) fn count(&self) -> [u8; SLOTS] {
-        self.count
-    }
-
     /// Overwrites the first value of every present header that is wanted and differs.
     fn rewrite_in_place(&mut self, wanted: &mut Wanted<'_>) {
         for slot in Slot::ALL {
@@ -85,7 +81,7 @@ pub fn propagate(
     let sent = next(&extracted);
     let mut wanted = Wanted::new(&sent);
     found.rewrite_in_place(&mut wanted);
-    let count = found.count();
+    let count = found.count;
     insert_and_remove(headers, &count, &mut wanted);
     (extracted, sent)
 }
