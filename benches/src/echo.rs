@@ -9,7 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+
+use crate::server;
 
 async fn echo(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let body = match req.into_body().collect().await {
@@ -22,33 +23,10 @@ async fn echo(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>
 /// Starts the echo server on 127.0.0.1 on a dedicated single-threaded runtime; returns its
 /// address. The thread lives as long as the process.
 pub fn start() -> anyhow::Result<SocketAddr> {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("echo".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return eprintln!("echo server runtime: {e}"),
-            };
-            rt.block_on(async move {
-                let listener = match TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => return eprintln!("echo server listener: {e}"),
-                };
-                while let Ok((tcp, _)) = listener.accept().await {
-                    let _ = tcp.set_nodelay(true);
-                    tokio::spawn(async move {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tcp), service_fn(echo))
-                            .await;
-                    });
-                }
-            });
-        })?;
-    Ok(addr)
+    server::spawn("echo", |tcp| async move {
+        let _ = tcp.set_nodelay(true);
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), service_fn(echo))
+            .await;
+    })
 }

@@ -6,6 +6,7 @@
 pub mod cpu;
 pub mod echo;
 pub mod load;
+pub mod server;
 pub mod sidecar;
 pub mod sink;
 pub mod stats;

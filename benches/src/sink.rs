@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+
+use crate::server;
 
 #[derive(Default, Debug)]
 pub struct Counts {
@@ -52,37 +53,14 @@ const SPAN_KEY: &[u8] = b"\"traceId\"";
 /// clients' tasks and lower the tracing pair's request rate for reasons of the bench's own.
 /// The thread lives as long as the process.
 pub fn start(behaviour: Behaviour) -> anyhow::Result<(SocketAddr, Arc<Counts>)> {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let counts = Arc::new(Counts::default());
     if behaviour == Behaviour::Down {
         // A port just given up: connections to it are refused, as by a collector that is down.
-        let addr = std_listener.local_addr()?;
-        drop(std_listener);
-        return Ok((addr, Arc::new(Counts::default())));
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        return Ok((addr, counts));
     }
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
-    let counts = Arc::new(Counts::default());
     let c = counts.clone();
-    std::thread::Builder::new()
-        .name("trace-sink".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return eprintln!("trace sink runtime: {e}"),
-            };
-            rt.block_on(async move {
-                let listener = match TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => return eprintln!("trace sink listener: {e}"),
-                };
-                while let Ok((tcp, _)) = listener.accept().await {
-                    tokio::spawn(serve(tcp, c.clone(), behaviour));
-                }
-            });
-        })?;
+    let addr = server::spawn("trace-sink", move |tcp| serve(tcp, c.clone(), behaviour))?;
     Ok((addr, counts))
 }
 
