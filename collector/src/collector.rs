@@ -42,12 +42,14 @@ pub enum StartError {
     },
 }
 
-/// Why waiting for spans ended without them.
+/// Why waiting for spans ended without them: too few came in time, or a sender sent a span
+/// the collector refused (a sender under test must send only valid spans).
 #[derive(Debug, thiserror::Error)]
-#[error("received {got} of {want} spans within {timeout:?}")]
+#[error("received {got} of {want} spans within {timeout:?}, refused {rejected} (the collector's log says why)")]
 pub struct WaitError {
     pub got: usize,
     pub want: usize,
+    pub rejected: usize,
     pub timeout: Duration,
 }
 
@@ -118,41 +120,45 @@ impl RunningCollector {
         crate::tree::group_by_trace(&self.store.spans())
     }
 
-    /// Waits until at least `n` spans have arrived; returns them all.
+    /// Waits until at least `n` spans have arrived and returns them all; fails as soon as any
+    /// span was refused, so a test of a sender stays as strict as a collector that rejects
+    /// whole batches.
     pub async fn wait_for_spans(
         &self,
         n: usize,
         timeout: Duration,
     ) -> Result<Vec<Span>, WaitError> {
-        let mut count = self.store.subscribe();
-        let reached = tokio::time::timeout(timeout, count.wait_for(|c| *c >= n))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if reached {
+        let mut counts = self.store.subscribe();
+        let _ = tokio::time::timeout(
+            timeout,
+            counts.wait_for(|c| c.received >= n || c.rejected > 0),
+        )
+        .await;
+        let now = *counts.borrow();
+        if now.received >= n && now.rejected == 0 {
             Ok(self.spans())
         } else {
             Err(WaitError {
-                got: *count.borrow(),
+                got: now.received,
                 want: n,
+                rejected: now.rejected,
                 timeout,
             })
         }
     }
 
     /// Traces that received no span for `quiet`, each returned once (until it receives more).
+    /// Returned traces become the first to be evicted when the collector's memory is full.
     pub fn take_completed(&self, quiet: Duration) -> Vec<Vec<Span>> {
-        let mut done: Vec<Vec<Span>> = self
-            .store
-            .quiet_traces(quiet)
-            .into_iter()
-            .map(|id| {
-                self.store.forget_trace(&id);
-                self.store.trace(&id)
-            })
-            .filter(|spans| !spans.is_empty())
-            .collect();
+        let mut done = self.store.take_quiet(quiet);
         done.sort_by_key(|spans| spans.iter().filter_map(|s| s.timestamp).min());
         done
+    }
+
+    /// Spans a receiver refused (invalid ids, timestamps...) while keeping the rest of their
+    /// batch: a test of a sender asserts this stays zero.
+    pub fn rejected(&self) -> usize {
+        self.store.rejected()
     }
 
     /// Stops every receiver.
@@ -435,11 +441,82 @@ mod tests {
             post(otlp, "/v1/traces", "application/x-protobuf", vec![0xff; 7]).await;
         assert_eq!(status, 400);
         assert!(body.contains("OTLP"), "{body}");
-        let (status, _) = post(otlp, "/v1/traces", "application/json", b"{}".to_vec()).await;
+        let (status, body) = post(
+            otlp,
+            "/v1/traces",
+            "application/json",
+            b"{\"resourceSpans\":7}".to_vec(),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(body.contains("OTLP/JSON"), "{body}");
+        let (status, _) = post(otlp, "/v1/traces", "text/plain", b"{}".to_vec()).await;
         assert_eq!(status, 415);
         let (status, _) = post(otlp, "/nowhere", "application/json", Vec::new()).await;
         assert_eq!(status, 404);
         assert!(collector.spans().is_empty());
+    }
+
+    /// One bad span in a batch costs only itself: OTLP says so in `partial_success`, Zipkin
+    /// (which has no such answer) accepts the rest; both count the refusal.
+    #[tokio::test]
+    async fn a_bad_span_is_refused_alone() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+        let collector = start_all(None).await;
+        let zipkin = collector.zipkin.expect("bound");
+        let otlp = collector.otlp_http.expect("bound");
+        let mixed = br#"[{"traceId":"48485a3953bb6124","id":"a2fb4a1d1a96d312"},
+            {"traceId":"48485a3953bb6124","id":"A2FB4A1D1A96D312"}]"#;
+        let (status, body) =
+            post(zipkin, "/api/v2/spans", "application/json", mixed.to_vec()).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(collector.rejected(), 1);
+
+        let mut request = crate::otlp::tests::sample_request();
+        let mut bad = request.resource_spans[0].scope_spans[0].spans[0].clone();
+        bad.span_id = vec![0; 8];
+        request.resource_spans[0].scope_spans[0].spans.push(bad);
+        let body = prost::Message::encode_to_vec(&request);
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let response = client
+            .request(
+                http::Request::post(format!("http://{otlp}/v1/traces"))
+                    .header("content-type", "application/x-protobuf")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(response.status(), 200);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let reply: ExportTraceServiceResponse = prost::Message::decode(bytes).expect("protobuf");
+        let partial = reply.partial_success.expect("partial success");
+        assert_eq!(partial.rejected_spans, 1);
+        assert!(
+            partial.error_message.contains("spanId"),
+            "{}",
+            partial.error_message
+        );
+        assert_eq!(collector.rejected(), 2);
+        let err = collector
+            .wait_for_spans(2, WAIT)
+            .await
+            .expect_err("a span was refused");
+        assert_eq!((err.got, err.rejected), (2, 2));
+        assert_eq!(collector.spans().len(), 2);
+
+        // OTLP/JSON gets its answer in JSON.
+        let json = serde_json::to_vec(&request).expect("OTLP/JSON");
+        let (status, body) = post(otlp, "/v1/traces", "application/json", json).await;
+        assert_eq!(status, 200);
+        let reply: serde_json::Value = serde_json::from_str(&body).expect("json reply");
+        assert_eq!(reply["partialSuccess"]["rejectedSpans"], 1, "{body}");
+        assert_eq!(collector.spans().len(), 3);
     }
 
     #[tokio::test]

@@ -29,9 +29,14 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans = otlp::convert(request.get_ref())
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        self.store.push(spans);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        let batch = otlp::convert(request.get_ref());
+        if batch.spans.is_empty() && !batch.rejected.is_empty() {
+            return Err(tonic::Status::invalid_argument(batch.rejected.join("; ")));
+        }
+        let partial_success = crate::http::partial_success(&self.store, &batch.rejected);
+        self.store.push(batch.spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
     }
 }

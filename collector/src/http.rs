@@ -10,6 +10,9 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -136,25 +139,55 @@ async fn handle(
         }
         zipkin::decode(&body).map_err(|e| e.to_string())
     } else {
-        if media != "application/x-protobuf" {
-            return Ok(text(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("{OTLP_PATH} takes application/x-protobuf (OTLP/HTTP), not {media:?}"),
-            ));
+        match media.as_str() {
+            "application/x-protobuf" => otlp::decode(&body).map_err(|e| e.to_string()),
+            "application/json" => otlp::decode_json(&body).map_err(|e| e.to_string()),
+            _ => {
+                return Ok(text(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!(
+                        "{OTLP_PATH} takes application/x-protobuf or application/json (OTLP/HTTP), not {media:?}"
+                    ),
+                ))
+            }
         }
-        otlp::decode(&body).map_err(|e| e.to_string())
     };
-    match result {
-        Ok(spans) => {
-            tracing::debug!(%peer, path, count = spans.len(), "spans received");
-            store.push(spans);
-            Ok(accepted(&path))
-        }
+    let batch = match result {
+        Ok(batch) => batch,
         Err(message) => {
             tracing::info!(%peer, path, %message, "refused spans");
-            Ok(text(StatusCode::BAD_REQUEST, message))
+            return Ok(text(StatusCode::BAD_REQUEST, message));
         }
+    };
+    if batch.spans.is_empty() && !batch.rejected.is_empty() {
+        // Nothing usable: refuse the request, as a real receiver would, with every reason.
+        let message = batch.rejected.join("; ");
+        store.reject(batch.rejected.len());
+        tracing::info!(%peer, path, %message, "refused spans");
+        return Ok(text(StatusCode::BAD_REQUEST, message));
     }
+    tracing::debug!(%peer, path, count = batch.spans.len(), "spans received");
+    let partial = partial_success(&store, &batch.rejected);
+    store.push(batch.spans);
+    Ok(accepted(&path, partial, media == "application/json"))
+}
+
+/// Counts and logs the spans refused out of a batch whose other spans were kept, and says so in
+/// OTLP's terms (`partial_success`); `None` when every span was kept.
+pub(crate) fn partial_success(
+    store: &Store,
+    rejected: &[String],
+) -> Option<ExportTracePartialSuccess> {
+    if rejected.is_empty() {
+        return None;
+    }
+    store.reject(rejected.len());
+    let message = rejected.join("; ");
+    tracing::info!(rejected = rejected.len(), %message, "refused some spans of a batch");
+    Some(ExportTracePartialSuccess {
+        rejected_spans: rejected.len() as i64,
+        error_message: message,
+    })
 }
 
 /// Inflates a gzip body, refusing one that grows past the body limit (a "zip bomb").
@@ -174,27 +207,33 @@ fn gunzip(body: &[u8]) -> Result<Bytes, String> {
     Ok(Bytes::from(out))
 }
 
-/// Zipkin answers 202 with no body; OTLP/HTTP answers 200 with an empty export response.
-fn accepted(path: &str) -> Response<Body> {
-    let mut response = if path == OTLP_PATH {
-        let body = prost::Message::encode_to_vec(
-            &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::default(
-            ),
-        );
-        let mut r = Response::new(full(body));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/x-protobuf"),
-        );
-        r
+/// Zipkin answers 202 with no body; OTLP/HTTP answers 200 with an export response (carrying
+/// the partial success, if any) in the encoding the request came in.
+fn accepted(
+    path: &str,
+    partial_success: Option<ExportTracePartialSuccess>,
+    json: bool,
+) -> Response<Body> {
+    if path != OTLP_PATH {
+        let mut response = Response::new(full(Vec::new()));
+        *response.status_mut() = StatusCode::ACCEPTED;
+        return response;
+    }
+    let reply = ExportTraceServiceResponse { partial_success };
+    let (body, content_type) = if json {
+        let body = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{}".to_vec());
+        (body, "application/json")
     } else {
-        Response::new(full(Vec::new()))
+        (
+            prost::Message::encode_to_vec(&reply),
+            "application/x-protobuf",
+        )
     };
-    *response.status_mut() = if path == OTLP_PATH {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
+    let mut response = Response::new(full(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     response
 }
 

@@ -8,28 +8,36 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{self as otlp, span::SpanKind, status::StatusCode};
 
-use crate::span::{Annotation, Endpoint, Kind, Span};
+use crate::span::{Annotation, Batch, Endpoint, Kind, Span};
 
 /// The service name the specification prescribes when a resource carries none.
 const UNKNOWN_SERVICE: &str = "unknown_service";
 
-/// Why an OTLP request was refused.
+/// Why an OTLP request was refused as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
     #[error("body is not an OTLP ExportTraceServiceRequest protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
-    #[error("{}", .0.join("; "))]
-    Invalid(Vec<String>),
+    #[error("body is not an OTLP ExportTraceServiceRequest in OTLP/JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// Decodes an OTLP/HTTP protobuf body.
-pub fn decode(body: &[u8]) -> Result<Vec<Span>, OtlpError> {
+pub fn decode(body: &[u8]) -> Result<Batch, OtlpError> {
     let request = <ExportTraceServiceRequest as prost::Message>::decode(body)?;
-    convert(&request)
+    Ok(convert(&request))
 }
 
-/// Converts every span of an export request; refuses the whole request if any id is unusable.
-pub fn convert(request: &ExportTraceServiceRequest) -> Result<Vec<Span>, OtlpError> {
+/// Decodes an OTLP/HTTP JSON body (`Content-Type: application/json`): the protobuf messages in
+/// the OTLP JSON mapping (lowerCamelCase fields, hex trace and span ids, enums as integers).
+pub fn decode_json(body: &[u8]) -> Result<Batch, OtlpError> {
+    let request: ExportTraceServiceRequest = serde_json::from_slice(body)?;
+    Ok(convert(&request))
+}
+
+/// Converts every span of an export request; a span with an unusable id or time is refused
+/// alone, named by its path in the request.
+pub fn convert(request: &ExportTraceServiceRequest) -> Batch {
     let mut spans = Vec::new();
     let mut problems = Vec::new();
     for (r, resource_spans) in request.resource_spans.iter().enumerate() {
@@ -52,10 +60,9 @@ pub fn convert(request: &ExportTraceServiceRequest) -> Result<Vec<Span>, OtlpErr
             }
         }
     }
-    if problems.is_empty() {
-        Ok(spans)
-    } else {
-        Err(OtlpError::Invalid(problems))
+    Batch {
+        spans,
+        rejected: problems,
     }
 }
 
@@ -280,7 +287,9 @@ pub(crate) mod tests {
 
     #[test]
     fn maps_like_the_zipkin_exporter_specification() {
-        let spans = convert(&sample_request()).expect("valid");
+        let batch = convert(&sample_request());
+        assert!(batch.rejected.is_empty());
+        let spans = batch.spans;
         assert_eq!(spans.len(), 1);
         let s = &spans[0];
         assert_eq!(s.trace_id, "0102030405060708090a0b0c0d0e0f10");
@@ -305,12 +314,16 @@ pub(crate) mod tests {
     fn refuses_bad_ids_and_garbage() {
         let mut req = sample_request();
         req.resource_spans[0].scope_spans[0].spans[0].span_id = vec![0; 8];
-        let e = convert(&req).expect_err("zero id").to_string();
+        let batch = convert(&req);
+        assert!(batch.spans.is_empty());
+        assert_eq!(batch.rejected.len(), 1);
+        let e = &batch.rejected[0];
         assert!(e.contains("spans[0].spanId: is all zeros"), "{e}");
         let mut req = sample_request();
         req.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![1; 8];
-        assert!(convert(&req).is_err());
+        assert_eq!(convert(&req).rejected.len(), 1);
         assert!(decode(b"\xff\xff\xff garbage").is_err());
+        assert!(decode_json(b"{\"resourceSpans\": 3}").is_err());
     }
 
     #[test]
@@ -319,15 +332,52 @@ pub(crate) mod tests {
         let mut id = vec![0; 8];
         id.extend([0x48, 0x48, 0x5a, 0x39, 0x53, 0xbb, 0x61, 0x24]);
         req.resource_spans[0].scope_spans[0].spans[0].trace_id = id;
-        let spans = convert(&req).expect("valid");
+        let spans = convert(&req).spans;
         assert_eq!(spans[0].trace_id, "48485a3953bb6124");
+    }
+
+    #[test]
+    fn one_bad_span_costs_only_itself() {
+        let mut req = sample_request();
+        let mut bad = req.resource_spans[0].scope_spans[0].spans[0].clone();
+        bad.end_time_unix_nano = bad.start_time_unix_nano - 1;
+        req.resource_spans[0].scope_spans[0].spans.insert(0, bad);
+        let batch = convert(&req);
+        assert_eq!(batch.spans.len(), 1);
+        assert_eq!(
+            batch.rejected,
+            ["resourceSpans[0].scopeSpans[0].spans[0].endTimeUnixNano: before startTimeUnixNano"]
+        );
+    }
+
+    /// The OTLP/JSON example of the OpenTelemetry proto repository
+    /// (`examples/trace.json`), as an SDK's OTLP/HTTP JSON exporter sends it.
+    #[test]
+    fn decodes_the_otlp_json_example() {
+        let body = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name",
+            "value":{"stringValue":"my.service"}}]},"scopeSpans":[{"scope":{"name":"my.library",
+            "version":"1.0.0","attributes":[{"key":"my.scope.attribute","value":{"stringValue":
+            "some scope attribute"}}]},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",
+            "spanId":"eee19b7ec3c1b174","parentSpanId":"eee19b7ec3c1b173","name":"I'm a server span",
+            "startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000",
+            "kind":2,"attributes":[{"key":"my.span.attr","value":{"stringValue":"some value"}}]}]}]}]}"#;
+        let batch = decode_json(body.as_bytes()).expect("OTLP/JSON");
+        assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
+        let s = &batch.spans[0];
+        assert_eq!(s.trace_id, "5b8efff798038103d269b633813fc60c");
+        assert_eq!(s.id, "eee19b7ec3c1b174");
+        assert_eq!(s.parent_id.as_deref(), Some("eee19b7ec3c1b173"));
+        assert_eq!(s.kind, Some(Kind::Server));
+        assert_eq!(s.duration, Some(1_000_000));
+        assert_eq!(s.service(), "my.service");
+        assert_eq!(s.tag("my.span.attr"), Some("some value"));
     }
 
     #[test]
     fn missing_service_name_is_unknown_service() {
         let mut req = sample_request();
         req.resource_spans[0].resource = None;
-        let spans = convert(&req).expect("valid");
+        let spans = convert(&req).spans;
         assert_eq!(spans[0].service(), UNKNOWN_SERVICE);
     }
 }

@@ -54,6 +54,15 @@ impl Span {
     }
 }
 
+/// What a receiver made of one batch: the spans it keeps and, for each span it refused, the
+/// field path and the problem. One bad span costs only itself (OTLP's partial success), so a
+/// sender's good spans are never lost for a neighbour's sake.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub spans: Vec<Span>,
+    pub rejected: Vec<String>,
+}
+
 /// Zipkin's rule for trace ids: a 128-bit id whose upper half is zero is the 64-bit id it
 /// carries, so the same trace reads the same whether it came as 16 hex, padded Zipkin or OTLP.
 pub fn normalize_trace_id(id: &str) -> &str {

@@ -1,39 +1,81 @@
 //! Where received spans go: kept in memory for tests and the tree printer, and appended to the
 //! `--out` file as Zipkin v2 JSON lines whatever protocol they came in by.
+//!
+//! Memory is bounded so that `mesh collector` can run for days: spans are indexed by trace, and
+//! once [`MAX_SPANS_IN_MEMORY`] are held, the traces that were already printed go first (oldest
+//! printed first). Only when nothing printed is left to evict are new spans kept out of memory
+//! (still written to `--out`, and counted).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::span::Span;
 
-/// A development collector should not grow without bound under a long `mesh demo`; past this
-/// many spans new ones are still written to `--out` but no longer kept in memory.
+/// Spans held in memory at most. A span of the mesh's sidecars takes about 1 KiB here, so this
+/// bounds a long-running collector at a few hundred MiB at worst.
 const MAX_SPANS_IN_MEMORY: usize = 200_000;
+
+/// Eviction frees down to this many held spans, so a full store does not evict on every batch.
+const EVICT_TO: usize = MAX_SPANS_IN_MEMORY / 10 * 9;
 
 /// Received spans, shared by every receiver.
 #[derive(Debug)]
 pub struct Store {
     inner: Mutex<Inner>,
     out: Option<Mutex<BufWriter<File>>>,
-    count: watch::Sender<usize>,
+    /// Spans received and refused so far: what waiting callers watch.
+    counts: watch::Sender<Counts>,
 }
 
-#[derive(Debug, Default)]
+/// What a receiver has taken in so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Spans received in all: kept, evicted later, or not kept for lack of memory.
+    pub received: usize,
+    /// Spans refused by validation (the rest of their batch was kept).
+    pub rejected: usize,
+}
+
+#[derive(Debug)]
 struct Inner {
-    spans: Vec<Span>,
-    /// When each trace last received a span: a trace is complete after a quiet period.
-    last_seen: HashMap<String, Instant>,
-    dropped: u64,
+    capacity: usize,
+    evict_to: usize,
+    traces: HashMap<String, Trace>,
+    /// Spans held in `traces`.
+    held: usize,
+    /// Arrival sequence of the next span, so [`Store::spans`] keeps arrival order.
+    next_seq: u64,
+    /// Printed traces, oldest first: the eviction order.
+    printed: VecDeque<String>,
+    /// Spans not kept in memory because nothing printed was left to evict.
+    not_kept: u64,
+}
+
+#[derive(Debug)]
+struct Trace {
+    spans: Vec<(u64, Span)>,
+    /// When the trace last received a span: it is complete after a quiet period.
+    last_seen: Instant,
+    /// Whether it is waiting to be reported complete.
+    pending: bool,
 }
 
 impl Store {
     pub fn new(out: Option<&Path>) -> std::io::Result<Self> {
+        Self::with_capacity(out, MAX_SPANS_IN_MEMORY, EVICT_TO)
+    }
+
+    fn with_capacity(
+        out: Option<&Path>,
+        capacity: usize,
+        evict_to: usize,
+    ) -> std::io::Result<Self> {
         let out = match out {
             Some(path) => Some(Mutex::new(BufWriter::new(
                 File::options().create(true).append(true).open(path)?,
@@ -41,9 +83,17 @@ impl Store {
             None => None,
         };
         Ok(Self {
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                capacity,
+                evict_to,
+                traces: HashMap::new(),
+                held: 0,
+                next_seq: 0,
+                printed: VecDeque::new(),
+                not_kept: 0,
+            }),
             out,
-            count: watch::Sender::new(0),
+            counts: watch::Sender::new(Counts::default()),
         })
     }
 
@@ -66,62 +116,102 @@ impl Store {
             }
         }
         let now = Instant::now();
-        let total = {
+        let count = batch.len();
+        {
             let mut inner = self.lock();
+            if inner.held + count > inner.capacity {
+                inner.evict_printed();
+            }
             for span in batch {
-                if inner.spans.len() < MAX_SPANS_IN_MEMORY {
-                    inner.last_seen.insert(span.trace_id.clone(), now);
-                    inner.spans.push(span);
-                } else {
-                    inner.dropped += 1;
-                    if inner.dropped == 1 {
+                if inner.held >= inner.capacity {
+                    inner.not_kept += 1;
+                    if inner.not_kept == 1 {
                         tracing::warn!(
-                            "{MAX_SPANS_IN_MEMORY} spans held in memory: later ones go to --out only"
+                            capacity = inner.capacity,
+                            "span memory full of unprinted traces: later spans go to --out only"
                         );
                     }
+                    continue;
                 }
+                let seq = inner.next_seq;
+                inner.next_seq += 1;
+                inner.held += 1;
+                let trace = inner
+                    .traces
+                    .entry(span.trace_id.clone())
+                    .or_insert_with(|| Trace {
+                        spans: Vec::new(),
+                        last_seen: now,
+                        pending: true,
+                    });
+                trace.last_seen = now;
+                trace.pending = true;
+                trace.spans.push((seq, span));
             }
-            inner.spans.len()
-        };
-        self.count.send_replace(total);
+        }
+        self.counts.send_modify(|c| c.received += count);
     }
 
+    /// Counts spans a receiver refused.
+    pub fn reject(&self, count: usize) {
+        self.counts.send_modify(|c| c.rejected += count);
+    }
+
+    /// Spans refused by validation so far.
+    pub fn rejected(&self) -> usize {
+        self.counts.borrow().rejected
+    }
+
+    /// Every span held, in arrival order.
     pub fn spans(&self) -> Vec<Span> {
-        self.lock().spans.clone()
+        let inner = self.lock();
+        let mut all: Vec<&(u64, Span)> = inner.traces.values().flat_map(|t| &t.spans).collect();
+        all.sort_unstable_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, span)| span.clone()).collect()
     }
 
-    /// Traces whose last span arrived at least `quiet` ago, with that time.
-    pub fn quiet_traces(&self, quiet: std::time::Duration) -> Vec<String> {
+    /// Takes the traces whose last span arrived at least `quiet` ago, each once (until it
+    /// receives more), and marks them printed: they are the first to go when memory is full.
+    pub fn take_quiet(&self, quiet: Duration) -> Vec<Vec<Span>> {
         let now = Instant::now();
-        self.lock()
-            .last_seen
-            .iter()
-            .filter(|(_, seen)| now.duration_since(**seen) >= quiet)
-            .map(|(id, _)| id.clone())
-            .collect()
+        let mut inner = self.lock();
+        let mut done = Vec::new();
+        let mut newly_printed = Vec::new();
+        for (id, trace) in inner.traces.iter_mut() {
+            if trace.pending && now.duration_since(trace.last_seen) >= quiet {
+                trace.pending = false;
+                newly_printed.push(id.clone());
+                done.push(trace.spans.iter().map(|(_, s)| s.clone()).collect());
+            }
+        }
+        inner.printed.extend(newly_printed);
+        done
     }
 
-    pub fn trace(&self, trace_id: &str) -> Vec<Span> {
-        self.lock()
-            .spans
-            .iter()
-            .filter(|s| s.trace_id == trace_id)
-            .cloned()
-            .collect()
-    }
-
-    /// Forgets a trace's arrival time so it is not reported complete again.
-    pub fn forget_trace(&self, trace_id: &str) {
-        self.lock().last_seen.remove(trace_id);
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<usize> {
-        self.count.subscribe()
+    pub fn subscribe(&self) -> watch::Receiver<Counts> {
+        self.counts.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic elsewhere while holding the lock leaves plain data behind: keep serving it.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    /// Drops printed traces, oldest printed first, until at most `evict_to` spans are held.
+    /// A printed trace that received more spans since is pending again and stays.
+    fn evict_printed(&mut self) {
+        while self.held > self.evict_to {
+            let Some(id) = self.printed.pop_front() else {
+                return;
+            };
+            if self.traces.get(&id).is_some_and(|t| !t.pending) {
+                if let Some(trace) = self.traces.remove(&id) {
+                    self.held -= trace.spans.len();
+                }
+            }
+        }
     }
 }
 
@@ -135,6 +225,10 @@ mod tests {
             id: id.into(),
             ..Span::default()
         }
+    }
+
+    fn ids(spans: &[Span]) -> Vec<&str> {
+        spans.iter().map(|s| s.id.as_str()).collect()
     }
 
     #[test]
@@ -154,23 +248,95 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2].id, "00000000000000b3");
-        assert_eq!(store.spans().len(), 3);
-        assert_eq!(store.trace("00000000000000a1").len(), 2);
-        assert_eq!(*store.subscribe().borrow(), 3);
+        assert_eq!(
+            ids(&store.spans()),
+            ["00000000000000b1", "00000000000000b2", "00000000000000b3"]
+        );
+        assert_eq!(store.subscribe().borrow().received, 3);
     }
 
     #[test]
-    fn a_trace_is_quiet_only_after_the_period() {
+    fn a_trace_is_taken_once_and_again_after_more_spans() {
         let store = Store::new(None).expect("store");
         store.push(vec![span("00000000000000a1", "00000000000000b1")]);
-        assert!(store
-            .quiet_traces(std::time::Duration::from_secs(3600))
-            .is_empty());
+        assert!(store.take_quiet(Duration::from_secs(3600)).is_empty());
+        let taken = store.take_quiet(Duration::ZERO);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(ids(&taken[0]), ["00000000000000b1"]);
+        assert!(store.take_quiet(Duration::ZERO).is_empty());
+        store.push(vec![span("00000000000000a1", "00000000000000b2")]);
+        let taken = store.take_quiet(Duration::ZERO);
+        assert_eq!(ids(&taken[0]), ["00000000000000b1", "00000000000000b2"]);
+    }
+
+    #[test]
+    fn printed_traces_are_evicted_first_and_memory_stays_bounded() {
+        let store = Store::with_capacity(None, 10, 6).expect("store");
+        // Four printed traces of two spans each (t0 printed first).
+        for t in 0..4 {
+            let trace = format!("{t:016x}");
+            store.push(vec![
+                span(&trace, "0000000000000001"),
+                span(&trace, "0000000000000002"),
+            ]);
+            assert_eq!(store.take_quiet(Duration::ZERO).len(), 1);
+        }
+        // An unprinted trace of two spans: 10 held, the capacity.
+        let open = "00000000000000ff";
+        store.push(vec![
+            span(open, "0000000000000003"),
+            span(open, "0000000000000004"),
+        ]);
+        assert_eq!(store.spans().len(), 10);
+        // One more span evicts the two oldest printed traces (down to 6), then keeps it.
+        store.push(vec![span(open, "0000000000000005")]);
+        let held = store.spans();
+        assert_eq!(held.len(), 7);
+        let traces: std::collections::BTreeSet<&str> =
+            held.iter().map(|s| s.trace_id.as_str()).collect();
         assert_eq!(
-            store.quiet_traces(std::time::Duration::ZERO),
-            vec!["00000000000000a1".to_string()]
+            traces.into_iter().collect::<Vec<_>>(),
+            ["0000000000000002", "0000000000000003", open]
         );
-        store.forget_trace("00000000000000a1");
-        assert!(store.quiet_traces(std::time::Duration::ZERO).is_empty());
+        assert_eq!(store.subscribe().borrow().received, 11);
+    }
+
+    #[test]
+    fn unprinted_traces_are_never_evicted() {
+        let store = Store::with_capacity(None, 4, 2).expect("store");
+        let trace = "00000000000000a1";
+        for i in 1..=6u64 {
+            store.push(vec![span(trace, &format!("{i:016x}"))]);
+        }
+        // Nothing printed to evict: the first four stay, the rest were not kept but counted.
+        assert_eq!(
+            ids(&store.spans()),
+            [
+                "0000000000000001",
+                "0000000000000002",
+                "0000000000000003",
+                "0000000000000004"
+            ]
+        );
+        assert_eq!(store.subscribe().borrow().received, 6);
+        assert_eq!(store.lock().not_kept, 2);
+    }
+
+    #[test]
+    fn a_printed_trace_that_grew_again_is_not_evicted() {
+        let store = Store::with_capacity(None, 3, 1).expect("store");
+        let a = "00000000000000a1";
+        store.push(vec![
+            span(a, "0000000000000001"),
+            span(a, "0000000000000002"),
+        ]);
+        assert_eq!(store.take_quiet(Duration::ZERO).len(), 1);
+        // More spans arrive for the printed trace: it is pending again, so it stays.
+        store.push(vec![span(a, "0000000000000003")]);
+        store.push(vec![span("00000000000000b2", "0000000000000004")]);
+        assert_eq!(
+            ids(&store.spans()),
+            ["0000000000000001", "0000000000000002", "0000000000000003"]
+        );
     }
 }

@@ -3,24 +3,23 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::span::{Endpoint, Span};
+use crate::span::{Batch, Endpoint, Span};
 
 /// Epoch microseconds of 1973-03-03: anything smaller is almost certainly milliseconds or seconds.
 const MIN_TIMESTAMP_MICROS: u64 = 100_000_000_000_000;
 /// Epoch microseconds around the year 5138: anything larger is almost certainly nanoseconds.
 const MAX_TIMESTAMP_MICROS: u64 = 100_000_000_000_000_000;
 
-/// Why a Zipkin v2 body was refused.
+/// Why a Zipkin v2 body was refused as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ZipkinError {
     #[error("body is not a Zipkin v2 JSON array of spans: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("{}", .0.join("; "))]
-    Invalid(Vec<String>),
 }
 
-/// Parses a `POST /api/v2/spans` body (a JSON array of spans) and validates every span.
-pub fn decode(body: &[u8]) -> Result<Vec<Span>, ZipkinError> {
+/// Parses a `POST /api/v2/spans` body (a JSON array of spans) and validates every span: the
+/// valid ones are kept, each invalid one is named in [`Batch::rejected`].
+pub fn decode(body: &[u8]) -> Result<Batch, ZipkinError> {
     let mut spans: Vec<Span> = serde_json::from_slice(body)?;
     for span in &mut spans {
         span.trace_id = crate::span::normalize_trace_id(&span.trace_id).to_string();
@@ -37,20 +36,17 @@ pub fn decode(body: &[u8]) -> Result<Vec<Span>, ZipkinError> {
             span.duration = None;
         }
     }
-    let problems: Vec<String> = spans
-        .iter()
-        .enumerate()
-        .flat_map(|(i, span)| {
-            validate(span)
-                .into_iter()
-                .map(move |p| format!("[{i}].{p}"))
-        })
-        .collect();
-    if problems.is_empty() {
-        Ok(spans)
-    } else {
-        Err(ZipkinError::Invalid(problems))
+    let mut batch = Batch::default();
+    for (i, span) in spans.into_iter().enumerate() {
+        let problems = validate(&span);
+        if problems.is_empty() {
+            batch.spans.push(span);
+        } else {
+            let problems: Vec<String> = problems.iter().map(|p| format!("[{i}].{p}")).collect();
+            batch.rejected.push(problems.join("; "));
+        }
     }
+    Ok(batch)
 }
 
 /// Returns every schema violation of one span as `<field>: <message>`.
@@ -152,7 +148,9 @@ mod tests {
 
     #[test]
     fn decodes_a_valid_batch() {
-        let spans = decode(GOOD.as_bytes()).expect("valid");
+        let batch = decode(GOOD.as_bytes()).expect("valid");
+        assert!(batch.rejected.is_empty());
+        let spans = batch.spans;
         assert_eq!(spans.len(), 2);
         let s = &spans[0];
         assert_eq!(s.kind, Some(Kind::Server));
@@ -173,7 +171,7 @@ mod tests {
             "duration":1962,"localEndpoint":{},"annotations":[],
             "tags":{"http.request.method":"GET","otel.library.name":"tracemesh-test"},
             "debug":false,"shared":false}]"#;
-        let spans = decode(body.as_bytes()).expect("valid");
+        let spans = decode(body.as_bytes()).expect("valid").spans;
         assert_eq!(spans[0].parent_id, None);
         assert_eq!(spans[0].debug, Some(false));
     }
@@ -181,7 +179,7 @@ mod tests {
     #[test]
     fn an_all_zero_parent_and_a_zero_duration_mean_absent() {
         let body = r#"[{"traceId":"48485a3953bb6124","id":"a2fb4a1d1a96d312","parentId":"0000000000000000","duration":0}]"#;
-        let spans = decode(body.as_bytes()).expect("valid");
+        let spans = decode(body.as_bytes()).expect("valid").spans;
         assert_eq!(spans[0].parent_id, None);
         assert_eq!(spans[0].duration, None);
     }
@@ -189,14 +187,40 @@ mod tests {
     #[test]
     fn a_zero_padded_trace_id_reads_as_64_bit() {
         let body = r#"[{"traceId":"000000000000000048485a3953bb6124","id":"a2fb4a1d1a96d312"}]"#;
-        let spans = decode(body.as_bytes()).expect("valid");
+        let spans = decode(body.as_bytes()).expect("valid").spans;
         assert_eq!(spans[0].trace_id, "48485a3953bb6124");
     }
 
+    /// Why a one-span body was refused, whether as a whole or its span.
     fn err(body: &str) -> String {
-        decode(body.as_bytes())
-            .expect_err("must be refused")
-            .to_string()
+        match decode(body.as_bytes()) {
+            Err(e) => e.to_string(),
+            Ok(batch) => {
+                assert!(batch.spans.is_empty(), "must be refused: {body}");
+                batch.rejected.join("; ")
+            }
+        }
+    }
+
+    #[test]
+    fn one_bad_span_costs_only_itself() {
+        let body = r#"[{"traceId":"48485a3953bb6124","id":"a2fb4a1d1a96d312"},
+            {"traceId":"48485a3953bb6124","id":"0000000000000000"},
+            {"traceId":"48485a3953bb6124","id":"b2fb4a1d1a96d312","timestamp":12}]"#;
+        let batch = decode(body.as_bytes()).expect("parses");
+        assert_eq!(batch.spans.len(), 1);
+        assert_eq!(batch.spans[0].id, "a2fb4a1d1a96d312");
+        assert_eq!(batch.rejected.len(), 2);
+        assert!(
+            batch.rejected[0].starts_with("[1].id"),
+            "{:?}",
+            batch.rejected
+        );
+        assert!(
+            batch.rejected[1].starts_with("[2].timestamp"),
+            "{:?}",
+            batch.rejected
+        );
     }
 
     #[test]
@@ -238,7 +262,10 @@ mod tests {
             "not json",
             r#"[{"id":"a2fb4a1d1a96d312"}]"#,
         ] {
-            assert!(decode(body.as_bytes()).is_err(), "{body}");
+            assert!(
+                decode(body.as_bytes()).is_err_and(|e| e.to_string().contains("Zipkin v2")),
+                "{body}"
+            );
         }
         let e = err(r#"[{"traceId":"463ac35c9f6413ad","id":"a2fb4a1d1a96d312","tags":{"n":1}}]"#);
         assert!(e.contains("Zipkin v2"), "{e}");
