@@ -656,3 +656,43 @@ async fn client_silent_past_the_detection_timeout_is_still_http() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn silent_client_is_reset_when_the_destination_refuses_the_server_first_check() {
+    let p = proxy(&[], &[format!("127.0.0.1:0={}", closed_port())], WAIT).await;
+    let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
+    // Says nothing: once the detection timeout passes the proxy connects, is refused, and the
+    // client learns it as it would have without the proxy.
+    let mut buf = [0u8; 16];
+    let read = within(s.read(&mut buf)).await;
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    let text = mesh_proxy::metrics::encode(&p.admin.registry);
+    assert!(
+        text.contains(
+            "mesh_proxy_protocol_detections_total{direction=\"outbound\",outcome=\"failed\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("mesh_proxy_upstream_connect_errors_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_on_which_nothing_was_said() {
+    let backend = echo_http().await;
+    let (p, addr) = inbound_to(backend).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // Past the detection timeout, so the server-first check holds an upstream connection too.
+    tokio::time::sleep(mesh_proxy::detect::DETECT_TIMEOUT * 2).await;
+    // The drain does not wait on an undecided connection: everything finishes in time...
+    assert!(within(p.stop(WAIT)).await, "drained");
+    // ...and the client sees a clean close, as from an HTTP server closing an idle connection.
+    let mut rest = Vec::new();
+    within(silent.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty());
+}
