@@ -7,8 +7,8 @@
 //! connection it finished after an idle one won the race; apps warm pools up) open connections
 //! and write on them seconds later, and those must still be traced.
 //!
-//! Silence does matter for protocols where the server speaks first (SMTP, MySQL, Redis'
-//! replication, ...): their clients wait for the greeting and never write. So when the client
+//! Silence does matter for protocols where the server speaks first (SMTP, MySQL, FTP,
+//! POP3...): their clients wait for the greeting and never write. So when the client
 //! has said nothing for [`DETECT_TIMEOUT`], the proxy opens the connection to the destination
 //! and waits for whichever side speaks first. The server first: the connection is opaque and
 //! the greeting is relayed (through that same connection: no second connect). The client first:
@@ -34,16 +34,17 @@ use crate::prefixed::Prefixed;
 /// A server-speaks-first protocol on a port missing from `opaquePorts` (MySQL, SMTP...) sees its
 /// greeting delayed by this once per connection, so it should be short; but each check costs an
 /// upstream connection opened early, and HTTP clients write as soon as they connect (a starved
-/// client on a busy node can take well over 100 ms). One second keeps both cheap; linkerd waits
-/// 10 s for the same reason, and listing the port in `opaquePorts` removes the wait entirely.
-/// Since silence no longer decides anything, a slower client only costs that early connection.
+/// client on a busy node can take well over 100 ms). One second keeps both cheap (linkerd waits
+/// 10 s before it treats a silent client as opaque); listing the port in `opaquePorts` removes
+/// the wait entirely.
+/// Silence itself decides nothing, so a slower client only costs that early connection.
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long the client's first message may take to become decidable once its first byte came.
 ///
 /// HTTP clients write a request line in one go, so a first message still undecided after a
 /// second is a protocol that happens to start like HTTP (or a client stalled mid-line); it is
-/// proxied as opaque TCP rather than held, as it was when detection gave up after a second.
+/// proxied as opaque TCP rather than held.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a connection on which neither side has said anything is kept before it is closed.
