@@ -460,7 +460,7 @@ async fn explicit_mode_reload_under_load_moves_spans_without_failures_or_loss() 
     // unless the data path proxied a connection as bytes: only a client whose first message
     // stalls mid-line (timed_out) or is not HTTP (opaque) is; a silent one waits to be detected.
     let started: f64 = mesh.admin_ports.iter().map(|p| spans_started(*p)).sum();
-    let detect_timeouts: f64 = mesh
+    let untraced_connections: f64 = mesh
         .admin_ports
         .iter()
         .flat_map(|p| {
@@ -474,7 +474,7 @@ async fn explicit_mode_reload_under_load_moves_spans_without_failures_or_loss() 
                 .collect::<Vec<_>>()
         })
         .sum();
-    if detect_timeouts == 0.0 {
+    if untraced_connections == 0.0 {
         assert_eq!(
             started as usize,
             5 * (REQUESTS + 5),
