@@ -3,10 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-
 use crate::context::Shared;
-use crate::detect::{self, Protocol};
+use crate::detect::{self, DetectError, Protocol};
 use crate::http::{self, Ctx};
 use crate::prefixed::Prefixed;
 use crate::shutdown::Watch;
@@ -23,32 +21,62 @@ pub async fn serve<D: Downstream>(
     dst: SocketAddr,
     watch: Watch,
 ) {
-    let (protocol, prefix) = if crate::config::is_opaque_port(&shared.config, dst.port()) {
-        // Server-speaks-first protocols must not wait for a detection timeout.
-        (Protocol::Opaque, BytesMut::new())
-    } else {
-        match detect::detect(&mut io).await {
-            Ok((protocol, prefix)) => {
-                if protocol == Protocol::Opaque && prefix.is_empty() {
-                    shared.metrics.detect_timeouts.inc();
-                }
-                (protocol, prefix)
+    let detections = shared.metrics.detections(direction);
+    if crate::config::is_opaque_port(&shared.config, dst.port()) {
+        // Server-speaks-first protocols must not wait for the client.
+        detections.skipped.inc();
+        shared
+            .metrics
+            .path(direction, Protocol::Opaque)
+            .connections
+            .inc();
+        if let Err(e) = tcp::proxy(&shared, direction, io, dst).await {
+            tracing::debug!(%peer, %dst, error = %e, "opaque connection ended with an error");
+        }
+        return;
+    }
+
+    let connect = || crate::connect::connect(dst, &shared.self_addrs, shared.connect_timeout);
+    let mut draining = watch.clone();
+    let shutdown = async move { draining.signaled().await };
+    let detected = match detect::detect(&mut io, connect, shutdown, Default::default()).await {
+        Ok(d) => d,
+        Err(e) => {
+            detections.failed.inc();
+            if matches!(e, DetectError::Connect(_)) {
+                shared.metrics.connect_errors.inc();
             }
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "client gone during detection");
-                return;
+            if !matches!(e, DetectError::Client(_)) {
+                // As the upstream refused or reset: the client sees a reset, not a clean EOF.
+                io.reset_on_close();
             }
+            tracing::debug!(%peer, %dst, error = %e, "connection ended during detection");
+            return;
         }
     };
+    detections.decided(detected.detection).inc();
+    let Some(protocol) = detected.detection.protocol() else {
+        tracing::debug!(%peer, %dst, detection = detected.detection.as_str(),
+            "closing a connection on which nothing was said");
+        return;
+    };
     shared.metrics.path(direction, protocol).connections.inc();
-    let io = Prefixed::new(prefix, io);
+    let io = Prefixed::new(detected.prefix, io);
     match protocol {
         Protocol::Opaque => {
-            if let Err(e) = tcp::proxy(&shared, direction, io, dst).await {
+            let result = match detected.upstream {
+                // The connection the server-first check opened carries on: no second connect.
+                Some(upstream) => tcp::relay(&shared, direction, io, upstream).await,
+                None => tcp::proxy(&shared, direction, io, dst).await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, %dst, error = %e, "opaque connection ended with an error");
             }
         }
         Protocol::Http1 | Protocol::Http2 => {
+            // HTTP goes through the pooled clients; an upstream connection opened for the
+            // server-first check closes here, unused, as an idle pooled connection would.
+            drop(detected.upstream);
             let ctx = Ctx {
                 shared,
                 direction,

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::detect::Protocol;
+use crate::detect::{Detection, Protocol};
 use crate::trace::Direction;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,6 +27,12 @@ struct ByteLabels {
     direction: &'static str,
     /// `in`: from the downstream client; `out`: towards it.
     flow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetectLabels {
+    direction: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,15 +66,32 @@ pub struct Bytes {
     pub sent: Counter,
 }
 
+/// How protocol detection ended on the connections of one direction.
+#[derive(Clone, Debug)]
+pub struct Detections {
+    /// Indexed by [`Detection::index`].
+    decided: [Counter; Detection::ALL.len()],
+    /// Ports in `opaquePorts`: proxied at once, nothing detected.
+    pub skipped: Counter,
+    /// The client reset, or the connection opened for the server-first check failed.
+    pub failed: Counter,
+}
+
+impl Detections {
+    pub fn decided(&self, d: Detection) -> &Counter {
+        &self.decided[d.index()]
+    }
+}
+
 /// All metrics of the proxy; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     paths: Arc<[[Path; 3]; 2]>,
     bytes: Arc<[Bytes; 2]>,
+    detections: Arc<[Detections; 2]>,
     pub config_generation: Gauge,
     pub config_errors: Counter,
     pub config_last_error: Gauge,
-    pub detect_timeouts: Counter,
     pub connect_errors: Counter,
 }
 
@@ -176,7 +199,22 @@ impl Metrics {
         let config_generation = Gauge::<i64, AtomicI64>::default();
         let config_errors = Counter::default();
         let config_last_error = Gauge::<i64, AtomicI64>::default();
-        let detect_timeouts = Counter::default();
+        let outcomes = Family::<DetectLabels, Counter>::default();
+        let detections = dirs.map(|d| {
+            let counter = |outcome| {
+                outcomes
+                    .get_or_create(&DetectLabels {
+                        direction: dir_name(d),
+                        outcome,
+                    })
+                    .clone()
+            };
+            Detections {
+                decided: Detection::ALL.map(|o| counter(o.as_str())),
+                skipped: counter("skipped"),
+                failed: counter("failed"),
+            }
+        });
         let connect_errors = Counter::default();
         reg.register(
             "config_generation",
@@ -194,9 +232,12 @@ impl Metrics {
             config_last_error.clone(),
         );
         reg.register(
-            "detect_timeouts",
-            "Connections with no client bytes within the detection timeout (served as opaque)",
-            detect_timeouts.clone(),
+            "protocol_detections",
+            "Connections by how protocol detection ended: http1, http2; opaque (the client's \
+             bytes are not HTTP), client_closed (before a byte), timed_out (first message \
+             incomplete), server_first (the server spoke first); idle, shutdown (closed, nothing \
+             was said); skipped (opaquePorts); failed (client reset, upstream failure)",
+            outcomes,
         );
         reg.register(
             "upstream_connect_errors",
@@ -206,10 +247,10 @@ impl Metrics {
         Self {
             paths: Arc::new(paths),
             bytes: Arc::new(flows),
+            detections: Arc::new(detections),
             config_generation,
             config_errors,
             config_last_error,
-            detect_timeouts,
             connect_errors,
         }
     }
@@ -220,6 +261,10 @@ impl Metrics {
 
     pub fn bytes(&self, d: Direction) -> &Bytes {
         &self.bytes[dir_index(d)]
+    }
+
+    pub fn detections(&self, d: Direction) -> &Detections {
+        &self.detections[dir_index(d)]
     }
 
     /// Reflects the config snapshot in use.
@@ -256,5 +301,30 @@ mod tests {
         );
         assert!(text.contains("status_class=\"5xx\"} 1"), "{text}");
         assert!(text.contains("mesh_proxy_bytes_total{direction=\"outbound\",flow=\"out\"} 10"));
+    }
+
+    #[test]
+    fn every_detection_outcome_is_a_series_from_the_start() {
+        let mut reg = Registry::default();
+        let m = Metrics::new(&mut reg);
+        m.detections(Direction::Inbound)
+            .decided(Detection::ServerFirst)
+            .inc();
+        m.detections(Direction::Outbound).skipped.inc();
+        let text = encode(&reg);
+        let series = |direction: &str, outcome: &str, value: u32| {
+            format!(
+                "mesh_proxy_protocol_detections_total{{direction=\"{direction}\",outcome=\"{outcome}\"}} {value}"
+            )
+        };
+        assert!(
+            text.contains(&series("inbound", "server_first", 1)),
+            "{text}"
+        );
+        assert!(text.contains(&series("outbound", "skipped", 1)), "{text}");
+        for d in Detection::ALL {
+            assert!(text.contains(&series("outbound", d.as_str(), 0)), "{text}");
+        }
+        assert!(text.contains(&series("inbound", "failed", 0)), "{text}");
     }
 }

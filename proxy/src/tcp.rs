@@ -36,10 +36,10 @@ impl Downstream for tokio::io::DuplexStream {}
 pub async fn proxy<D: Downstream>(
     shared: &Shared,
     direction: Direction,
-    mut downstream: D,
+    downstream: D,
     dst: SocketAddr,
 ) -> io::Result<()> {
-    let mut upstream =
+    let upstream =
         match crate::connect::connect(dst, &shared.self_addrs, shared.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
@@ -49,6 +49,17 @@ pub async fn proxy<D: Downstream>(
                 return Ok(());
             }
         };
+    relay(shared, direction, downstream, upstream).await
+}
+
+/// Copies both ways between a client and an upstream connection already open (the one
+/// detection opened to let the server speak first), with the same half-close rules as [`proxy`].
+pub async fn relay<D: Downstream, U: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    direction: Direction,
+    mut downstream: D,
+    mut upstream: U,
+) -> io::Result<()> {
     let (from_client, to_client) =
         tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await?;
     let bytes = shared.metrics.bytes(direction);

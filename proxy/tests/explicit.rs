@@ -471,10 +471,12 @@ async fn opaque_ports_skip_detection_for_server_first_protocols() {
     let mut greeting = [0u8; 11];
     within(s.read_exact(&mut greeting)).await.unwrap();
     assert_eq!(&greeting, b"220 ready\r\n");
-    // Served without waiting for client bytes: no detection timeout was counted.
+    // Served without waiting for client bytes: detection was skipped.
     let text = mesh_proxy::metrics::encode(&p.admin.registry);
     assert!(
-        text.contains("mesh_proxy_detect_timeouts_total 0"),
+        text.contains(
+            "mesh_proxy_protocol_detections_total{direction=\"outbound\",outcome=\"skipped\"} 1"
+        ),
         "{text}"
     );
     assert!(
@@ -579,4 +581,118 @@ async fn h2_upstream_closed_connection_is_replaced() {
         seen.authorities.lock().unwrap().clone(),
         vec!["grpc.test"; 3]
     );
+}
+
+/// A server that speaks first (`220 hello`, like SMTP), then echoes; counts its connections.
+async fn greeting_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if s.write_all(b"220 hello\r\n").await.is_ok() {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn server_first_on_an_unlisted_port_is_relayed_over_the_checking_connection() {
+    let (backend, accepted) = greeting_server().await;
+    let p = proxy(&[], &[format!("127.0.0.1:0={backend}")], WAIT).await;
+    let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
+    // The client says nothing until it has the greeting, as an SMTP or MySQL client does.
+    let mut greeting = [0u8; 11];
+    within(s.read_exact(&mut greeting)).await.unwrap();
+    assert_eq!(&greeting, b"220 hello\r\n");
+    s.write_all(b"QUIT\r\n").await.unwrap();
+    let mut echo = [0u8; 6];
+    within(s.read_exact(&mut echo)).await.unwrap();
+    assert_eq!(&echo, b"QUIT\r\n");
+    // One upstream connection: the one opened to let the server speak carried the session.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let text = mesh_proxy::metrics::encode(&p.admin.registry);
+    assert!(
+        text.contains(
+            "mesh_proxy_protocol_detections_total{direction=\"outbound\",outcome=\"server_first\"} 1"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn client_silent_past_the_detection_timeout_is_still_http() {
+    let backend = echo_http().await;
+    let (p, addr) = inbound_to(backend).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    // A pooled or pre-connecting client: the connection stays unused past the detection timeout.
+    tokio::time::sleep(mesh_proxy::detect::DETECT_TIMEOUT * 2).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/late")
+        .header("host", "late.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = within(send.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = mesh_proxy::metrics::encode(&p.admin.registry);
+    assert!(
+        text.contains("mesh_proxy_requests_total{direction=\"inbound\",protocol=\"http1\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "mesh_proxy_protocol_detections_total{direction=\"inbound\",outcome=\"http1\"} 1"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn silent_client_is_reset_when_the_destination_refuses_the_server_first_check() {
+    let p = proxy(&[], &[format!("127.0.0.1:0={}", closed_port())], WAIT).await;
+    let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();
+    // Says nothing: once the detection timeout passes the proxy connects, is refused, and the
+    // client learns it as it would have without the proxy.
+    let mut buf = [0u8; 16];
+    let read = within(s.read(&mut buf)).await;
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    let text = mesh_proxy::metrics::encode(&p.admin.registry);
+    assert!(
+        text.contains(
+            "mesh_proxy_protocol_detections_total{direction=\"outbound\",outcome=\"failed\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("mesh_proxy_upstream_connect_errors_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_on_which_nothing_was_said() {
+    let backend = echo_http().await;
+    let (p, addr) = inbound_to(backend).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // Past the detection timeout, so the server-first check holds an upstream connection too.
+    tokio::time::sleep(mesh_proxy::detect::DETECT_TIMEOUT * 2).await;
+    // The drain does not wait on an undecided connection: everything finishes in time...
+    assert!(within(p.stop(WAIT)).await, "drained");
+    // ...and the client sees a clean close, as from an HTTP server closing an idle connection.
+    let mut rest = Vec::new();
+    within(silent.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty());
 }

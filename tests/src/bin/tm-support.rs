@@ -26,6 +26,10 @@ use tokio_tungstenite::tungstenite::Message;
 /// Clients give up after this long: a hung proxy fails the test instead of hanging it.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(20);
 
+/// The load client's bound: thousands of requests through debug-built sidecars on a shared
+/// machine take seconds, not minutes; past this the proxy is hung, not slow.
+const LOAD_DEADLINE: Duration = Duration::from_secs(240);
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -77,6 +81,37 @@ enum Cmd {
         #[arg(long)]
         trailer: Option<String>,
     },
+    /// Connects, says nothing for DELAY_MS (a pooled or pre-connecting client), then sends one
+    /// GET and prints the response body (the http-echo JSON).
+    LateGet {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 3000)]
+        delay_ms: u64,
+        #[arg(long, default_value = "/late")]
+        path: String,
+        /// HTTP/2 prior knowledge (the preface is sent after the delay too).
+        #[arg(long)]
+        http2: bool,
+    },
+    /// GETs URL REQUESTS times over one pooled keep-alive client (hyper-util's), CONCURRENCY at
+    /// a time, in ROUNDS separated by PAUSE_MS of quiet. With --preconnect-ms, a warmed-up pool
+    /// instead: CONCURRENCY connections opened first and left silent that long, then each
+    /// carries its share of the requests in turn. Prints one line per request with the trace
+    /// headers the http-echo app saw (`<x-b3-traceid> <x-b3-spanid> <x-b3-parentspanid>`, `-`
+    /// when missing), then `done <n>`; any failed request stops it with an error.
+    Load {
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+        #[arg(long)]
+        preconnect_ms: Option<u64>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,6 +137,35 @@ fn main() -> anyhow::Result<()> {
                 http2,
                 trailer,
             } => deadline(stream_client(addr, path, chunks, http2, trailer)).await,
+            Cmd::LateGet {
+                addr,
+                delay_ms,
+                path,
+                http2,
+            } => deadline(late_get(addr, Duration::from_millis(delay_ms), path, http2)).await,
+            Cmd::Load {
+                url,
+                requests,
+                concurrency,
+                rounds,
+                pause_ms,
+                preconnect_ms,
+            } => {
+                let pause = Duration::from_millis(pause_ms);
+                let concurrency = concurrency.max(1);
+                let run = async {
+                    match preconnect_ms {
+                        Some(ms) => {
+                            let silence = Duration::from_millis(ms);
+                            warm_pool_load(url, requests, concurrency, silence).await
+                        }
+                        None => load(url, requests, concurrency, rounds.max(1), pause).await,
+                    }
+                };
+                tokio::time::timeout(LOAD_DEADLINE, run)
+                    .await
+                    .context("load deadline passed")?
+            }
         }
     })
 }
@@ -348,5 +412,160 @@ async fn stream_client(
         }
     }
     println!("{chunks} chunks echoed in lockstep");
+    Ok(())
+}
+
+async fn late_get(
+    addr: SocketAddr,
+    delay: Duration,
+    path: String,
+    http2: bool,
+) -> anyhow::Result<()> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    // Nothing is written before this: not a request line, not an HTTP/2 preface.
+    tokio::time::sleep(delay).await;
+    let body = http_body_util::Empty::<Bytes>::new();
+    let response = if http2 {
+        let req = Request::get(format!("http://{addr}{path}")).body(body)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?
+    } else {
+        let req = Request::get(path)
+            .header("host", addr.to_string())
+            .body(body)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?
+    };
+    anyhow::ensure!(
+        response.status().is_success(),
+        "status {}",
+        response.status()
+    );
+    let body = response.into_body().collect().await?.to_bytes();
+    println!("{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
+/// The `load` line of one echo response: the trace headers the app saw.
+fn trace_line(uri: &http::Uri, body: &[u8]) -> anyhow::Result<String> {
+    let info: serde_json::Value =
+        serde_json::from_slice(body).with_context(|| format!("GET {uri}: echo JSON"))?;
+    let header = |name: &str| info["headers"][name].as_str().unwrap_or("-").to_owned();
+    Ok(format!(
+        "{} {} {}",
+        header("x-b3-traceid"),
+        header("x-b3-spanid"),
+        header("x-b3-parentspanid")
+    ))
+}
+
+/// A warmed-up pool: `concurrency` connections opened up front and left silent for `silence`
+/// (as pools that pre-connect do), then each sends its share of the requests, one at a time.
+async fn warm_pool_load(
+    url: String,
+    requests: usize,
+    concurrency: usize,
+    silence: Duration,
+) -> anyhow::Result<()> {
+    let base: http::Uri = url.parse()?;
+    let authority = base.authority().context("URL without host")?.clone();
+    let addr: SocketAddr = authority.as_str().parse().context("URL host:port")?;
+    let mut conns = Vec::new();
+    for _ in 0..concurrency {
+        conns.push(TcpStream::connect(addr).await?);
+    }
+    tokio::time::sleep(silence).await;
+    let mut workers = tokio::task::JoinSet::new();
+    for (w, tcp) in conns.into_iter().enumerate() {
+        let n = requests / concurrency + usize::from(w < requests % concurrency);
+        let (path, authority) = (base.path().to_owned(), authority.clone());
+        workers.spawn(async move {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let mut lines = Vec::with_capacity(n);
+            for i in 0..n {
+                let uri: http::Uri = format!("{path}/warm/{w}/{i}").parse()?;
+                let req = Request::get(uri.clone())
+                    .header("host", authority.as_str())
+                    .body(http_body_util::Empty::<Bytes>::new())?;
+                sender.ready().await?;
+                let response = sender.send_request(req).await?;
+                anyhow::ensure!(response.status().is_success(), "GET {uri}: status");
+                let body = response.into_body().collect().await?.to_bytes();
+                lines.push(trace_line(&uri, &body)?);
+            }
+            anyhow::Ok(lines)
+        });
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while let Some(lines) = workers.join_next().await {
+        for line in lines?? {
+            writeln!(out, "{line}")?;
+        }
+    }
+    writeln!(out, "done {requests}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// One GET through the pooled client; the trace headers the echo app saw.
+async fn traced_get(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<Bytes>,
+    >,
+    uri: http::Uri,
+) -> anyhow::Result<String> {
+    let response = client
+        .get(uri.clone())
+        .await
+        .with_context(|| format!("GET {uri}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "GET {uri}: status {}",
+        response.status()
+    );
+    let body = response.into_body().collect().await?.to_bytes();
+    trace_line(&uri, &body)
+}
+
+async fn load(
+    url: String,
+    requests: usize,
+    concurrency: usize,
+    rounds: usize,
+    pause: Duration,
+) -> anyhow::Result<()> {
+    use futures_util::TryStreamExt as _;
+
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut done = 0;
+    for round in 0..rounds {
+        if round > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        let n = requests / rounds + usize::from(round < requests % rounds);
+        let uris = (0..n)
+            .map(|i| format!("{url}/{round}/{i}").parse::<http::Uri>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let lines: Vec<String> = futures_util::stream::iter(uris.into_iter().map(Ok))
+            .map_ok(|uri| traced_get(&client, uri))
+            .try_buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+        done += n;
+    }
+    writeln!(out, "done {done}")?;
+    out.flush()?;
     Ok(())
 }
