@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::error::ConnectError;
+use crate::peer::PodAddrs;
 
 /// How long an upstream has to accept a connection before the client gets a 504.
 ///
@@ -21,26 +22,35 @@ use crate::error::ConnectError;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The proxy's own listening addresses: connecting to one of them would loop forever.
+///
+/// A stranger's connection to `POD_IP:15001` is redirected to the inbound listener with that
+/// address as its original destination; this guard is what refuses it there, so it must know
+/// every address a wildcard listener answers on: loopback (also IPv4-mapped), every pod IP of
+/// a dual-stack pod, and the unspecified address.
 #[derive(Clone, Debug, Default)]
 pub struct SelfAddrs {
     listeners: Vec<SocketAddr>,
-    pod_ip: Option<IpAddr>,
+    pod: PodAddrs,
 }
 
 impl SelfAddrs {
-    pub fn new(listeners: Vec<SocketAddr>, pod_ip: Option<IpAddr>) -> Self {
-        Self { listeners, pod_ip }
+    pub fn new(listeners: Vec<SocketAddr>, pod: PodAddrs) -> Self {
+        Self { listeners, pod }
     }
 
-    /// A listener on 0.0.0.0/:: answers on loopback and the pod IP too.
+    /// The pod's own addresses.
+    pub fn pod(&self) -> &PodAddrs {
+        &self.pod
+    }
+
+    /// A listener on 0.0.0.0/:: answers on loopback and the pod IPs too.
     pub fn contains(&self, dst: SocketAddr) -> bool {
+        let ip = dst.ip().to_canonical();
         self.listeners.iter().any(|l| {
             l.port() == dst.port()
-                && (l.ip() == dst.ip()
+                && (l.ip().to_canonical() == ip
                     || (l.ip().is_unspecified()
-                        && (dst.ip().is_loopback()
-                            || dst.ip().is_unspecified()
-                            || Some(dst.ip()) == self.pod_ip)))
+                        && (ip.is_loopback() || ip.is_unspecified() || self.pod.contains(ip))))
         })
     }
 }
@@ -139,10 +149,16 @@ mod tests {
                 "0.0.0.0:15001".parse().unwrap(),
                 "127.0.0.1:9080".parse().unwrap(),
             ],
-            Some(pod),
+            PodAddrs::new([pod, "fd00::5".parse().unwrap()]),
         );
         assert!(s.contains("127.0.0.1:15001".parse().unwrap()));
         assert!(s.contains("10.0.0.5:15001".parse().unwrap()));
+        assert!(s.contains("[::ffff:127.0.0.1]:15001".parse().unwrap()));
+        assert!(s.contains("[::ffff:10.0.0.5]:15001".parse().unwrap()));
+        assert!(s.contains("[fd00::5]:15001".parse().unwrap()));
+        assert!(s.contains("[::1]:15001".parse().unwrap()));
+        assert!(s.contains("0.0.0.0:15001".parse().unwrap()));
+        assert!(!s.contains("[fd00::6]:15001".parse().unwrap()));
         assert!(s.contains("127.0.0.1:9080".parse().unwrap()));
         assert!(!s.contains("10.0.0.6:15001".parse().unwrap()));
         assert!(!s.contains("127.0.0.1:8080".parse().unwrap()));
@@ -152,7 +168,7 @@ mod tests {
     async fn refuses_to_connect_to_itself() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let s = SelfAddrs::new(vec![addr], None);
+        let s = SelfAddrs::new(vec![addr], PodAddrs::default());
         let err = connect(addr, &s, CONNECT_TIMEOUT).await.unwrap_err();
         assert!(matches!(err, ConnectError::Loop(_)));
     }

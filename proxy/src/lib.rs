@@ -29,6 +29,7 @@ pub mod log;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod peer;
 pub mod prefixed;
 pub mod probes;
 pub mod route;

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub config_last_error: Gauge,
     pub detect_timeouts: Counter,
     pub connect_errors: Counter,
+    /// Connections closed because the peer is outside the pod: a forward-proxy client that is
+    /// not the pod itself, or the proxy's own port reached from outside.
+    pub strangers_refused: Counter,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -178,6 +181,12 @@ impl Metrics {
         let config_last_error = Gauge::<i64, AtomicI64>::default();
         let detect_timeouts = Counter::default();
         let connect_errors = Counter::default();
+        let strangers_refused = Counter::default();
+        reg.register(
+            "strangers_refused",
+            "Connections closed because the peer is outside the pod (forward proxy, own ports)",
+            strangers_refused.clone(),
+        );
         reg.register(
             "config_generation",
             "Generation of the MeshConfig in use",
@@ -211,6 +220,7 @@ impl Metrics {
             config_last_error,
             detect_timeouts,
             connect_errors,
+            strangers_refused,
         }
     }
 

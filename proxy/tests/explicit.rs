@@ -35,6 +35,7 @@ async fn proxy(inbound: &[String], outbound: &[String], connect_timeout: Duratio
             .map(|r| r.parse::<StaticRoute>().unwrap())
             .collect(),
         identity: Default::default(),
+        pod: Default::default(),
         connect_timeout,
         log_level: None,
     };
@@ -463,6 +464,7 @@ async fn opaque_ports_skip_detection_for_server_first_protocols() {
         inbound: vec![],
         outbound: vec![format!("127.0.0.1:0={backend}").parse().unwrap()],
         identity: Default::default(),
+        pod: Default::default(),
         connect_timeout: Duration::from_secs(5),
         log_level: None,
     };
