@@ -95,7 +95,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, wat
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_buf_size(MAX_HEADER_BYTES)
+        // A client that shuts its write side after the request still gets the answer.
+        .half_close(true);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -129,20 +131,29 @@ async fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<ResponseB
     }
     match target {
         ProxyRequest::Connect { .. } => {
+            // Answered only once the target is connected: a refused or silent target must
+            // not look like a successful tunnel that then ends.
+            let shared = &ctx.shared;
+            let upstream = match crate::connect::connect(
+                dst,
+                &shared.self_addrs,
+                shared.connect_timeout,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    shared.metrics.connect_errors.inc();
+                    tracing::debug!(%dst, error = %e, "CONNECT target failed");
+                    return error_response(e.status(), crate::http::connect_message(&e));
+                }
+            };
             let upgrade = hyper::upgrade::on(&mut req);
             let shared = ctx.shared.clone();
             let (peer, watch) = (ctx.peer, ctx.watch.clone());
             tokio::spawn(async move {
                 if let Ok(upgraded) = upgrade.await {
-                    crate::connection::serve(
-                        shared,
-                        Direction::Outbound,
-                        TokioIo::new(upgraded),
-                        peer,
-                        dst,
-                        watch,
-                    )
-                    .await;
+                    crate::tunnel::serve_dialed(shared, upgraded, peer, dst, upstream, watch).await;
                 }
             });
             Response::new(Either::Right(Full::new(Bytes::new())))

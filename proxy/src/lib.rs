@@ -38,3 +38,4 @@ pub mod runtime;
 pub mod shutdown;
 pub mod tcp;
 pub mod trace;
+pub mod tunnel;

@@ -101,10 +101,12 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, Infallib
             .unwrap();
         return Ok(resp);
     }
+    // HTTP/1 names the host in `Host`, HTTP/2 in `:authority`.
     let host = req
         .headers()
         .get("host")
         .map(|h| h.to_str().unwrap_or("").to_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
     let mut body = req.into_body();
@@ -304,6 +306,50 @@ async fn connect_tunnel_goes_through_detection() {
     assert_eq!(answer, "got 3");
 }
 
+/// Sends `CONNECT target` to the forward proxy; returns the response head.
+async fn connect_via(proxy: SocketAddr, target: SocketAddr) -> String {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_head(&mut s).await
+}
+
+#[tokio::test]
+async fn connect_answers_only_once_the_target_is_connected() {
+    let p = proxy(&[], &[], Duration::from_millis(300)).await;
+    // Refused: 502, not a 200 followed by EOF.
+    let head = connect_via(p.outbound_addr, closed_port()).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    // No answer within the connect timeout: 504.
+    let (full, _socket, _fillers) = unanswering_port().await;
+    let head = connect_via(p.outbound_addr, full).await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    // The proxy itself: refused, never dialled.
+    let head = connect_via(p.outbound_addr, p.admin_addr).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+}
+
+/// A listener that never accepts, with its queue full: further SYNs go unanswered. Keep the
+/// socket and the fillers alive while the port is used.
+async fn unanswering_port() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let full = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(full)).await
+        {
+            fillers.push(s);
+        }
+    }
+    (full, socket, fillers)
+}
+
 #[tokio::test]
 async fn forward_proxy_absolute_form() {
     let backend = echo_http().await;
@@ -490,6 +536,8 @@ async fn opaque_ports_skip_detection_for_server_first_protocols() {
 #[derive(Default)]
 struct H2Seen {
     authorities: std::sync::Mutex<Vec<String>>,
+    /// The `host` header of each request, if it had one.
+    hosts: std::sync::Mutex<Vec<Option<String>>>,
     accepted: std::sync::atomic::AtomicUsize,
     ended: tokio::sync::Notify,
 }
@@ -511,6 +559,8 @@ async fn h2_recording_server(close_after_one: bool) -> (SocketAddr, std::sync::A
                 let record = state.clone();
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let authority = req.uri().authority().map(|a| a.to_string());
+                    let host = req.headers().get("host").map(|h| format!("{h:?}"));
+                    record.hosts.lock().unwrap().push(host);
                     record
                         .authorities
                         .lock()
@@ -561,6 +611,8 @@ async fn h2_upstream_sees_client_authority_over_one_reused_connection() {
     }
     let authorities = seen.authorities.lock().unwrap().clone();
     assert_eq!(authorities, vec!["svc-b.ns:8080"; 5]);
+    // `:authority` alone: nginx answers 400 to a `host` header beside it.
+    assert_eq!(seen.hosts.lock().unwrap().clone(), vec![None; 5]);
     // Five downstream connections, one upstream connection.
     assert_eq!(seen.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
