@@ -634,3 +634,80 @@ async fn h2_upstream_closed_connection_is_replaced() {
         vec!["grpc.test"; 3]
     );
 }
+
+/// A corporate-style CONNECT proxy: answers 407 unless the client authenticates, then 200 and
+/// echoes the tunnel's bytes. Sends each request head it read on `heads`.
+async fn connect_proxy() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                let authenticated = head
+                    .to_ascii_lowercase()
+                    .contains("proxy-authorization: basic dxnlcjpwdw==");
+                let _ = tx.send(head);
+                if !authenticated {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn connect_to_an_apps_own_proxy_is_relayed_then_joined() {
+    let (corp, mut heads) = connect_proxy().await;
+    // A static route stands in for the redirected connection to the app's HTTPS_PROXY.
+    let p = proxy(
+        &[],
+        &[format!("127.0.0.1:0={corp}")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let route = p.route_addrs[0];
+
+    // Refused by the proxy: its 407 and challenge reach the app.
+    let mut s = TcpStream::connect(route).await.unwrap();
+    s.write_all(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("proxy-authenticate: basic realm=\"corp\""),
+        "{head}"
+    );
+    let seen = within(heads.recv()).await.unwrap();
+    assert!(
+        seen.starts_with("CONNECT example.test:443 HTTP/1.1\r\n"),
+        "{seen}"
+    );
+
+    // Authenticated: the credentials are the proxy's, passed on; the tunnel is joined.
+    let mut s = TcpStream::connect(route).await.unwrap();
+    s.write_all(
+        b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\nProxy-Authorization: Basic dXNlcjpwdw==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"\x16\x03\x01 not http").await.unwrap();
+    let mut echoed = [0u8; 12];
+    within(s.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(&echoed, b"\x16\x03\x01 not http");
+}
