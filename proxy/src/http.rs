@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -137,7 +137,7 @@ pub async fn forward(
     authority: &Authority,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBodyOrError> {
-    if req.method() == Method::CONNECT && ctx.protocol != Protocol::Http2 {
+    if crate::tunnel::is_for_a_proxy(&req) {
         return crate::tunnel::relay(ctx, dst, req).await;
     }
     let start = Instant::now();

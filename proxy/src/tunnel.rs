@@ -1,10 +1,14 @@
-//! CONNECT through the sidecar, on both paths, answered only once the far side is there.
+//! Requests an app addresses to a proxy of its own, and CONNECT through the sidecar on both
+//! paths, answered only once the far side is there.
 //!
 //! - Transparent: an app whose `HTTPS_PROXY` names a corporate proxy sends it `CONNECT
 //!   host:443`; the sidecar relays the CONNECT to that proxy (the original destination) and,
 //!   on its 2xx, joins the two upgraded connections. Anything else the proxy answers (407,
-//!   403...) goes back to the app as is. `Proxy-Authorization` is the addressed proxy's, so it
-//!   is passed on, not stripped as for an ordinary hop.
+//!   403...) goes back to the app as is. An absolute-form request (`HTTP_PROXY`, plain http) is
+//!   relayed with its request target untouched, as the proxy needs it. `Proxy-Authorization`
+//!   is the addressed proxy's, so it is passed on, not stripped as for an ordinary hop. These
+//!   go over a connection of their own, not the pool: the pooled client would rewrite the
+//!   target to origin form.
 //! - Explicit (the sidecar's own forward proxy): the target is dialled before the answer, so a
 //!   refused or silent target is a 502 or 504, never a 200 followed by EOF. The tunnel's content
 //!   still goes through detection: HTTP inside it is proxied and traced like any other, an
@@ -16,13 +20,14 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::body::RequestBody;
 use crate::context::Shared;
 use crate::detect::{self, Protocol};
 use crate::http::{Ctx, ResponseBodyOrError};
@@ -30,7 +35,14 @@ use crate::prefixed::Prefixed;
 use crate::shutdown::Watch;
 use crate::trace::{Direction, Outcome};
 
-/// Relays a CONNECT the app addressed to `dst` (a proxy of its own) on the transparent path.
+/// Whether an HTTP/1 request is addressed to a proxy (CONNECT, or an absolute-form target)
+/// and must reach `dst` as it is, over [`relay`].
+pub fn is_for_a_proxy<B>(req: &Request<B>) -> bool {
+    req.version() != http::Version::HTTP_2
+        && (req.method() == http::Method::CONNECT || req.uri().scheme().is_some())
+}
+
+/// Relays a request the app addressed to `dst`, a proxy of its own (see [`is_for_a_proxy`]).
 pub async fn relay(
     ctx: &Ctx,
     dst: SocketAddr,
@@ -39,8 +51,9 @@ pub async fn relay(
     let shared = &*ctx.shared;
     let path = shared.metrics.path(ctx.direction, ctx.protocol);
     path.requests.inc();
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let (mut parts, _body) = req.into_parts();
+    let connect = req.method() == http::Method::CONNECT;
+    let client_upgrade = connect.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
     let proxy_auth: Vec<HeaderValue> = parts
         .headers
         .get_all(header::PROXY_AUTHORIZATION)
@@ -64,7 +77,7 @@ pub async fn relay(
             }
         };
     let handshake = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .handshake::<_, RequestBody>(TokioIo::new(stream))
         .await;
     let (mut sender, conn) = match handshake {
         Ok(pair) => pair,
@@ -78,10 +91,9 @@ pub async fn relay(
             tracing::debug!(error = %e, "CONNECT upstream connection ended with an error");
         }
     });
-    let mut resp = match sender
-        .send_request(Request::from_parts(parts, Empty::new()))
-        .await
-    {
+    let received = shared.metrics.bytes(ctx.direction).received.clone();
+    let body = RequestBody::new(body, received, None);
+    let mut resp = match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp,
         Err(_) => {
             let status = http::StatusCode::BAD_GATEWAY;
@@ -90,7 +102,7 @@ pub async fn relay(
     };
     let status = resp.status();
     path.response(status.as_u16());
-    if status.is_success() {
+    if let (true, Some(client_upgrade)) = (status.is_success(), client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(crate::http::tunnel(
             client_upgrade,

@@ -649,7 +649,14 @@ async fn connect_proxy() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<St
                 let authenticated = head
                     .to_ascii_lowercase()
                     .contains("proxy-authorization: basic dxnlcjpwdw==");
+                let plain = head.starts_with("GET ");
                 let _ = tx.send(head);
+                if plain && authenticated {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nproxied")
+                        .await;
+                    return;
+                }
                 if !authenticated {
                     let _ = s
                         .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n")
@@ -710,4 +717,23 @@ async fn connect_to_an_apps_own_proxy_is_relayed_then_joined() {
     let mut echoed = [0u8; 12];
     within(s.read_exact(&mut echoed)).await.unwrap();
     assert_eq!(&echoed, b"\x16\x03\x01 not http");
+    within(heads.recv()).await.unwrap();
+
+    // Plain http through the app's proxy: the absolute target and credentials reach it.
+    let mut s = TcpStream::connect(route).await.unwrap();
+    s.write_all(
+        b"GET http://example.test/x?y=1 HTTP/1.1\r\nHost: example.test\r\nProxy-Authorization: Basic dXNlcjpwdw==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = within(heads.recv()).await.unwrap();
+    assert!(
+        seen.starts_with("GET http://example.test/x?y=1 HTTP/1.1\r\n"),
+        "{seen}"
+    );
+    let mut body = [0u8; 7];
+    within(s.read_exact(&mut body)).await.unwrap();
+    assert_eq!(&body, b"proxied");
 }
