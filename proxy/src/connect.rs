@@ -43,16 +43,27 @@ impl SelfAddrs {
         &self.pod
     }
 
-    /// A listener on 0.0.0.0/:: answers on loopback and the pod IPs too.
+    /// A listener on 0.0.0.0/:: answers on loopback, the pod IPs and every other address of
+    /// the host or pod too: one the pod IPs do not name (a dual-stack pod whose sidecar was
+    /// given only its IPv4 address) is recognised by asking the kernel whether it is local.
     pub fn contains(&self, dst: SocketAddr) -> bool {
         let ip = dst.ip().to_canonical();
-        self.listeners.iter().any(|l| {
-            l.port() == dst.port()
-                && (l.ip().to_canonical() == ip
-                    || (l.ip().is_unspecified()
-                        && (ip.is_loopback() || ip.is_unspecified() || self.pod.contains(ip))))
+        let mut same_port = self.listeners.iter().filter(|l| l.port() == dst.port());
+        same_port.any(|l| {
+            l.ip().to_canonical() == ip
+                || (l.ip().is_unspecified()
+                    && (ip.is_loopback()
+                        || ip.is_unspecified()
+                        || self.pod.contains(ip)
+                        || is_local_address(ip)))
         })
     }
+}
+
+/// Whether `ip` is an address of this host (or pod): only those can be bound. Asked only for
+/// destinations on one of the proxy's own ports, so the syscall stays off the common path.
+fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Connects to `addr` unless it is the proxy itself.
@@ -162,6 +173,16 @@ mod tests {
         assert!(s.contains("127.0.0.1:9080".parse().unwrap()));
         assert!(!s.contains("10.0.0.6:15001".parse().unwrap()));
         assert!(!s.contains("127.0.0.1:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn unnamed_local_addresses_are_the_proxy_too() {
+        let s = SelfAddrs::new(vec!["0.0.0.0:15001".parse().unwrap()], PodAddrs::default());
+        // 127.0.0.1 is local whatever the pod IPs say; 192.0.2.1 (TEST-NET-1) is nobody's.
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        assert!(!is_local_address("192.0.2.1".parse().unwrap()));
+        assert!(!s.contains("192.0.2.1:15001".parse().unwrap()));
+        assert!(!s.contains("192.0.2.1:8080".parse().unwrap()));
     }
 
     #[tokio::test]

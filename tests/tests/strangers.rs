@@ -86,6 +86,12 @@ fn strangers_cannot_use_the_forward_proxy_or_read_config() {
         &format!("http://{}:15001", meshed.ip()),
         &meshed_sidecar,
     );
+    // The meshed sidecar was given only its IPv4 address: its IPv6 one is still itself.
+    assert_refused(
+        &stranger,
+        &format!("http://[{}]:15001", meshed.ip6()),
+        &meshed_sidecar,
+    );
     assert_refused(
         &stranger,
         &format!("http://{}:15001", explicit.ip()),
@@ -128,7 +134,7 @@ fn strangers_cannot_use_the_forward_proxy_or_read_config() {
     }
     assert_eq!(status(&meshed, &[&web]).stdout, "200", "transparent");
     // The sidecars never refused their own pods.
-    assert_eq!(refused(&meshed_sidecar), 2.0);
+    assert_eq!(refused(&meshed_sidecar), 4.0);
     assert_eq!(refused(&explicit_sidecar), 4.0);
 
     // CONNECT answers only once the target is connected: a closed port is a 502 to curl,
