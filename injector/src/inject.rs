@@ -655,6 +655,9 @@ fn sidecar_container(
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
         field_env("POD_IP", "status.podIP"),
+        // Every address of a dual-stack pod, so the sidecar knows the pod's IPv6 address too
+        // (its loop guard and the forward proxy's "is this the pod itself" check).
+        field_env("POD_IPS", "status.podIPs"),
         env("SERVICE_NAME", &service_name(pod)),
         env("MESH_CONFIG", &settings.config_url),
     ];

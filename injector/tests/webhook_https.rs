@@ -286,6 +286,10 @@ async fn webhook_patches_realistic_pods_into_valid_pods() {
         "status.podIP"
     );
     assert_eq!(
+        env_value("POD_IPS").expect("ips")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIPs"
+    );
+    assert_eq!(
         env_value("MESH_CONFIG_CA").expect("ca")["value"],
         "/etc/mesh-proxy/config-ca/ca.crt"
     );

@@ -1,6 +1,11 @@
 //! The admin server on 15000: liveness, readiness, Prometheus metrics and the effective config.
+//!
+//! The kubelet and Prometheus reach it from outside the pod, so `/live`, `/ready` and `/metrics`
+//! answer any peer; everything else (the effective config today, anything that reveals or
+//! changes state tomorrow) answers loopback only, as Envoy's admin and Istio's pilot-agent do.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,6 +19,10 @@ use tokio::net::TcpListener;
 
 use crate::config::ConfigRx;
 use crate::shutdown::Watch;
+
+/// The paths any peer may read: the kubelet's probes and Prometheus' scrape come from outside
+/// the pod, and none of them reveals configuration.
+const PUBLIC: [&str; 3] = ["/live", "/ready", "/metrics"];
 
 /// What the admin endpoints report.
 #[derive(Debug)]
@@ -33,12 +42,16 @@ impl Admin {
         })
     }
 
-    /// Answers one admin request.
-    pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    /// Answers one admin request from `peer`.
+    pub fn respond<B>(&self, req: &Request<B>, peer: IpAddr) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        if !PUBLIC.contains(&path) && !crate::peer::is_loopback(peer) {
+            return text(StatusCode::FORBIDDEN, "loopback clients only\n");
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
         }
-        match req.uri().path() {
+        match path {
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => {
                 if self.ready.load(Ordering::Acquire) {
@@ -92,7 +105,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 /// Serves admin requests until shutdown.
 pub async fn run(listener: TcpListener, admin: Arc<Admin>, mut watch: Watch) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(_) => continue,
@@ -102,7 +115,7 @@ pub async fn run(listener: TcpListener, admin: Arc<Admin>, mut watch: Watch) {
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let resp = admin.respond(&req);
+                let resp = admin.respond(&req, peer.ip());
                 async move { Ok::<_, Infallible>(resp) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -117,8 +130,10 @@ mod tests {
     use super::*;
     use crate::config::{fixed, Snapshot};
 
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn get(admin: &Admin, path: &str) -> Response<Full<Bytes>> {
-        admin.respond(&Request::get(path).body(()).unwrap())
+        admin.respond(&Request::get(path).body(()).unwrap(), LOOPBACK)
     }
 
     #[test]
@@ -140,5 +155,26 @@ mod tests {
         let resp = get(&admin, "/config");
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn strangers_get_probes_and_metrics_but_not_state() {
+        let admin = Admin::new(Registry::default(), fixed(Snapshot::default_config()));
+        admin.ready.store(true, Ordering::Release);
+        let from = |path: &str, peer: &str| {
+            admin
+                .respond(&Request::get(path).body(()).unwrap(), peer.parse().unwrap())
+                .status()
+        };
+        for peer in ["10.0.0.9", "fd00::9"] {
+            assert_eq!(from("/live", peer), StatusCode::OK);
+            assert_eq!(from("/ready", peer), StatusCode::OK);
+            assert_eq!(from("/metrics", peer), StatusCode::OK);
+            assert_eq!(from("/config", peer), StatusCode::FORBIDDEN);
+            assert_eq!(from("/anything", peer), StatusCode::FORBIDDEN);
+        }
+        for peer in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(from("/config", peer), StatusCode::OK, "{peer}");
+        }
     }
 }

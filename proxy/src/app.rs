@@ -14,6 +14,7 @@ use crate::connect::SelfAddrs;
 use crate::context::Shared;
 use crate::error::StartError;
 use crate::metrics::Metrics;
+use crate::peer::PodAddrs;
 use crate::route::{Route, StaticRoute};
 use crate::shutdown::Shutdown;
 use crate::trace::{Direction, Identity, TraceMetrics, Tracer};
@@ -35,6 +36,8 @@ pub struct Options {
     pub inbound: Vec<StaticRoute>,
     pub outbound: Vec<StaticRoute>,
     pub identity: Identity,
+    /// Every pod IP: the loop guard's and the forward proxy's idea of "the pod itself".
+    pub pod: PodAddrs,
     pub connect_timeout: Duration,
     /// Follows `sidecar.logLevel`; `None` leaves logging alone (tests).
     pub log_level: Option<crate::log::LevelHandle>,
@@ -117,7 +120,7 @@ pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartE
 
     let mut own: Vec<SocketAddr> = vec![outbound_addr, inbound_addr, admin_addr];
     own.extend(listeners.iter().filter_map(|(l, _, _)| l.local_addr().ok()));
-    let self_addrs = SelfAddrs::new(own, options.identity.pod_ip);
+    let self_addrs = SelfAddrs::new(own, options.pod.clone());
     let shared = Shared::new(
         config.clone(),
         tracer.clone(),
@@ -147,11 +150,18 @@ pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartE
     ));
 
     let admin = Admin::new(registry, config);
-    tokio::spawn(crate::admin::run(
-        admin_listener,
-        admin.clone(),
-        shutdown.watch(),
-    ));
+    let mut admin_listeners = vec![admin_listener];
+    if options.bind_ipv6 && ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+        // The kubelet probes `[POD_IPv6]:15000` on an IPv6-only pod; optional like the others.
+        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), admin_addr.port());
+        match crate::listener::bind(v6) {
+            Ok(l) => admin_listeners.push(l),
+            Err(e) => tracing::debug!(error = %e, "no IPv6 admin listener"),
+        }
+    }
+    for listener in admin_listeners {
+        tokio::spawn(crate::admin::run(listener, admin.clone(), shutdown.watch()));
+    }
     admin.ready.store(true, Ordering::Release);
     tracing::info!(%admin_addr, "admin listening");
 

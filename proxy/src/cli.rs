@@ -33,8 +33,20 @@ pub struct RunArgs {
     pub namespace: String,
     #[arg(long, env = "POD_NAME", default_value = "", hide = true)]
     pub pod_name: String,
-    #[arg(long, env = "POD_IP")]
-    pub pod_ip: Option<IpAddr>,
+    /// The pod's IPs: repeat the flag or separate them with commas (dual stack gives one per
+    /// family). The first is the primary one (spans, probes); all are the pod's own addresses.
+    #[arg(long, env = "POD_IP", value_delimiter = ',', value_name = "IP")]
+    pub pod_ip: Vec<IpAddr>,
+    /// Every pod IP as the downward API writes `status.podIPs` (comma-separated); added to
+    /// `--pod-ip`.
+    #[arg(
+        long,
+        env = "POD_IPS",
+        value_delimiter = ',',
+        value_name = "IP",
+        hide = true
+    )]
+    pub pod_ips: Vec<IpAddr>,
     #[arg(long, default_value_t = 15003)]
     pub inbound_port: u16,
     #[arg(long, default_value_t = 15001)]
@@ -56,6 +68,13 @@ pub struct RunArgs {
     /// Seconds to let connections finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = crate::shutdown::DRAIN_TIMEOUT.as_secs())]
     pub drain_timeout: u64,
+}
+
+impl RunArgs {
+    /// `--pod-ip` then `POD_IPS`, each address once.
+    pub fn pod_addrs(&self) -> crate::peer::PodAddrs {
+        crate::peer::PodAddrs::new(self.pod_ip.iter().chain(&self.pod_ips).copied())
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +103,27 @@ mod tests {
         assert_eq!(args.outbound.len(), 1);
         assert_eq!(args.threads, 1);
         assert_eq!(args.outbound_port, 15001);
+    }
+
+    #[test]
+    fn pod_ips_repeat_or_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "mesh-proxy",
+            "run",
+            "--pod-ip",
+            "10.0.0.5,fd00::5",
+            "--pod-ip",
+            "10.0.0.5",
+            "--pod-ips",
+            "fd00::6",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let ips: Vec<String> = args.pod_addrs().iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(ips, ["10.0.0.5", "fd00::5", "fd00::6"]);
+        assert!(Cli::try_parse_from(["mesh-proxy", "run", "--pod-ip", "10.0.0.5,x"]).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::error::ConnectError;
+use crate::peer::PodAddrs;
 
 /// How long an upstream has to accept a connection before the client gets a 504.
 ///
@@ -21,28 +22,48 @@ use crate::error::ConnectError;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The proxy's own listening addresses: connecting to one of them would loop forever.
+///
+/// A stranger's connection to `POD_IP:15001` is redirected to the inbound listener with that
+/// address as its original destination; this guard is what refuses it there, so it must know
+/// every address a wildcard listener answers on: loopback (also IPv4-mapped), every pod IP of
+/// a dual-stack pod, and the unspecified address.
 #[derive(Clone, Debug, Default)]
 pub struct SelfAddrs {
     listeners: Vec<SocketAddr>,
-    pod_ip: Option<IpAddr>,
+    pod: PodAddrs,
 }
 
 impl SelfAddrs {
-    pub fn new(listeners: Vec<SocketAddr>, pod_ip: Option<IpAddr>) -> Self {
-        Self { listeners, pod_ip }
+    pub fn new(listeners: Vec<SocketAddr>, pod: PodAddrs) -> Self {
+        Self { listeners, pod }
     }
 
-    /// A listener on 0.0.0.0/:: answers on loopback and the pod IP too.
+    /// The pod's own addresses.
+    pub fn pod(&self) -> &PodAddrs {
+        &self.pod
+    }
+
+    /// A listener on 0.0.0.0/:: answers on loopback, the pod IPs and every other address of
+    /// the host or pod too: one the pod IPs do not name (a dual-stack pod whose sidecar was
+    /// given only its IPv4 address) is recognised by asking the kernel whether it is local.
     pub fn contains(&self, dst: SocketAddr) -> bool {
-        self.listeners.iter().any(|l| {
-            l.port() == dst.port()
-                && (l.ip() == dst.ip()
-                    || (l.ip().is_unspecified()
-                        && (dst.ip().is_loopback()
-                            || dst.ip().is_unspecified()
-                            || Some(dst.ip()) == self.pod_ip)))
+        let ip = dst.ip().to_canonical();
+        let mut same_port = self.listeners.iter().filter(|l| l.port() == dst.port());
+        same_port.any(|l| {
+            l.ip().to_canonical() == ip
+                || (l.ip().is_unspecified()
+                    && (ip.is_loopback()
+                        || ip.is_unspecified()
+                        || self.pod.contains(ip)
+                        || is_local_address(ip)))
         })
     }
+}
+
+/// Whether `ip` is an address of this host (or pod): only those can be bound. Asked only for
+/// destinations on one of the proxy's own ports, so the syscall stays off the common path.
+fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Connects to `addr` unless it is the proxy itself.
@@ -139,20 +160,36 @@ mod tests {
                 "0.0.0.0:15001".parse().unwrap(),
                 "127.0.0.1:9080".parse().unwrap(),
             ],
-            Some(pod),
+            PodAddrs::new([pod, "fd00::5".parse().unwrap()]),
         );
         assert!(s.contains("127.0.0.1:15001".parse().unwrap()));
         assert!(s.contains("10.0.0.5:15001".parse().unwrap()));
+        assert!(s.contains("[::ffff:127.0.0.1]:15001".parse().unwrap()));
+        assert!(s.contains("[::ffff:10.0.0.5]:15001".parse().unwrap()));
+        assert!(s.contains("[fd00::5]:15001".parse().unwrap()));
+        assert!(s.contains("[::1]:15001".parse().unwrap()));
+        assert!(s.contains("0.0.0.0:15001".parse().unwrap()));
+        assert!(!s.contains("[fd00::6]:15001".parse().unwrap()));
         assert!(s.contains("127.0.0.1:9080".parse().unwrap()));
         assert!(!s.contains("10.0.0.6:15001".parse().unwrap()));
         assert!(!s.contains("127.0.0.1:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn unnamed_local_addresses_are_the_proxy_too() {
+        let s = SelfAddrs::new(vec!["0.0.0.0:15001".parse().unwrap()], PodAddrs::default());
+        // 127.0.0.1 is local whatever the pod IPs say; 192.0.2.1 (TEST-NET-1) is nobody's.
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        assert!(!is_local_address("192.0.2.1".parse().unwrap()));
+        assert!(!s.contains("192.0.2.1:15001".parse().unwrap()));
+        assert!(!s.contains("192.0.2.1:8080".parse().unwrap()));
     }
 
     #[tokio::test]
     async fn refuses_to_connect_to_itself() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let s = SelfAddrs::new(vec![addr], None);
+        let s = SelfAddrs::new(vec![addr], PodAddrs::default());
         let err = connect(addr, &s, CONNECT_TIMEOUT).await.unwrap_err();
         assert!(matches!(err, ConnectError::Loop(_)));
     }

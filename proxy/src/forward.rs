@@ -95,7 +95,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, wat
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_buf_size(MAX_HEADER_BYTES)
+        // A client that shuts its write side after the request still gets the answer.
+        .half_close(true);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -129,29 +131,60 @@ async fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<ResponseB
     }
     match target {
         ProxyRequest::Connect { .. } => {
+            // Answered only once the target is connected: a refused or silent target must
+            // not look like a successful tunnel that then ends.
+            let shared = &ctx.shared;
+            let upstream = match crate::connect::connect(
+                dst,
+                &shared.self_addrs,
+                shared.connect_timeout,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    shared.metrics.connect_errors.inc();
+                    tracing::debug!(%dst, error = %e, "CONNECT target failed");
+                    return error_response(e.status(), crate::http::connect_message(&e));
+                }
+            };
             let upgrade = hyper::upgrade::on(&mut req);
             let shared = ctx.shared.clone();
             let (peer, watch) = (ctx.peer, ctx.watch.clone());
             tokio::spawn(async move {
                 if let Ok(upgraded) = upgrade.await {
-                    crate::connection::serve(
-                        shared,
-                        Direction::Outbound,
-                        TokioIo::new(upgraded),
-                        peer,
-                        dst,
-                        watch,
-                    )
-                    .await;
+                    crate::tunnel::serve_dialed(shared, upgraded, peer, dst, upstream, watch).await;
                 }
             });
             Response::new(Either::Right(Full::new(Bytes::new())))
         }
         ProxyRequest::Absolute { .. } => match Authority::try_from(dst.to_string()) {
-            Ok(authority) => crate::http::forward(&ctx, dst, &authority, req).await,
+            Ok(authority) => {
+                // This proxy is the one addressed: from here the request goes to its origin,
+                // in origin form (an absolute target would be relayed as one for a proxy).
+                to_origin_form(&mut req);
+                crate::http::forward(&ctx, dst, &authority, req).await
+            }
             Err(_) => error_response(StatusCode::BAD_REQUEST, "invalid target\n"),
         },
     }
+}
+
+/// `GET http://host/path` → `GET /path` with `Host: host` (kept when the client sent one).
+fn to_origin_form<B>(req: &mut Request<B>) {
+    if !req.headers().contains_key(http::header::HOST) {
+        if let Some(a) = req.uri().authority() {
+            if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = http::Uri::from(pq);
 }
 
 #[cfg(test)]
@@ -189,6 +222,21 @@ mod tests {
                 port: 5432
             })
         );
+    }
+
+    #[test]
+    fn origin_form_keeps_path_query_and_host() {
+        let mut r = req("GET", "http://example.test:8080/a?b=1");
+        to_origin_form(&mut r);
+        assert_eq!(r.uri(), "/a?b=1");
+        assert_eq!(r.headers()["host"], "example.test:8080");
+        let mut r = Request::get("http://x.test")
+            .header("host", "y.test")
+            .body(())
+            .unwrap();
+        to_origin_form(&mut r);
+        assert_eq!(r.uri(), "/");
+        assert_eq!(r.headers()["host"], "y.test");
     }
 
     #[test]

@@ -111,7 +111,9 @@ pub async fn serve<I: Downstream>(ctx: Ctx, io: I, dst: SocketAddr) {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .max_buf_size(MAX_HEADER_BYTES);
+                .max_buf_size(MAX_HEADER_BYTES)
+                // A client that shuts its write side after the request still gets the answer.
+                .half_close(true);
             let conn = builder.serve_connection(io, svc).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -135,6 +137,9 @@ pub async fn forward(
     authority: &Authority,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBodyOrError> {
+    if crate::tunnel::is_for_a_proxy(&req) {
+        return crate::tunnel::relay(ctx, dst, req).await;
+    }
     let start = Instant::now();
     let shared = &*ctx.shared;
     let path = shared.metrics.path(ctx.direction, ctx.protocol);
@@ -158,7 +163,12 @@ pub async fn forward(
         .start(ctx.direction, &mut parts, ctx.peer, dst);
 
     let uri = match ctx.protocol {
-        Protocol::Http2 => upstream_h2_uri(&parts.uri, authority),
+        Protocol::Http2 => {
+            // HTTP/2 names the host in `:authority` alone: a `host` header beside it is a
+            // duplicate that servers such as nginx answer with 400.
+            let host = parts.headers.remove(header::HOST);
+            upstream_h2_uri(&parts.uri, host.as_ref(), authority)
+        }
         _ => destination_uri(authority, parts.uri.path_and_query()),
     };
     parts.uri = match uri {
@@ -229,11 +239,18 @@ fn destination_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Option<U
 }
 
 /// The client's own URI for an HTTP/2 upstream, so the server sees the client's `:authority`;
-/// the destination stands in for a missing authority, `http` for a missing scheme.
-fn upstream_h2_uri(uri: &Uri, dst: &Authority) -> Option<Uri> {
+/// the `host` header, then the destination, stand in for a missing authority, `http` for a
+/// missing scheme.
+fn upstream_h2_uri(uri: &Uri, host: Option<&HeaderValue>, dst: &Authority) -> Option<Uri> {
+    let from_host = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(uri.scheme().cloned().unwrap_or(Scheme::HTTP));
-    parts.authority = Some(uri.authority().unwrap_or(dst).clone());
+    parts.authority = Some(
+        uri.authority()
+            .cloned()
+            .or(from_host)
+            .unwrap_or_else(|| dst.clone()),
+    );
     parts.path_and_query = Some(
         uri.path_and_query()
             .cloned()
@@ -243,7 +260,7 @@ fn upstream_h2_uri(uri: &Uri, dst: &Authority) -> Option<Uri> {
 }
 
 /// Answers the client itself and ends the span with the reason.
-fn fail(
+pub(crate) fn fail(
     ctx: &Ctx,
     span: crate::trace::ActiveSpan,
     status: StatusCode,
@@ -305,7 +322,7 @@ fn h2_error(e: &H2Error) -> (StatusCode, &'static str, bool) {
     }
 }
 
-fn connect_message(ce: &ConnectError) -> &'static str {
+pub(crate) fn connect_message(ce: &ConnectError) -> &'static str {
     match ce {
         ConnectError::Timeout(_) => "upstream connect timeout\n",
         ConnectError::Loop(_) => "destination is the proxy itself\n",
@@ -314,7 +331,7 @@ fn connect_message(ce: &ConnectError) -> &'static str {
 }
 
 /// Joins the two halves of an upgraded connection (WebSocket...) and copies until both close.
-async fn tunnel(
+pub(crate) async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     shared: Arc<Shared>,
@@ -354,10 +371,13 @@ mod tests {
     fn h2_uri_keeps_the_client_authority() {
         let dst = Authority::from_static("10.0.0.7:8080");
         let uri = Uri::from_static("http://svc-b.ns:8080/pkg.Svc/Call?x=1");
-        let out = upstream_h2_uri(&uri, &dst).unwrap();
+        let out = upstream_h2_uri(&uri, None, &dst).unwrap();
         assert_eq!(out.to_string(), "http://svc-b.ns:8080/pkg.Svc/Call?x=1");
-        let out = upstream_h2_uri(&Uri::from_static("/only/path"), &dst).unwrap();
+        let out = upstream_h2_uri(&Uri::from_static("/only/path"), None, &dst).unwrap();
         assert_eq!(out.to_string(), "http://10.0.0.7:8080/only/path");
+        let host = HeaderValue::from_static("web.shop:8080");
+        let out = upstream_h2_uri(&Uri::from_static("/p"), Some(&host), &dst).unwrap();
+        assert_eq!(out.to_string(), "http://web.shop:8080/p");
     }
 
     #[test]

@@ -228,8 +228,11 @@ pub fn install_input(args: &Args, family: Family, saved: Option<&str>) -> String
         "-A {IN_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
         args.inbound_port
     ));
-    // The proxy's own ports and the probe ports reach the sidecar itself, never the app.
-    let mut inbound_skip: Vec<PortRange> = [args.admin_port, args.inbound_port, args.outbound_port]
+    // The admin and probe ports reach the sidecar itself, never the app. The outbound port is
+    // not among them: a peer outside the pod dialling it is redirected like any inbound
+    // connection, and the inbound listener refuses a destination that is the proxy itself, so
+    // the forward proxy is never open to the cluster.
+    let mut inbound_skip: Vec<PortRange> = [args.admin_port, args.inbound_port]
         .into_iter()
         .chain(args.inbound_port_exclusions.iter().copied())
         .map(|p| PortRange { first: p, last: p })
@@ -251,6 +254,12 @@ pub fn install_input(args: &Args, family: Family, saved: Option<&str>) -> String
         args.proxy_uid
     ));
     w(format!("-A {OUTBOUND} -d {} -j RETURN", family.localhost()));
+    // The app using its own sidecar as a forward proxy at the pod IP (`HTTP_PROXY=POD_IP:15001`)
+    // reaches the outbound listener directly, which serves the pod's own addresses.
+    w(format!(
+        "-A {OUTBOUND} -o lo -p tcp --dport {} -j RETURN",
+        args.outbound_port
+    ));
     // App -> own pod IP leaves through lo and skips PREROUTING: hand it to the inbound chain so the
     // inbound sidecar (and its exclusions) still apply; anything else on lo stays local.
     w(format!(
@@ -496,6 +505,29 @@ mod tests {
                 "{chain} declared"
             );
         }
+    }
+
+    #[test]
+    fn outbound_port_is_redirected_inbound_but_open_to_the_pod_itself() {
+        let text = install_input(&args(&[]), Family::V4, None);
+        // A peer outside the pod reaching 15001 goes to the inbound listener, which refuses it.
+        assert!(!text.contains("-A MESH_PROXY_INBOUND -p tcp --dport 15001 -j RETURN"));
+        assert!(text.contains("-A MESH_PROXY_INBOUND -p tcp --dport 15003 -j RETURN\n"));
+        // The app's own `POD_IP:15001` stays on lo, ahead of the hand-over to the inbound chain.
+        let outbound: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-A MESH_PROXY_OUTBOUND"))
+            .collect();
+        let own = outbound
+            .iter()
+            .position(|l| *l == "-A MESH_PROXY_OUTBOUND -o lo -p tcp --dport 15001 -j RETURN");
+        let handover = outbound
+            .iter()
+            .position(|l| l.ends_with("-o lo -j MESH_PROXY_INBOUND"));
+        assert!(
+            matches!((own, handover), (Some(a), Some(b)) if a < b),
+            "{text}"
+        );
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct Metrics {
     pub config_errors: Counter,
     pub config_last_error: Gauge,
     pub connect_errors: Counter,
+    /// Connections closed because the peer is outside the pod: a forward-proxy client that is
+    /// not the pod itself, or the proxy's own port reached from outside.
+    pub strangers_refused: Counter,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -216,6 +219,12 @@ impl Metrics {
             }
         });
         let connect_errors = Counter::default();
+        let strangers_refused = Counter::default();
+        reg.register(
+            "strangers_refused",
+            "Connections closed because the peer is outside the pod (forward proxy, own ports)",
+            strangers_refused.clone(),
+        );
         reg.register(
             "config_generation",
             "Generation of the MeshConfig in use",
@@ -252,6 +261,7 @@ impl Metrics {
             config_errors,
             config_last_error,
             connect_errors,
+            strangers_refused,
         }
     }
 

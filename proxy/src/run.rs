@@ -17,6 +17,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("loading the MeshConfig")?;
         let probes = crate::probes::Probes::from_env()?;
+        let pod = args.pod_addrs();
         let options = Options {
             bind_ip: args.bind,
             bind_ipv6: true,
@@ -28,8 +29,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             identity: Identity {
                 service: args.service,
                 namespace: args.namespace,
-                pod_ip: args.pod_ip,
+                pod_ip: pod.primary(),
             },
+            pod: pod.clone(),
             connect_timeout: CONNECT_TIMEOUT,
             log_level: Some(log_level),
         };
@@ -38,7 +40,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let probe_shutdown = crate::shutdown::Shutdown::new();
         let probe_options = crate::probes::Options {
             bind_ip: args.bind,
-            ..crate::probes::Options::new(args.pod_ip)
+            ..crate::probes::Options::new(pod.primary())
         };
         crate::probes::serve(probes, probe_options, probe_shutdown.watch()).await?;
         crate::shutdown::signal().await;

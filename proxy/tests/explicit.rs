@@ -35,6 +35,7 @@ async fn proxy(inbound: &[String], outbound: &[String], connect_timeout: Duratio
             .map(|r| r.parse::<StaticRoute>().unwrap())
             .collect(),
         identity: Default::default(),
+        pod: Default::default(),
         connect_timeout,
         log_level: None,
     };
@@ -100,10 +101,12 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, Infallib
             .unwrap();
         return Ok(resp);
     }
+    // HTTP/1 names the host in `Host`, HTTP/2 in `:authority`.
     let host = req
         .headers()
         .get("host")
         .map(|h| h.to_str().unwrap_or("").to_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
     let mut body = req.into_body();
@@ -303,6 +306,50 @@ async fn connect_tunnel_goes_through_detection() {
     assert_eq!(answer, "got 3");
 }
 
+/// Sends `CONNECT target` to the forward proxy; returns the response head.
+async fn connect_via(proxy: SocketAddr, target: SocketAddr) -> String {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_head(&mut s).await
+}
+
+#[tokio::test]
+async fn connect_answers_only_once_the_target_is_connected() {
+    let p = proxy(&[], &[], Duration::from_millis(300)).await;
+    // Refused: 502, not a 200 followed by EOF.
+    let head = connect_via(p.outbound_addr, closed_port()).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    // No answer within the connect timeout: 504.
+    let (full, _socket, _fillers) = unanswering_port().await;
+    let head = connect_via(p.outbound_addr, full).await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    // The proxy itself: refused, never dialled.
+    let head = connect_via(p.outbound_addr, p.admin_addr).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+}
+
+/// A listener that never accepts, with its queue full: further SYNs go unanswered. Keep the
+/// socket and the fillers alive while the port is used.
+async fn unanswering_port() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let full = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(full)).await
+        {
+            fillers.push(s);
+        }
+    }
+    (full, socket, fillers)
+}
+
 #[tokio::test]
 async fn forward_proxy_absolute_form() {
     let backend = echo_http().await;
@@ -463,6 +510,7 @@ async fn opaque_ports_skip_detection_for_server_first_protocols() {
         inbound: vec![],
         outbound: vec![format!("127.0.0.1:0={backend}").parse().unwrap()],
         identity: Default::default(),
+        pod: Default::default(),
         connect_timeout: Duration::from_secs(5),
         log_level: None,
     };
@@ -490,6 +538,8 @@ async fn opaque_ports_skip_detection_for_server_first_protocols() {
 #[derive(Default)]
 struct H2Seen {
     authorities: std::sync::Mutex<Vec<String>>,
+    /// The `host` header of each request, if it had one.
+    hosts: std::sync::Mutex<Vec<Option<String>>>,
     accepted: std::sync::atomic::AtomicUsize,
     ended: tokio::sync::Notify,
 }
@@ -511,6 +561,8 @@ async fn h2_recording_server(close_after_one: bool) -> (SocketAddr, std::sync::A
                 let record = state.clone();
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let authority = req.uri().authority().map(|a| a.to_string());
+                    let host = req.headers().get("host").map(|h| format!("{h:?}"));
+                    record.hosts.lock().unwrap().push(host);
                     record
                         .authorities
                         .lock()
@@ -561,6 +613,8 @@ async fn h2_upstream_sees_client_authority_over_one_reused_connection() {
     }
     let authorities = seen.authorities.lock().unwrap().clone();
     assert_eq!(authorities, vec!["svc-b.ns:8080"; 5]);
+    // `:authority` alone: nginx answers 400 to a `host` header beside it.
+    assert_eq!(seen.hosts.lock().unwrap().clone(), vec![None; 5]);
     // Five downstream connections, one upstream connection.
     assert_eq!(seen.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
@@ -695,4 +749,107 @@ async fn shutdown_closes_connections_on_which_nothing_was_said() {
     let mut rest = Vec::new();
     within(silent.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty());
+}
+
+/// A corporate-style CONNECT proxy: answers 407 unless the client authenticates, then 200 and
+/// echoes the tunnel's bytes. Sends each request head it read on `heads`.
+async fn connect_proxy() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                let authenticated = head
+                    .to_ascii_lowercase()
+                    .contains("proxy-authorization: basic dxnlcjpwdw==");
+                let plain = head.starts_with("GET ");
+                let _ = tx.send(head);
+                if plain && authenticated {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nproxied")
+                        .await;
+                    return;
+                }
+                if !authenticated {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn connect_to_an_apps_own_proxy_is_relayed_then_joined() {
+    let (corp, mut heads) = connect_proxy().await;
+    // A static route stands in for the redirected connection to the app's HTTPS_PROXY.
+    let p = proxy(
+        &[],
+        &[format!("127.0.0.1:0={corp}")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let route = p.route_addrs[0];
+
+    // Refused by the proxy: its 407 and challenge reach the app.
+    let mut s = TcpStream::connect(route).await.unwrap();
+    s.write_all(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("proxy-authenticate: basic realm=\"corp\""),
+        "{head}"
+    );
+    let seen = within(heads.recv()).await.unwrap();
+    assert!(
+        seen.starts_with("CONNECT example.test:443 HTTP/1.1\r\n"),
+        "{seen}"
+    );
+
+    // Authenticated: the credentials are the proxy's, passed on; the tunnel is joined.
+    let mut s = TcpStream::connect(route).await.unwrap();
+    s.write_all(
+        b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\nProxy-Authorization: Basic dXNlcjpwdw==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"\x16\x03\x01 not http").await.unwrap();
+    let mut echoed = [0u8; 12];
+    within(s.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(&echoed, b"\x16\x03\x01 not http");
+    within(heads.recv()).await.unwrap();
+
+    // Plain http through the app's proxy: the absolute target and credentials reach it.
+    let mut s = TcpStream::connect(route).await.unwrap();
+    s.write_all(
+        b"GET http://example.test/x?y=1 HTTP/1.1\r\nHost: example.test\r\nProxy-Authorization: Basic dXNlcjpwdw==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = within(heads.recv()).await.unwrap();
+    assert!(
+        seen.starts_with("GET http://example.test/x?y=1 HTTP/1.1\r\n"),
+        "{seen}"
+    );
+    let mut body = [0u8; 7];
+    within(s.read_exact(&mut body)).await.unwrap();
+    assert_eq!(&body, b"proxied");
 }

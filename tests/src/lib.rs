@@ -38,6 +38,7 @@ pub mod net;
 pub mod pod;
 pub mod process;
 pub mod sidecar;
+pub mod tools;
 
 pub use mesh::Mesh;
 pub use net::Net;

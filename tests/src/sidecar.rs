@@ -25,6 +25,9 @@ pub struct SidecarOpts {
     pub service: Option<String>,
     /// `--namespace`; `default` when None.
     pub namespace: Option<String>,
+    /// `--pod-ip` value instead of the pod's IPv4 address (an IPv6-only pod, or
+    /// `ipv4,ipv6` for dual stack).
+    pub pod_ip: Option<String>,
     /// Extra flags for `mesh-proxy run`.
     pub args: Vec<String>,
     /// Extra environment, e.g. `("RUST_LOG", "debug")`.
@@ -50,7 +53,7 @@ impl Sidecar {
             proxy.to_string_lossy().into_owned(),
             "run".into(),
             "--pod-ip".into(),
-            pod.ip().to_string(),
+            opts.pod_ip.clone().unwrap_or_else(|| pod.ip().to_string()),
             "--service".into(),
             opts.service
                 .clone()
