@@ -247,6 +247,7 @@ mod tests {
             endpoint: "/v1/traces".into(),
             protocol,
             sampled_fraction: 1.0,
+            ..Tracing::default()
         }
     }
 

@@ -36,6 +36,7 @@ fn config(protocol: Protocol, addr: SocketAddr) -> Tracing {
         },
         protocol,
         sampled_fraction: 1.0,
+        ..Tracing::default()
     }
 }
 
