@@ -84,8 +84,9 @@ pub struct Tracing {
 }
 
 /// The default of `maxUrlTagLength`: long enough for any REST path and a short query (Envoy
-/// keeps 256 bytes of path), short enough that a queued span stays around 1.3 KiB and a
-/// 4 096-span queue around 5 MiB, whatever URLs clients send (the request head may be 60 KiB).
+/// keeps 256 bytes of path), short enough that a queued span stays under about 1.6 KiB and a
+/// 4 096-span queue under about 6.5 MiB, whatever URLs clients send (a request head may be
+/// 60 KiB).
 pub const DEFAULT_MAX_URL_TAG_LENGTH: u32 = 1024;
 
 /// The range of `maxUrlTagLength`: below 32 bytes not even `scheme://host` fits; above 8 KiB a

@@ -28,6 +28,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             identity: Identity {
                 service: args.service,
                 namespace: args.namespace,
+                pod_name: args.pod_name,
                 pod_ip: args.pod_ip,
             },
             connect_timeout: CONNECT_TIMEOUT,

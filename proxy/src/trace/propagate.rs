@@ -2,7 +2,8 @@
 //! headers so the next hop sees this hop's span as its parent.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use trace_context::{Malformed, Sampling, SpanIds};
+use mesh_config::PropagationFormat;
+use trace_context::{Malformed, Propagation, Sampling, SpanIds};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -16,11 +17,20 @@ pub struct Decided {
     pub malformed: Option<Malformed>,
 }
 
+/// The codec's form of MeshConfig's `propagation` list.
+pub fn formats(list: &[PropagationFormat]) -> Propagation {
+    Propagation {
+        b3_multi: list.contains(&PropagationFormat::B3multi),
+        trace_context: list.contains(&PropagationFormat::Tracecontext),
+    }
+}
+
 /// Extracts the caller's context, makes this hop's span a child of it, decides sampling (the
 /// caller's decision wins; otherwise `fraction`, deterministically from the trace id), and
-/// injects the result, replacing every trace header the request carried.
-pub fn propagate(headers: &mut HeaderMap, fraction: f64) -> Decided {
-    let (extracted, child) = trace_context::propagate(headers, |extracted| {
+/// injects the result in the formats `propagation` names (and `b3` when it came), replacing
+/// every trace header the request carried.
+pub fn propagate(headers: &mut HeaderMap, fraction: f64, propagation: Propagation) -> Decided {
+    let (extracted, child) = trace_context::propagate_as(headers, propagation, |extracted| {
         let mut child = extracted.context.child();
         if child.sampling == Sampling::Deferred {
             // `child` always has ids: a child of the caller's span or a new root.
@@ -86,24 +96,24 @@ mod tests {
     fn caller_decision_wins_over_fraction() {
         let mut h = HeaderMap::new();
         h.insert("x-b3-sampled", HeaderValue::from_static("1"));
-        assert!(propagate(&mut h, 0.0).sampled);
+        assert!(propagate(&mut h, 0.0, Propagation::default()).sampled);
         let mut h = HeaderMap::new();
         h.insert("x-b3-sampled", HeaderValue::from_static("0"));
-        assert!(!propagate(&mut h, 1.0).sampled);
+        assert!(!propagate(&mut h, 1.0, Propagation::default()).sampled);
         assert_eq!(h.get("x-b3-sampled").unwrap(), "0");
         let mut h = HeaderMap::new();
         h.insert("x-b3-flags", HeaderValue::from_static("1"));
-        let d = propagate(&mut h, 0.0);
+        let d = propagate(&mut h, 0.0, Propagation::default());
         assert!(d.sampled && d.debug);
     }
 
     #[test]
     fn deferred_decision_uses_fraction_and_is_propagated() {
         let mut h = HeaderMap::new();
-        assert!(propagate(&mut h, 1.0).sampled);
+        assert!(propagate(&mut h, 1.0, Propagation::default()).sampled);
         assert_eq!(h.get("x-b3-sampled").unwrap(), "1");
         let mut h = HeaderMap::new();
-        assert!(!propagate(&mut h, 0.0).sampled);
+        assert!(!propagate(&mut h, 0.0, Propagation::default()).sampled);
         assert_eq!(h.get("x-b3-sampled").unwrap(), "0");
     }
 
@@ -112,7 +122,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-b3-traceid", HeaderValue::from_static("48485a3953bb6124"));
         h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
-        let d = propagate(&mut h, 1.0);
+        let d = propagate(&mut h, 1.0, Propagation::default());
         assert_eq!(d.ids.parent_id.unwrap().to_string(), "a2fb4a1d1a96d312");
         assert_eq!(h.get("x-b3-traceid").unwrap(), "48485a3953bb6124");
         assert_eq!(
@@ -127,7 +137,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-b3-traceid", HeaderValue::from_static("NOTHEX"));
         h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
-        let d = propagate(&mut h, 1.0);
+        let d = propagate(&mut h, 1.0, Propagation::default());
         assert_eq!(d.malformed, Some(Malformed::TraceId));
         assert_ne!(h.get("x-b3-traceid").unwrap(), "NOTHEX");
         assert!(h.get("x-b3-parentspanid").is_none());
