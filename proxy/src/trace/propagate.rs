@@ -142,4 +142,65 @@ mod tests {
         assert_ne!(h.get("x-b3-traceid").unwrap(), "NOTHEX");
         assert!(h.get("x-b3-parentspanid").is_none());
     }
+
+    #[test]
+    fn formats_follow_the_mesh_config_list() {
+        use PropagationFormat::*;
+        assert_eq!(formats(&[B3multi, Tracecontext]), Propagation::default());
+        assert_eq!(
+            formats(&[Tracecontext]),
+            Propagation {
+                b3_multi: false,
+                trace_context: true
+            }
+        );
+        assert_eq!(
+            formats(&[B3multi]),
+            Propagation {
+                b3_multi: true,
+                trace_context: false
+            }
+        );
+    }
+
+    /// The tracer reads `propagation` and `maxUrlTagLength` from the config it runs with.
+    #[tokio::test]
+    async fn the_tracer_applies_the_configured_formats_and_url_bound() {
+        use crate::trace::{Direction, Tracer};
+        let tracer = Tracer::new(Default::default(), Default::default());
+        let config = mesh_config::Tracing {
+            enable: true,
+            address: "127.0.0.1".into(),
+            // Nothing is exported in this test.
+            port: 9,
+            propagation: vec![PropagationFormat::Tracecontext],
+            max_url_tag_length: 64,
+            ..Default::default()
+        };
+        tracer.apply(&config);
+        let long = format!("http://b/{}", "x".repeat(500));
+        let (mut parts, _) = http::Request::get(long.as_str())
+            .header("x-b3-traceid", "48485a3953bb6124")
+            .header("x-b3-spanid", "a2fb4a1d1a96d312")
+            .header("x-b3-sampled", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let addr = "10.0.0.1:80".parse().unwrap();
+        let span = tracer.start(Direction::Outbound, &mut parts, addr, addr);
+        let record = &span.pending.as_ref().expect("recording").record;
+        assert_eq!(record.url().len(), 64);
+        let tp = parts.headers["traceparent"].to_str().unwrap();
+        assert_eq!(
+            tp,
+            format!(
+                "00-000000000000000048485a3953bb6124-{}-01",
+                record.ids.span_id
+            )
+        );
+        assert!(!parts.headers.contains_key("x-b3-traceid"));
+        assert!(!parts.headers.contains_key("x-b3-spanid"));
+        drop(span);
+        tracer.flush(std::time::Duration::from_secs(1)).await;
+    }
 }
