@@ -7,8 +7,8 @@
 //!
 //! Path of a span: `start` (extract, decide, inject: [`propagate`]) → `finish` (a
 //! [`span::SpanRecord`] into the bounded queue of [`pipeline`]) → batch → [`export`] (Zipkin v2
-//! JSON by [`zipkin`], or OTLP by [`otlp`] through the opentelemetry exporters). [`reload`] swaps the
-//! pipeline when the MeshConfig's tracing block changes.
+//! JSON by [`zipkin`], or OTLP mapped by [`otlp`] and sent by the opentelemetry exporters).
+//! [`reload`] swaps the pipeline when the MeshConfig's tracing block changes.
 
 pub mod export;
 pub mod metrics;
