@@ -88,6 +88,18 @@ fn crd_enums_match_the_document_types() {
         .map(|p| p.as_str())
         .collect();
     assert_eq!(protocols, expected);
+    let formats: Vec<&str> = spec["observability"]["properties"]["tracing"]["properties"]
+        ["propagation"]["items"]["enum"]
+        .as_array()
+        .expect("enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let expected: Vec<&str> = mesh_config::PropagationFormat::ALL
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    assert_eq!(formats, expected);
     assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
 }
 
@@ -119,7 +131,13 @@ print(json.dumps(out))
             serde_json::json!({"observability": {"tracing": {"enable": true, "address": "otel.obs", "port": 4318,
             "endpoint": "/v1/traces", "protocol": "otlp-http", "sampledFraction": "0.25"}}})
         ),
+        base(
+            serde_json::json!({"observability": {"tracing": {"propagation": ["tracecontext"], "maxUrlTagLength": 256}}})
+        ),
         base(serde_json::json!({"observability": {"tracing": {"port": 70000}}})),
+        base(serde_json::json!({"observability": {"tracing": {"propagation": ["b3"]}}})),
+        base(serde_json::json!({"observability": {"tracing": {"propagation": []}}})),
+        base(serde_json::json!({"observability": {"tracing": {"maxUrlTagLength": 16}}})),
         base(serde_json::json!({"observability": {"tracing": {"protocol": "carrier-pigeon"}}})),
         base(serde_json::json!({"sidecar": {"logLevel": "loud"}})),
         base(serde_json::json!({"traffic": {"outboundPortExclusionList": [0]}})),
@@ -139,7 +157,8 @@ print(json.dumps(out))
     let results: Vec<String> = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(results[0], "ok", "default MeshConfig");
     assert_eq!(results[1], "ok", "FSM-style tracing block");
-    for (i, r) in results.iter().enumerate().skip(2) {
+    assert_eq!(results[2], "ok", "narrowed propagation and a URL bound");
+    for (i, r) in results.iter().enumerate().skip(3) {
         assert!(r.starts_with("invalid"), "case {i} should be refused: {r}");
     }
 }

@@ -77,7 +77,21 @@ pub struct Tracing {
     pub protocol: Protocol,
     /// 0..=1. FSM writes it as a string, so the parser accepts both (see `validate`).
     pub sampled_fraction: f64,
+    /// The formats every hop writes (a `b3` single header is also kept when it came in).
+    pub propagation: Vec<PropagationFormat>,
+    /// The longest URL a span records (`http.url` / `url.full`), in bytes; longer ones are cut.
+    pub max_url_tag_length: u32,
 }
+
+/// The default of `maxUrlTagLength`: long enough for any REST path and a short query (Envoy
+/// keeps 256 bytes of path), short enough that a queued span stays under about 1.6 KiB and a
+/// 4 096-span queue under about 6.5 MiB, whatever URLs clients send (a request head may be
+/// 60 KiB).
+pub const DEFAULT_MAX_URL_TAG_LENGTH: u32 = 1024;
+
+/// The range of `maxUrlTagLength`: below 32 bytes not even `scheme://host` fits; above 8 KiB a
+/// full queue of spans would hold tens of MiB for URLs no trace viewer shows whole.
+pub const MAX_URL_TAG_LENGTH_RANGE: std::ops::RangeInclusive<u32> = 32..=8192;
 
 impl Default for Tracing {
     fn default() -> Self {
@@ -88,6 +102,31 @@ impl Default for Tracing {
             endpoint: "/api/v2/spans".into(),
             protocol: Protocol::Zipkin,
             sampled_fraction: 1.0,
+            propagation: PropagationFormat::ALL.to_vec(),
+            max_url_tag_length: DEFAULT_MAX_URL_TAG_LENGTH,
+        }
+    }
+}
+
+/// A trace-context format a hop writes. Both by default, so apps that only read one of them
+/// (Zipkin's brave and Envoy: B3; OpenTelemetry's default propagator: W3C) join one trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PropagationFormat {
+    /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`, `x-b3-flags`.
+    B3multi,
+    /// W3C `traceparent` and `tracestate`.
+    Tracecontext,
+}
+
+impl PropagationFormat {
+    pub const ALL: [PropagationFormat; 2] =
+        [PropagationFormat::B3multi, PropagationFormat::Tracecontext];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PropagationFormat::B3multi => "b3multi",
+            PropagationFormat::Tracecontext => "tracecontext",
         }
     }
 }

@@ -96,7 +96,7 @@ fn from_value(value: Value, strict: bool) -> Result<Parsed, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LogLevel, Protocol};
+    use crate::{LogLevel, PropagationFormat, Protocol};
     use serde_json::json;
 
     fn messages(err: ConfigError) -> Vec<String> {
@@ -202,6 +202,54 @@ spec:
             assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
         }
         assert_eq!(got.len(), want.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn propagation_and_url_bound() {
+        let t = parse("spec: {}\n")
+            .unwrap()
+            .config
+            .spec
+            .observability
+            .tracing;
+        assert_eq!(
+            t.propagation,
+            [PropagationFormat::B3multi, PropagationFormat::Tracecontext]
+        );
+        assert_eq!(t.max_url_tag_length, 1024);
+        let c = parse_strict(
+            "spec:\n  observability:\n    tracing:\n      propagation: [tracecontext]\n      maxUrlTagLength: 256\n",
+        )
+        .unwrap();
+        let t = &c.spec.observability.tracing;
+        assert_eq!(t.propagation, [PropagationFormat::Tracecontext]);
+        assert_eq!(t.max_url_tag_length, 256);
+
+        let got = messages(
+            parse(
+                "spec:\n  observability:\n    tracing:\n      propagation: [b3multi, b3, 7]\n      maxUrlTagLength: 10\n",
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(
+            got,
+            [
+                "spec.observability.tracing.maxUrlTagLength: 10 is out of range 32..=8192",
+                r#"spec.observability.tracing.propagation[1]: unknown propagation format "b3" (expected b3multi, tracecontext)"#,
+                "spec.observability.tracing.propagation[2]: expected a propagation format string, found number 7",
+            ]
+        );
+        let got = messages(
+            parse("spec:\n  observability:\n    tracing:\n      propagation: []\n      maxUrlTagLength: \"1k\"\n")
+                .unwrap_err(),
+        );
+        assert_eq!(
+            got,
+            [
+                r#"spec.observability.tracing.maxUrlTagLength: expected a whole number in 32..=8192, found string "1k""#,
+                "spec.observability.tracing.propagation: must name at least one format (b3multi, tracecontext)",
+            ]
+        );
     }
 
     #[test]

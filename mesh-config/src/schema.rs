@@ -9,7 +9,9 @@
 use serde_json::{Map, Number, Value};
 
 use crate::validate::PORT_RANGE;
-use crate::{FieldError, LogLevel, Protocol, API_VERSION, KIND};
+use crate::{
+    FieldError, LogLevel, PropagationFormat, Protocol, API_VERSION, KIND, MAX_URL_TAG_LENGTH_RANGE,
+};
 
 enum Field {
     Bool,
@@ -23,6 +25,10 @@ enum Field {
     Fraction,
     /// One of the names; the noun names the kind of value in the message.
     OneOf(&'static str, &'static [&'static str]),
+    /// A list whose every item is one of the names (each bad item named by its index).
+    OneOfList(&'static str, &'static [&'static str]),
+    /// A whole number in the range.
+    UInt(std::ops::RangeInclusive<u32>),
     Object(&'static [(&'static str, Field)]),
     /// Kubernetes bookkeeping we carry but do not interpret.
     Any,
@@ -32,6 +38,10 @@ const PROTOCOLS: &[&str] = &[
     Protocol::Zipkin.as_str(),
     Protocol::OtlpHttp.as_str(),
     Protocol::OtlpGrpc.as_str(),
+];
+const PROPAGATION_FORMATS: &[&str] = &[
+    PropagationFormat::B3multi.as_str(),
+    PropagationFormat::Tracecontext.as_str(),
 ];
 const LOG_LEVELS: &[&str] = &[
     LogLevel::Error.as_str(),
@@ -66,6 +76,11 @@ const TRACING: &[(&str, Field)] = &[
     ("endpoint", Field::Str),
     ("protocol", Field::OneOf("protocol", PROTOCOLS)),
     ("sampledFraction", Field::Fraction),
+    (
+        "propagation",
+        Field::OneOfList("propagation format", PROPAGATION_FORMATS),
+    ),
+    ("maxUrlTagLength", Field::UInt(MAX_URL_TAG_LENGTH_RANGE)),
 ];
 
 const TRAFFIC: &[(&str, Field)] = &[
@@ -207,6 +222,35 @@ fn walk(field: &Field, value: Value, path: &str, f: &mut Findings) -> Option<Val
             }
             other => type_error(path, &format!("a {noun} string"), other, f),
         },
+        Field::OneOfList(noun, names) => match value {
+            Value::Array(items) => {
+                let before = f.errors.len();
+                for (i, v) in items.iter().enumerate() {
+                    walk(
+                        &Field::OneOf(noun, names),
+                        v.clone(),
+                        &format!("{path}[{i}]"),
+                        f,
+                    );
+                }
+                (f.errors.len() == before).then_some(Value::Array(items))
+            }
+            other => type_error(path, &format!("a list of {noun}s"), &other, f),
+        },
+        Field::UInt(range) => {
+            let expected = format!("a whole number in {}..={}", range.start(), range.end());
+            match value.as_u64() {
+                Some(n) if u32::try_from(n).is_ok_and(|n| range.contains(&n)) => Some(value),
+                Some(n) => {
+                    f.errors.push(FieldError::new(
+                        path,
+                        format!("{n} is out of range {}..={}", range.start(), range.end()),
+                    ));
+                    None
+                }
+                None => type_error(path, &expected, &value, f),
+            }
+        }
         Field::Object(fields) => match value {
             Value::Object(map) => {
                 let mut out = Map::new();

@@ -4,7 +4,10 @@
 
 use std::net::IpAddr;
 
-use crate::{ConfigError, FieldError, MeshConfig, Protocol, API_VERSION, KIND};
+use crate::{
+    ConfigError, FieldError, MeshConfig, PropagationFormat, Protocol, API_VERSION, KIND,
+    MAX_URL_TAG_LENGTH_RANGE,
+};
 
 pub(crate) const PORT_RANGE: &str = "1..=65535";
 
@@ -63,6 +66,30 @@ impl MeshConfig {
             out.push(FieldError::new(
                 format!("{tp}.sampledFraction"),
                 format!("{} is out of range 0..=1", t.sampled_fraction),
+            ));
+        }
+        // An empty list would send the context nowhere: every app behind would start traces
+        // of its own, which is tracing off by accident. `enable: false` says that on purpose.
+        if t.propagation.is_empty() {
+            out.push(FieldError::new(
+                format!("{tp}.propagation"),
+                format!(
+                    "must name at least one format ({})",
+                    PropagationFormat::ALL
+                        .map(PropagationFormat::as_str)
+                        .join(", ")
+                ),
+            ));
+        }
+        if !MAX_URL_TAG_LENGTH_RANGE.contains(&t.max_url_tag_length) {
+            out.push(FieldError::new(
+                format!("{tp}.maxUrlTagLength"),
+                format!(
+                    "{} is out of range {}..={}",
+                    t.max_url_tag_length,
+                    MAX_URL_TAG_LENGTH_RANGE.start(),
+                    MAX_URL_TAG_LENGTH_RANGE.end()
+                ),
             ));
         }
 
@@ -167,6 +194,8 @@ mod tests {
         c.spec.observability.tracing.port = 0;
         c.spec.observability.tracing.endpoint = "api".into();
         c.spec.observability.tracing.sampled_fraction = 1.5;
+        c.spec.observability.tracing.propagation = vec![];
+        c.spec.observability.tracing.max_url_tag_length = 8193;
         c.spec.traffic.opaque_ports.push(0);
         c.spec.traffic.outbound_ip_range_exclusion_list = vec!["10.0.0.0/33".into()];
         let err = c.validate().unwrap_err();
@@ -178,6 +207,8 @@ mod tests {
                 "spec.observability.tracing.port",
                 "spec.observability.tracing.endpoint",
                 "spec.observability.tracing.sampledFraction",
+                "spec.observability.tracing.propagation",
+                "spec.observability.tracing.maxUrlTagLength",
                 "spec.traffic.opaquePorts[8]",
                 "spec.traffic.outboundIPRangeExclusionList[0]",
             ]

@@ -29,6 +29,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             identity: Identity {
                 service: args.service,
                 namespace: args.namespace,
+                pod_name: args.pod_name,
                 pod_ip: pod.primary(),
             },
             pod: pod.clone(),

@@ -60,7 +60,8 @@ impl SpanIds {
 pub struct TraceContext {
     pub ids: Option<SpanIds>,
     pub sampling: Sampling,
-    /// W3C `tracestate`, carried only when the context came from `traceparent`.
+    /// W3C `tracestate`, combined and cleaned: carried when a well-formed `traceparent` came
+    /// and the caller's trace continues, whichever format won.
     pub tracestate: Option<http::HeaderValue>,
 }
 

@@ -7,19 +7,25 @@ use http::header::{HeaderMap, HeaderValue};
 
 use crate::context::{Extracted, Sampling, TraceContext};
 use crate::id::HexBuf;
+use crate::propagation::Propagation;
 use crate::scan::{Slot, TraceHeaders, SLOTS};
 
-/// Writes `ctx` as `x-b3-*` and removes every other trace header, then rewrites `b3` and
-/// `traceparent` when the request carried them (so apps reading those formats see this
-/// hop's span too). Every trace header that leaves therefore describes the same context.
-/// `tracestate` is kept only alongside a rewritten `traceparent`.
+/// [`inject_as`] with the default formats (B3 multi-header and `traceparent`).
+pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
+    inject_as(ctx, Propagation::default(), headers)
+}
+
+/// Writes `ctx` in every format `propagation` names (`x-b3-*`, `traceparent` with
+/// `tracestate`), plus the single `b3` header when the request carried it, and removes every
+/// other trace header. Every trace header that leaves therefore describes the same context:
+/// an app reading any one format sees this hop's span.
 ///
 /// A header already present once is rewritten in place (left alone when its value is already
 /// right, as the trace id and sampling decision usually are); only missing headers are
 /// inserted and only stale or repeated ones removed, each a hashed operation on the map.
-pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
+pub fn inject_as(ctx: &TraceContext, propagation: Propagation, headers: &mut HeaderMap) {
     let mut found = Found::scan(headers);
-    let mut wanted = Wanted::new(ctx);
+    let mut wanted = Wanted::new(ctx, propagation, found.count[Slot::B3.index()] > 0);
     found.rewrite_in_place(&mut wanted);
     let count = found.count;
     insert_and_remove(headers, &count, &mut wanted);
@@ -30,6 +36,8 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
 pub(crate) struct Found<'a> {
     first: [Option<&'a mut HeaderValue>; SLOTS],
     count: [u8; SLOTS],
+    /// `tracestate` values after the first: more of one list (empty, so free, when none).
+    more_tracestate: Vec<HeaderValue>,
 }
 
 impl<'a> Found<'a> {
@@ -37,6 +45,7 @@ impl<'a> Found<'a> {
         let mut found = Found {
             first: Default::default(),
             count: [0; SLOTS],
+            more_tracestate: Vec::new(),
         };
         for (name, value) in headers.iter_mut() {
             let Some(slot) = Slot::of(name) else { continue };
@@ -44,6 +53,8 @@ impl<'a> Found<'a> {
             *seen = seen.saturating_add(1);
             if *seen == 1 {
                 found.first[slot.index()] = Some(value);
+            } else if slot == Slot::TraceState {
+                found.more_tracestate.push(value.clone());
             }
         }
         found
@@ -51,7 +62,10 @@ impl<'a> Found<'a> {
 
     /// A read-only view, for extraction.
     pub(crate) fn view(&self) -> TraceHeaders<'_> {
-        TraceHeaders::from_first(self.first.each_ref().map(|v| v.as_deref()))
+        TraceHeaders::from_first(
+            self.first.each_ref().map(|v| v.as_deref()),
+            self.more_tracestate.clone(),
+        )
     }
 
     /// Overwrites the first value of every present header that is wanted and differs.
@@ -69,17 +83,26 @@ impl<'a> Found<'a> {
     }
 }
 
-/// Extracts the caller's context and writes the one `next` chooses, in one pass over the
-/// headers (extraction and injection both need to find the trace headers): the same result as
-/// [`crate::extract`] followed by [`inject`]. Returns what was extracted and what was sent.
+/// [`propagate_as`] with the default formats.
 pub fn propagate(
     headers: &mut HeaderMap,
+    next: impl FnOnce(&Extracted) -> TraceContext,
+) -> (Extracted, TraceContext) {
+    propagate_as(headers, Propagation::default(), next)
+}
+
+/// Extracts the caller's context and writes the one `next` chooses, in one pass over the
+/// headers (extraction and injection both need to find the trace headers): the same result as
+/// [`crate::extract`] followed by [`inject_as`]. Returns what was extracted and what was sent.
+pub fn propagate_as(
+    headers: &mut HeaderMap,
+    propagation: Propagation,
     next: impl FnOnce(&Extracted) -> TraceContext,
 ) -> (Extracted, TraceContext) {
     let mut found = Found::scan(headers);
     let extracted = crate::extract_from(&found.view());
     let sent = next(&extracted);
-    let mut wanted = Wanted::new(&sent);
+    let mut wanted = Wanted::new(&sent, propagation, found.count[Slot::B3.index()] > 0);
     found.rewrite_in_place(&mut wanted);
     let count = found.count;
     insert_and_remove(headers, &count, &mut wanted);
@@ -89,16 +112,8 @@ pub fn propagate(
 /// Inserts the wanted headers that are missing, replaces repeated ones, and removes the ones
 /// not wanted; headers present once were rewritten in place already.
 fn insert_and_remove(headers: &mut HeaderMap, count: &[u8; SLOTS], wanted: &mut Wanted<'_>) {
-    let present = |slot: Slot| count[slot.index()] > 0;
     for slot in Slot::ALL {
-        // `b3` and `traceparent` go on only where the app used them, `tracestate` with the latter.
-        let emitted = match slot {
-            Slot::B3 => present(Slot::B3),
-            Slot::TraceParent | Slot::TraceState => present(Slot::TraceParent),
-            _ => true,
-        };
-        let want = if emitted { wanted.get(slot) } else { None };
-        match (want, count[slot.index()]) {
+        match (wanted.get(slot), count[slot.index()]) {
             // Written in place, or rightly absent.
             (Some(_), 1) | (None, 0) => {}
             (Some(want), _) => {
@@ -113,10 +128,12 @@ fn insert_and_remove(headers: &mut HeaderMap, count: &[u8; SLOTS], wanted: &mut 
 }
 
 /// What each trace header should say downstream, `None` for "not sent". The ids are encoded
-/// once up front (every hop sends them); the `b3` and `traceparent` forms only when the
-/// request carries them.
+/// once up front; the `b3` and `traceparent` forms when first asked for.
 struct Wanted<'a> {
     ctx: &'a TraceContext,
+    propagation: Propagation,
+    /// The request carried `b3`, so it is written too.
+    b3_single: bool,
     trace_id: Option<HexBuf<32>>,
     span_id: Option<HexBuf<16>>,
     parent_id: Option<HexBuf<16>>,
@@ -125,10 +142,12 @@ struct Wanted<'a> {
 }
 
 impl<'a> Wanted<'a> {
-    fn new(ctx: &'a TraceContext) -> Self {
+    fn new(ctx: &'a TraceContext, propagation: Propagation, b3_single: bool) -> Self {
         let ids = ctx.ids.as_ref();
         Self {
             ctx,
+            propagation,
+            b3_single,
             trace_id: ids.map(|ids| ids.trace_id.encode()),
             span_id: ids.map(|ids| ids.span_id.encode()),
             parent_id: ids.and_then(|ids| ids.parent_id).map(|p| p.encode()),
@@ -139,6 +158,16 @@ impl<'a> Wanted<'a> {
 
     fn get(&mut self, slot: Slot) -> Option<Want<'_>> {
         let ctx = self.ctx;
+        let written = match slot {
+            Slot::B3 => self.b3_single,
+            Slot::TraceParent | Slot::TraceState => self.propagation.trace_context,
+            Slot::TraceId | Slot::SpanId | Slot::ParentSpanId | Slot::Sampled | Slot::Flags => {
+                self.propagation.b3_multi
+            }
+        };
+        if !written {
+            return None;
+        }
         match slot {
             Slot::TraceId => self.trace_id.as_ref().map(|h| Want::Bytes(h.as_bytes())),
             Slot::SpanId => self.span_id.as_ref().map(|h| Want::Bytes(h.as_bytes())),

@@ -2,8 +2,10 @@
 //! `traceparent`/`tracestate`, read into one [`TraceContext`] and written back out.
 //!
 //! Extraction never allocates (header values are parsed in place) and never panics on input;
-//! anything malformed is dropped and reported so the proxy can count it. Injection replaces
-//! every trace header, so nothing stale is left behind for the next hop.
+//! anything malformed is dropped and reported so the proxy can count it (a repeated
+//! `tracestate`, the one exception, is combined into one list). Injection writes every format
+//! the [`Propagation`] names and replaces every other trace header, so nothing stale is left
+//! behind for the next hop.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -11,13 +13,16 @@ mod b3;
 mod context;
 mod id;
 mod inject;
+mod propagation;
 mod sampler;
 mod scan;
+mod tracestate;
 mod w3c;
 
 pub use context::{Extracted, Format, Malformed, Sampling, SpanIds, TraceContext};
 pub use id::{HexBuf, SpanId, TraceId};
-pub use inject::{inject, propagate};
+pub use inject::{inject, inject_as, propagate, propagate_as};
+pub use propagation::Propagation;
 pub use sampler::sampled_at;
 
 /// Header names this crate reads and writes.
@@ -33,12 +38,29 @@ use scan::TraceHeaders;
 /// Reads the caller's context. Precedence follows brave: the single `b3` header wins, then
 /// `x-b3-*`, then `traceparent`; a malformed format is skipped (and reported) so the next
 /// well-formed one is used. With nothing usable, only a valid sampling decision is kept.
+///
+/// `tracestate` is kept whichever format wins, as long as a well-formed `traceparent` came
+/// with it (the W3C spec reads it only then): an app that sends both B3 and W3C headers keeps
+/// its vendors' state. Several `tracestate` headers are combined and cleaned (see
+/// [`tracestate`]).
 pub fn extract(headers: &HeaderMap) -> Extracted {
     extract_from(&TraceHeaders::scan(headers))
 }
 
 /// [`extract`] from trace headers already found.
 fn extract_from(found: &TraceHeaders<'_>) -> Extracted {
+    let mut extracted = winner(found);
+    if extracted.context.ids.is_some()
+        && found.present(scan::Slot::TraceState)
+        && w3c::is_valid(found)
+    {
+        extracted.context.tracestate = tracestate::combine(found.tracestate_values());
+    }
+    extracted
+}
+
+/// The context of the first well-formed format, without `tracestate`.
+fn winner(found: &TraceHeaders<'_>) -> Extracted {
     type Parser = fn(&TraceHeaders<'_>) -> Parse;
     const FORMATS: [(Format, Parser); 3] = [
         (Format::B3Single, b3::parse_single),

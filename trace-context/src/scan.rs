@@ -70,10 +70,13 @@ impl Slot {
 }
 
 /// The first value of each trace header a request carries (`HeaderMap` keeps arrival order,
-/// and the first of a repeated header wins).
+/// and the first of a repeated header wins), and the later `tracestate` values, which are not
+/// repeats but more of one list.
 #[derive(Default)]
 pub(crate) struct TraceHeaders<'a> {
     first: [Option<&'a HeaderValue>; SLOTS],
+    /// Empty (no allocation) unless `tracestate` came more than once.
+    more_tracestate: Vec<HeaderValue>,
 }
 
 impl<'a> TraceHeaders<'a> {
@@ -81,14 +84,31 @@ impl<'a> TraceHeaders<'a> {
         let mut found = Self::default();
         for (name, value) in headers {
             if let Some(slot) = Slot::of(name) {
-                found.first[slot.index()].get_or_insert(value);
+                let first = &mut found.first[slot.index()];
+                if first.is_some() && slot == Slot::TraceState {
+                    found.more_tracestate.push(value.clone());
+                }
+                first.get_or_insert(value);
             }
         }
         found
     }
 
-    pub(crate) fn from_first(first: [Option<&'a HeaderValue>; SLOTS]) -> Self {
-        Self { first }
+    pub(crate) fn from_first(
+        first: [Option<&'a HeaderValue>; SLOTS],
+        more_tracestate: Vec<HeaderValue>,
+    ) -> Self {
+        Self {
+            first,
+            more_tracestate,
+        }
+    }
+
+    /// Every `tracestate` value, in arrival order.
+    pub(crate) fn tracestate_values(&self) -> impl Iterator<Item = &HeaderValue> {
+        self.first[Slot::TraceState.index()]
+            .into_iter()
+            .chain(&self.more_tracestate)
     }
 
     /// The header's first value as bytes. An empty value counts as absent: proxies and
@@ -99,9 +119,9 @@ impl<'a> TraceHeaders<'a> {
             .filter(|v| !v.is_empty())
     }
 
-    /// The header's first value as it came, empty or not.
-    pub(crate) fn value(&self, slot: Slot) -> Option<&'a HeaderValue> {
-        self.first[slot.index()]
+    /// Whether the header came at all, empty or not.
+    pub(crate) fn present(&self, slot: Slot) -> bool {
+        self.first[slot.index()].is_some()
     }
 }
 
@@ -131,7 +151,7 @@ mod tests {
         let found = TraceHeaders::scan(&h);
         assert_eq!(found.get(Slot::TraceId), Some(&b"a"[..]));
         assert_eq!(found.get(Slot::Sampled), None);
-        assert_eq!(found.value(Slot::Sampled).unwrap(), "");
+        assert!(found.present(Slot::Sampled));
         assert_eq!(found.get(Slot::SpanId), None);
     }
 }

@@ -25,6 +25,15 @@ fn get<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {
 
 /// What the proxy does: a child span of the caller's, with the decision made, injected.
 fn downstream(h: &HeaderMap, decide: bool) -> (Extracted, TraceContext, HeaderMap) {
+    downstream_as(h, decide, Propagation::default())
+}
+
+/// [`downstream`] writing the formats `propagation` names.
+fn downstream_as(
+    h: &HeaderMap,
+    decide: bool,
+    propagation: Propagation,
+) -> (Extracted, TraceContext, HeaderMap) {
     let e = extract(h);
     let mut child = e.context.child();
     if child.sampling == Sampling::Deferred {
@@ -35,10 +44,10 @@ fn downstream(h: &HeaderMap, decide: bool) -> (Extracted, TraceContext, HeaderMa
         };
     }
     let mut out = h.clone();
-    inject(&child, &mut out);
+    inject_as(&child, propagation, &mut out);
     // The one-pass form must agree exactly with extract-then-inject, in every case here.
     let mut one_pass = h.clone();
-    let (seen, sent) = propagate(&mut one_pass, |seen| {
+    let (seen, sent) = propagate_as(&mut one_pass, propagation, |seen| {
         assert_eq!(seen, &e);
         child.clone()
     });
@@ -429,16 +438,21 @@ fn no_headers_new_root() {
     assert_eq!(get(&out, "x-b3-traceid").unwrap().len(), 32);
     assert_eq!(get(&out, "x-b3-spanid").unwrap().len(), 16);
     assert_eq!(get(&out, "b3"), None);
-    assert_eq!(get(&out, "traceparent"), None);
+    // Both default formats describe the new root.
+    assert_eq!(
+        get(&out, "traceparent").unwrap(),
+        format!("00-{}-{}-01", c.trace_id, c.span_id)
+    );
 }
 
-/// Random bytes in random trace headers: never a panic, and what goes out is well-formed.
+/// Random bytes in random trace headers: never a panic, and what goes out is well-formed and
+/// exactly what an independent reference writes, for every choice of formats.
 #[test]
 fn randomized_headers_never_panic_and_output_is_well_formed() {
     let names = TRACE_HEADERS;
-    let alphabet = b"0123456789abcdefABCDEF-xdz ";
+    let alphabet = b"0123456789abcdefABCDEF-xdz =,";
     let mut rng = fastrand::Rng::with_seed(7);
-    for _ in 0..20_000 {
+    for round in 0..20_000 {
         let mut h = HeaderMap::new();
         for _ in 0..rng.usize(0..6) {
             let len = rng.usize(0..70);
@@ -453,7 +467,27 @@ fn randomized_headers_never_panic_and_output_is_well_formed() {
                 h.append(names[rng.usize(..names.len())], v);
             }
         }
-        let (e, child, out) = downstream(&h, rng.bool());
+        // Often a well-formed traceparent, so that random tracestate lists are read.
+        if rng.u8(0..4) == 0 {
+            let tp = format!("00-{T128}-{S}-0{}", rng.u8(0..2));
+            h.append("traceparent", HeaderValue::from_str(&tp).unwrap());
+            for _ in 0..rng.usize(1..4) {
+                let list = random_tracestate(&mut rng);
+                h.append("tracestate", HeaderValue::from_str(&list).unwrap());
+            }
+        }
+        let propagation = [
+            Propagation::default(),
+            Propagation {
+                b3_multi: true,
+                trace_context: false,
+            },
+            Propagation {
+                b3_multi: false,
+                trace_context: true,
+            },
+        ][round % 3];
+        let (e, child, out) = downstream_as(&h, rng.bool(), propagation);
         if e.malformed.is_none() && e.format == Format::None {
             assert_eq!(e.context.ids, None);
         }
@@ -463,19 +497,59 @@ fn randomized_headers_never_panic_and_output_is_well_formed() {
                 && s.bytes()
                     .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
         };
-        assert!(hex(get(&out, "x-b3-traceid").unwrap(), &[16, 32]));
-        assert!(hex(get(&out, "x-b3-spanid").unwrap(), &[16]));
-        assert_eq!(get(&out, "x-b3-spanid").unwrap(), ids.span_id.to_string());
-        // What goes out parses back to exactly what was sent.
+        if propagation.b3_multi {
+            assert!(hex(get(&out, "x-b3-traceid").unwrap(), &[16, 32]));
+            assert!(hex(get(&out, "x-b3-spanid").unwrap(), &[16]));
+            assert_eq!(get(&out, "x-b3-spanid").unwrap(), ids.span_id.to_string());
+        }
+        // What goes out parses back to exactly what was sent (the parent survives in B3 only).
         let back = extract(&out);
         assert_eq!(back.malformed, None);
-        assert_eq!(back.context.ids, Some(ids));
+        let got = back.context.ids.unwrap();
+        assert_eq!(
+            (got.trace_id.low(), got.span_id),
+            (ids.trace_id.low(), ids.span_id)
+        );
         assert_eq!(back.context.sampling, child.sampling);
         assert_eq!(
             trace_headers(&out),
-            trace_headers(&reference_inject(&child, &h))
+            trace_headers(&reference_inject(&child, &h, propagation, &e))
         );
     }
+}
+
+/// A `tracestate` list of valid and invalid members, with optional white space and empty
+/// members, sometimes long or with a repeated key.
+fn random_tracestate(rng: &mut fastrand::Rng) -> String {
+    let keys = [
+        "a", "b", "vendor", "t0@sys", "0t@s", "k_-*/9", "Bad", "x.y", "@s", "t@",
+    ];
+    let values = ["1", "v a", "", " ", "a=b", "!~"];
+    let n = rng.usize(0..12);
+    let members: Vec<String> = (0..n)
+        .map(|i| {
+            let key = if rng.u8(0..3) == 0 {
+                keys[rng.usize(..keys.len())].to_owned()
+            } else {
+                format!("k{i}{}", rng.u8(0..40))
+            };
+            // Lengths around the spec's limits: 128 for a long member, 256 for a value.
+            let long;
+            let value = if rng.bool() {
+                long = "x".repeat(rng.usize(1..260));
+                long.as_str()
+            } else {
+                values[rng.usize(..values.len())]
+            };
+            let ows = [" ", "\t", ""][rng.usize(..3)];
+            if rng.u8(0..10) == 0 {
+                String::new()
+            } else {
+                format!("{ows}{key}={value}{ows}")
+            }
+        })
+        .collect();
+    members.join(",")
 }
 
 const TRACE_HEADERS: [&str; 8] = [
@@ -504,49 +578,162 @@ fn trace_headers(h: &HeaderMap) -> Vec<(&'static str, Vec<String>)> {
         .collect()
 }
 
-/// `inject` by the letter of its contract, with no care for cost: drop every trace header,
-/// write the x-b3 set, and `b3` / `traceparent` (with `tracestate`) where the request had them.
-fn reference_inject(ctx: &TraceContext, original: &HeaderMap) -> HeaderMap {
+/// `inject` by the letter of its contract, with no care for cost and no use of the codec's
+/// writer: drop every trace header, then write each format from the ids with `format!`: the
+/// `x-b3-*` set and `traceparent` (with the caller's combined `tracestate`) as `propagation`
+/// says, and `b3` where the request had it.
+fn reference_inject(
+    ctx: &TraceContext,
+    original: &HeaderMap,
+    propagation: Propagation,
+    extracted: &Extracted,
+) -> HeaderMap {
     let mut h = original.clone();
-    let had = |n: &str| original.contains_key(n);
     for n in TRACE_HEADERS {
         h.remove(n);
     }
-    let mut fresh = HeaderMap::new();
-    inject(ctx, &mut fresh);
-    for n in [
-        "x-b3-traceid",
-        "x-b3-spanid",
-        "x-b3-parentspanid",
-        "x-b3-sampled",
-        "x-b3-flags",
-    ] {
-        if let Some(v) = fresh.get(n) {
-            h.insert(HeaderName::from_static(n), v.clone());
+    let mut put = |name: &'static str, value: String| {
+        h.insert(name, HeaderValue::from_str(&value).unwrap());
+    };
+    let ids = ctx.ids.expect("a child always has ids");
+    let trace = if ids.trace_id.is_128bit() {
+        format!("{:016x}{:016x}", ids.trace_id.high(), ids.trace_id.low())
+    } else {
+        format!("{:016x}", ids.trace_id.low())
+    };
+    let span = format!("{:016x}", ids.span_id.get());
+    let parent = ids.parent_id.map(|p| format!("{:016x}", p.get()));
+    let flag = match ctx.sampling {
+        Sampling::Deferred => None,
+        Sampling::Sampled => Some("1"),
+        Sampling::NotSampled => Some("0"),
+        Sampling::Debug => Some("d"),
+    };
+    if propagation.b3_multi {
+        put("x-b3-traceid", trace.clone());
+        put("x-b3-spanid", span.clone());
+        if let Some(p) = &parent {
+            put("x-b3-parentspanid", p.clone());
+        }
+        match ctx.sampling {
+            Sampling::Sampled => put("x-b3-sampled", "1".into()),
+            Sampling::NotSampled => put("x-b3-sampled", "0".into()),
+            Sampling::Debug => put("x-b3-flags", "1".into()),
+            Sampling::Deferred => {}
         }
     }
-    let mut with_formats = HeaderMap::new();
-    for n in ["b3", "traceparent"] {
-        if had(n) {
-            with_formats.insert(HeaderName::from_static(n), HeaderValue::from_static("0"));
-        }
+    if original.contains_key("b3") {
+        let b3 = match (flag, &parent) {
+            (None, _) => format!("{trace}-{span}"),
+            (Some(f), None) => format!("{trace}-{span}-{f}"),
+            (Some(f), Some(p)) => format!("{trace}-{span}-{f}-{p}"),
+        };
+        put("b3", b3);
     }
-    inject(ctx, &mut with_formats);
-    if had("b3") {
-        if let Some(v) = with_formats.get("b3") {
-            h.insert("b3", v.clone());
-        }
-    }
-    if had("traceparent") {
-        if let (Some(tp), Some(ids)) = (with_formats.get("traceparent"), ctx.ids) {
-            assert!(tp.to_str().unwrap().contains(&ids.span_id.to_string()));
-            h.insert("traceparent", tp.clone());
-            if let Some(state) = &ctx.tracestate {
-                h.insert("tracestate", state.clone());
+    if propagation.trace_context {
+        let sampled = matches!(ctx.sampling, Sampling::Sampled | Sampling::Debug);
+        put(
+            "traceparent",
+            format!(
+                "00-{:016x}{:016x}-{span}-{}",
+                ids.trace_id.high(),
+                ids.trace_id.low(),
+                if sampled { "01" } else { "00" }
+            ),
+        );
+        // Carried when the caller's trace continues and its traceparent was well-formed.
+        let traceparent_ok = original
+            .get("traceparent")
+            .is_some_and(|v| reference_traceparent_ok(v.as_bytes()));
+        if extracted.context.ids.is_some() && traceparent_ok {
+            let values: Vec<String> = original
+                .get_all("tracestate")
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            if let Some(state) = reference_tracestate(&values) {
+                put("tracestate", state);
             }
         }
     }
     h
+}
+
+/// The W3C `traceparent` grammar, spelled out on characters.
+fn reference_traceparent_ok(v: &[u8]) -> bool {
+    let Ok(v) = std::str::from_utf8(v) else {
+        return false;
+    };
+    let fields: Vec<&str> = v.split('-').collect();
+    let lower_hex =
+        |f: &str, n: usize| f.len() == n && f.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'));
+    if fields.len() < 4 || !lower_hex(fields[0], 2) || fields[0] == "ff" {
+        return false;
+    }
+    if fields[0] == "00" && fields.len() != 4 {
+        return false;
+    }
+    lower_hex(fields[1], 32)
+        && fields[1] != "0".repeat(32)
+        && lower_hex(fields[2], 16)
+        && fields[2] != "0".repeat(16)
+        && lower_hex(fields[3], 2)
+}
+
+/// The W3C rules for `tracestate`, on strings: one list from every header, white space and
+/// empty members gone, invalid members dropped, a repeated key or more than 32 members drop
+/// the list, then long members and then the last ones go until it fits in 512 characters.
+fn reference_tracestate(values: &[String]) -> Option<String> {
+    let joined = values.join(",");
+    let mut members: Vec<&str> = Vec::new();
+    for m in joined.split(',') {
+        let m = m.trim_matches(|c| c == ' ' || c == '\t');
+        if m.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = m.split_once('=') else {
+            continue;
+        };
+        let key_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-*/".contains(c);
+        let key_ok = match key.split_once('@') {
+            None => {
+                key.starts_with(|c: char| c.is_ascii_lowercase())
+                    && key.len() <= 256
+                    && key.chars().all(key_char)
+            }
+            Some((tenant, system)) => {
+                !tenant.is_empty()
+                    && tenant.len() <= 241
+                    && tenant.chars().all(key_char)
+                    && system.starts_with(|c: char| c.is_ascii_lowercase())
+                    && system.len() <= 14
+                    && system.chars().all(key_char)
+            }
+        };
+        let value_ok = !value.is_empty()
+            && value.len() <= 256
+            && !value.ends_with(' ')
+            && value
+                .chars()
+                .all(|c| (' '..='~').contains(&c) && c != ',' && c != '=');
+        if !(key_ok && value_ok) {
+            continue;
+        }
+        if members.iter().any(|k| k.split('=').next() == Some(key)) {
+            return None;
+        }
+        members.push(m);
+    }
+    if members.len() > 32 {
+        return None;
+    }
+    while members.join(",").len() > 512 {
+        match members.iter().position(|m| m.len() > 128) {
+            Some(i) => members.remove(i),
+            None => members.pop().unwrap(),
+        };
+    }
+    (!members.is_empty()).then(|| members.join(","))
 }
 
 #[test]
@@ -566,11 +753,15 @@ fn headers_already_right_are_kept_and_stale_ones_go() {
     assert_eq!(get(&out, "x-b3-spanid").unwrap(), ids.span_id.to_string());
     assert_eq!(get(&out, "x-b3-parentspanid"), Some(S));
     assert_eq!(get(&out, "x-b3-sampled"), Some("1"));
-    // Flags other than 1 are not forwarded; tracestate only travels with traceparent.
+    // Flags other than 1 are not forwarded; tracestate without a traceparent is not read.
     assert_eq!(get(&out, "x-b3-flags"), None);
     assert_eq!(get(&out, "tracestate"), None);
     assert_eq!(get(&out, "host"), Some("b.example"));
-    assert_eq!(out.len(), 5);
+    assert_eq!(
+        get(&out, "traceparent").unwrap(),
+        format!("00-{T128}-{}-01", ids.span_id)
+    );
+    assert_eq!(out.len(), 6);
 }
 
 #[test]
@@ -604,4 +795,185 @@ fn injected_values_stay_intact_across_many_requests() {
         assert_eq!(get(h, "x-b3-spanid").unwrap(), ids.span_id.to_string());
         assert_eq!(extract(h).context.ids, Some(ids));
     }
+}
+
+#[test]
+fn traceparent_is_written_when_only_b3_came() {
+    let h = map(&[
+        ("x-b3-traceid", T64),
+        ("x-b3-spanid", S),
+        ("x-b3-sampled", "1"),
+    ]);
+    let (_, child, out) = downstream(&h, false);
+    let span = child.ids.unwrap().span_id.to_string();
+    // The 64-bit B3 trace id, widened as W3C needs, and the same new span.
+    assert_eq!(
+        get(&out, "traceparent").unwrap(),
+        format!("00-0000000000000000{T64}-{span}-01")
+    );
+    assert_eq!(get(&out, "x-b3-spanid"), Some(span.as_str()));
+    assert_eq!(get(&out, "tracestate"), None);
+    assert_eq!(get(&out, "b3"), None, "b3 single only when it came");
+}
+
+#[test]
+fn b3_is_written_when_only_traceparent_came() {
+    let h = map(&[("traceparent", &format!("00-{T128}-{S}-00"))]);
+    let (_, child, out) = downstream(&h, true);
+    let ids = child.ids.unwrap();
+    assert_eq!(get(&out, "x-b3-traceid"), Some(T128));
+    assert_eq!(get(&out, "x-b3-spanid").unwrap(), ids.span_id.to_string());
+    assert_eq!(get(&out, "x-b3-parentspanid"), Some(S));
+    // The caller's decision (not sampled) wins over this hop's.
+    assert_eq!(get(&out, "x-b3-sampled"), Some("0"));
+    assert_eq!(
+        get(&out, "traceparent").unwrap(),
+        format!("00-{T128}-{}-00", ids.span_id)
+    );
+    assert_eq!(get(&out, "b3"), None);
+}
+
+#[test]
+fn b3_single_is_kept_beside_both_formats() {
+    let h = map(&[("b3", &format!("{T128}-{S}-1"))]);
+    let (_, child, out) = downstream(&h, false);
+    let span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(get(&out, "b3").unwrap(), format!("{T128}-{span}-1-{S}"));
+    assert_eq!(get(&out, "x-b3-spanid"), Some(span.as_str()));
+    assert_eq!(
+        get(&out, "traceparent").unwrap(),
+        format!("00-{T128}-{span}-01")
+    );
+    // And when neither listed format is written, `b3` still is.
+    let none = Propagation {
+        b3_multi: false,
+        trace_context: false,
+    };
+    let (_, child, out) = downstream_as(&h, false, none);
+    let span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(get(&out, "b3").unwrap(), format!("{T128}-{span}-1-{S}"));
+    assert_eq!(
+        trace_headers(&out)
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn tracestate_is_kept_when_b3_wins() {
+    let h = map(&[
+        ("x-b3-traceid", T128),
+        ("x-b3-spanid", S),
+        ("x-b3-sampled", "1"),
+        ("traceparent", &format!("00-{T128}-{P}-01")),
+        ("tracestate", "rojo=00f067aa0ba902b7"),
+        ("tracestate", "congo=t61rcWkgMzE"),
+    ]);
+    let (e, child, out) = downstream(&h, false);
+    assert_eq!(e.format, Format::B3Multi);
+    assert_eq!(ids(&e).span_id.to_string(), S);
+    let span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(
+        get(&out, "traceparent").unwrap(),
+        format!("00-{T128}-{span}-01")
+    );
+    // Two headers are one list, sent on as one header, in order.
+    assert_eq!(
+        out.get_all("tracestate").iter().collect::<Vec<_>>(),
+        ["rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"]
+    );
+}
+
+#[test]
+fn tracestate_combination_follows_the_w3c_rules() {
+    let tp = format!("00-{T128}-{S}-01");
+    let out_state = |states: &[&str]| {
+        let mut pairs = vec![("traceparent", tp.as_str())];
+        pairs.extend(states.iter().map(|s| ("tracestate", *s)));
+        let (_, _, out) = downstream(&map(&pairs), true);
+        let all: Vec<String> = out
+            .get_all("tracestate")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert!(all.len() <= 1, "one combined header: {all:?}");
+        all.into_iter().next()
+    };
+    // Order kept across headers; white space and empty members dropped.
+    assert_eq!(
+        out_state(&["foo=1, bar=2", "", "baz=3 ,"]).as_deref(),
+        Some("foo=1,bar=2,baz=3")
+    );
+    // Invalid members dropped, the valid ones kept.
+    assert_eq!(
+        out_state(&["foo=1,BAR=2,ba z=3,qux=4"]).as_deref(),
+        Some("foo=1,qux=4")
+    );
+    // A repeated key or more than 32 members: the whole header is dropped.
+    assert_eq!(out_state(&["foo=1", "foo=2"]), None);
+    let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+    assert_eq!(
+        out_state(&[&many[..16].join(","), &many[16..32].join(",")]).map(|s| s.split(',').count()),
+        Some(32)
+    );
+    assert_eq!(
+        out_state(&[&many[..16].join(","), &many[16..].join(",")]),
+        None
+    );
+    // With a malformed traceparent, tracestate is not read at all.
+    let (_, _, out) = downstream(
+        &map(&[("traceparent", "00-xyz"), ("tracestate", "foo=1")]),
+        true,
+    );
+    assert_eq!(get(&out, "tracestate"), None);
+}
+
+#[test]
+fn propagation_setting_narrows_the_output() {
+    let h = map(&[
+        ("x-b3-traceid", T128),
+        ("x-b3-spanid", S),
+        ("x-b3-sampled", "1"),
+        ("traceparent", &format!("00-{T128}-{S}-01")),
+        ("tracestate", "foo=1"),
+    ]);
+    let only_b3 = Propagation {
+        b3_multi: true,
+        trace_context: false,
+    };
+    let (_, child, out) = downstream_as(&h, false, only_b3);
+    assert_eq!(
+        get(&out, "x-b3-spanid").unwrap(),
+        child.ids.unwrap().span_id.to_string()
+    );
+    // Not left behind stale either.
+    assert_eq!(get(&out, "traceparent"), None);
+    assert_eq!(get(&out, "tracestate"), None);
+
+    let only_w3c = Propagation {
+        b3_multi: false,
+        trace_context: true,
+    };
+    let (_, child, out) = downstream_as(&h, false, only_w3c);
+    let span = child.ids.unwrap().span_id.to_string();
+    assert_eq!(
+        get(&out, "traceparent").unwrap(),
+        format!("00-{T128}-{span}-01")
+    );
+    assert_eq!(get(&out, "tracestate"), Some("foo=1"));
+    for n in [
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+    ] {
+        assert_eq!(get(&out, n), None, "{n}");
+    }
+    // The next hop still reads the whole context from traceparent alone.
+    let back = extract(&out);
+    assert_eq!(back.context.ids.unwrap().span_id.to_string(), span);
+    assert_eq!(back.context.sampling, Sampling::Sampled);
 }

@@ -27,12 +27,20 @@ pub(crate) fn parse(headers: &TraceHeaders<'_>) -> Parse {
                 } else {
                     Sampling::NotSampled
                 },
-                tracestate: headers.value(Slot::TraceState).cloned(),
+                // Set by `extract`, whichever format wins.
+                tracestate: None,
             },
             None,
         ),
         None => Parse::Malformed(Malformed::TraceParent, Sampling::Deferred),
     }
+}
+
+/// Whether a well-formed `traceparent` came: the spec reads `tracestate` only then.
+pub(crate) fn is_valid(headers: &TraceHeaders<'_>) -> bool {
+    headers
+        .get(Slot::TraceParent)
+        .is_some_and(|v| parse_value(v).is_some())
 }
 
 fn parse_value(v: &[u8]) -> Option<(SpanIds, bool)> {

@@ -20,7 +20,6 @@ use opentelemetry::InstrumentationScope;
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::SpanExporter as _;
-use opentelemetry_sdk::Resource;
 
 use super::span::SpanRecord;
 use super::zipkin::ZipkinEncoder;
@@ -112,8 +111,7 @@ impl Exporter {
                         .build()
                 };
                 let mut exporter = built.map_err(|e| ExportError::Build(e.to_string()))?;
-                exporter
-                    .set_resource(&Resource::builder_empty().with_service_name(service).build());
+                exporter.set_resource(&super::otlp::resource(identity));
                 let scope = InstrumentationScope::builder("mesh-proxy")
                     .with_version(env!("CARGO_PKG_VERSION"))
                     .build();
@@ -140,7 +138,10 @@ impl Exporter {
                         .await
                 }
                 Kind::Otlp { exporter, scope } => {
-                    let spans = batch.iter().map(|s| s.to_span_data(scope)).collect();
+                    let spans = batch
+                        .iter()
+                        .map(|s| super::otlp::span_data(s, scope))
+                        .collect();
                     exporter
                         .export(spans)
                         .await
@@ -247,6 +248,7 @@ mod tests {
             endpoint: "/v1/traces".into(),
             protocol,
             sampled_fraction: 1.0,
+            ..Tracing::default()
         }
     }
 

@@ -7,11 +7,12 @@
 //!
 //! Path of a span: `start` (extract, decide, inject: [`propagate`]) → `finish` (a
 //! [`span::SpanRecord`] into the bounded queue of [`pipeline`]) → batch → [`export`] (Zipkin v2
-//! JSON by [`zipkin`], or OTLP through the opentelemetry exporters). [`reload`] swaps the
-//! pipeline when the MeshConfig's tracing block changes.
+//! JSON by [`zipkin`], or OTLP mapped by [`otlp`] and sent by the opentelemetry exporters).
+//! [`reload`] swaps the pipeline when the MeshConfig's tracing block changes.
 
 pub mod export;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod propagate;
 pub mod reload;
@@ -37,11 +38,14 @@ pub enum Direction {
     Outbound,
 }
 
-/// Who this sidecar is, for `localEndpoint.serviceName` (`<service>.<namespace>`).
+/// Who this sidecar is, for `localEndpoint.serviceName` (`<service>.<namespace>`) and the
+/// OTLP resource.
 #[derive(Clone, Debug, Default)]
 pub struct Identity {
     pub service: String,
     pub namespace: String,
+    /// `POD_NAME`; empty when unknown (a local run).
+    pub pod_name: String,
     pub pod_ip: Option<std::net::IpAddr>,
 }
 
@@ -211,7 +215,11 @@ impl Tracer {
             // Disabled: the sidecar is not a tracing hop; headers pass through untouched.
             return ActiveSpan { pending: None };
         };
-        let decided = propagate::propagate(&mut request.headers, active.config.sampled_fraction);
+        let decided = propagate::propagate(
+            &mut request.headers,
+            active.config.sampled_fraction,
+            propagate::formats(&active.config.propagation),
+        );
         if let Some(why) = decided.malformed {
             self.inner.metrics.malformed(why);
         }
@@ -219,13 +227,14 @@ impl Tracer {
             return ActiveSpan { pending: None };
         }
         pipeline.span_started();
-        let record = SpanRecord::begin(
+        let record = SpanRecord::begin_limited(
             direction,
             request,
             decided.ids,
             decided.debug,
             peer,
             upstream,
+            active.config.max_url_tag_length as usize,
         );
         ActiveSpan {
             pending: Some(Box::new(Pending {

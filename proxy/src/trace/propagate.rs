@@ -2,7 +2,8 @@
 //! headers so the next hop sees this hop's span as its parent.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use trace_context::{Malformed, Sampling, SpanIds};
+use mesh_config::PropagationFormat;
+use trace_context::{Malformed, Propagation, Sampling, SpanIds};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -16,11 +17,20 @@ pub struct Decided {
     pub malformed: Option<Malformed>,
 }
 
+/// The codec's form of MeshConfig's `propagation` list.
+pub fn formats(list: &[PropagationFormat]) -> Propagation {
+    Propagation {
+        b3_multi: list.contains(&PropagationFormat::B3multi),
+        trace_context: list.contains(&PropagationFormat::Tracecontext),
+    }
+}
+
 /// Extracts the caller's context, makes this hop's span a child of it, decides sampling (the
 /// caller's decision wins; otherwise `fraction`, deterministically from the trace id), and
-/// injects the result, replacing every trace header the request carried.
-pub fn propagate(headers: &mut HeaderMap, fraction: f64) -> Decided {
-    let (extracted, child) = trace_context::propagate(headers, |extracted| {
+/// injects the result in the formats `propagation` names (and `b3` when it came), replacing
+/// every trace header the request carried.
+pub fn propagate(headers: &mut HeaderMap, fraction: f64, propagation: Propagation) -> Decided {
+    let (extracted, child) = trace_context::propagate_as(headers, propagation, |extracted| {
         let mut child = extracted.context.child();
         if child.sampling == Sampling::Deferred {
             // `child` always has ids: a child of the caller's span or a new root.
@@ -86,24 +96,24 @@ mod tests {
     fn caller_decision_wins_over_fraction() {
         let mut h = HeaderMap::new();
         h.insert("x-b3-sampled", HeaderValue::from_static("1"));
-        assert!(propagate(&mut h, 0.0).sampled);
+        assert!(propagate(&mut h, 0.0, Propagation::default()).sampled);
         let mut h = HeaderMap::new();
         h.insert("x-b3-sampled", HeaderValue::from_static("0"));
-        assert!(!propagate(&mut h, 1.0).sampled);
+        assert!(!propagate(&mut h, 1.0, Propagation::default()).sampled);
         assert_eq!(h.get("x-b3-sampled").unwrap(), "0");
         let mut h = HeaderMap::new();
         h.insert("x-b3-flags", HeaderValue::from_static("1"));
-        let d = propagate(&mut h, 0.0);
+        let d = propagate(&mut h, 0.0, Propagation::default());
         assert!(d.sampled && d.debug);
     }
 
     #[test]
     fn deferred_decision_uses_fraction_and_is_propagated() {
         let mut h = HeaderMap::new();
-        assert!(propagate(&mut h, 1.0).sampled);
+        assert!(propagate(&mut h, 1.0, Propagation::default()).sampled);
         assert_eq!(h.get("x-b3-sampled").unwrap(), "1");
         let mut h = HeaderMap::new();
-        assert!(!propagate(&mut h, 0.0).sampled);
+        assert!(!propagate(&mut h, 0.0, Propagation::default()).sampled);
         assert_eq!(h.get("x-b3-sampled").unwrap(), "0");
     }
 
@@ -112,7 +122,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-b3-traceid", HeaderValue::from_static("48485a3953bb6124"));
         h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
-        let d = propagate(&mut h, 1.0);
+        let d = propagate(&mut h, 1.0, Propagation::default());
         assert_eq!(d.ids.parent_id.unwrap().to_string(), "a2fb4a1d1a96d312");
         assert_eq!(h.get("x-b3-traceid").unwrap(), "48485a3953bb6124");
         assert_eq!(
@@ -127,9 +137,70 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-b3-traceid", HeaderValue::from_static("NOTHEX"));
         h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
-        let d = propagate(&mut h, 1.0);
+        let d = propagate(&mut h, 1.0, Propagation::default());
         assert_eq!(d.malformed, Some(Malformed::TraceId));
         assert_ne!(h.get("x-b3-traceid").unwrap(), "NOTHEX");
         assert!(h.get("x-b3-parentspanid").is_none());
+    }
+
+    #[test]
+    fn formats_follow_the_mesh_config_list() {
+        use PropagationFormat::*;
+        assert_eq!(formats(&[B3multi, Tracecontext]), Propagation::default());
+        assert_eq!(
+            formats(&[Tracecontext]),
+            Propagation {
+                b3_multi: false,
+                trace_context: true
+            }
+        );
+        assert_eq!(
+            formats(&[B3multi]),
+            Propagation {
+                b3_multi: true,
+                trace_context: false
+            }
+        );
+    }
+
+    /// The tracer reads `propagation` and `maxUrlTagLength` from the config it runs with.
+    #[tokio::test]
+    async fn the_tracer_applies_the_configured_formats_and_url_bound() {
+        use crate::trace::{Direction, Tracer};
+        let tracer = Tracer::new(Default::default(), Default::default());
+        let config = mesh_config::Tracing {
+            enable: true,
+            address: "127.0.0.1".into(),
+            // Nothing is exported in this test.
+            port: 9,
+            propagation: vec![PropagationFormat::Tracecontext],
+            max_url_tag_length: 64,
+            ..Default::default()
+        };
+        tracer.apply(&config);
+        let long = format!("http://b/{}", "x".repeat(500));
+        let (mut parts, _) = http::Request::get(long.as_str())
+            .header("x-b3-traceid", "48485a3953bb6124")
+            .header("x-b3-spanid", "a2fb4a1d1a96d312")
+            .header("x-b3-sampled", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let addr = "10.0.0.1:80".parse().unwrap();
+        let span = tracer.start(Direction::Outbound, &mut parts, addr, addr);
+        let record = &span.pending.as_ref().expect("recording").record;
+        assert_eq!(record.url().len(), 64);
+        let tp = parts.headers["traceparent"].to_str().unwrap();
+        assert_eq!(
+            tp,
+            format!(
+                "00-000000000000000048485a3953bb6124-{}-01",
+                record.ids.span_id
+            )
+        );
+        assert!(!parts.headers.contains_key("x-b3-traceid"));
+        assert!(!parts.headers.contains_key("x-b3-spanid"));
+        drop(span);
+        tracer.flush(std::time::Duration::from_secs(1)).await;
     }
 }

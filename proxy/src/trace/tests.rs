@@ -21,6 +21,7 @@ fn identity() -> Identity {
     Identity {
         service: "b".into(),
         namespace: "default".into(),
+        pod_name: "b-7d4f9-x2x8q".into(),
         pod_ip: Some("127.0.0.1".parse().unwrap()),
     }
 }
@@ -36,6 +37,7 @@ fn config(protocol: Protocol, addr: SocketAddr) -> Tracing {
         },
         protocol,
         sampled_fraction: 1.0,
+        ..Tracing::default()
     }
 }
 

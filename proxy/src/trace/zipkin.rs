@@ -72,9 +72,10 @@ impl ZipkinEncoder {
             Direction::Outbound => b"\",\"kind\":\"CLIENT\",\"localEndpoint\":",
         });
         out.extend_from_slice(&self.local_endpoint);
-        let (url, host, path) = r.url_host_path_bytes();
-        out.extend_from_slice(b",\"name\":");
-        push_name(out, r.method.as_str(), path);
+        let (url, host, _) = r.url_host_path_bytes();
+        out.extend_from_slice(b",\"name\":\"");
+        out.extend_from_slice(lower_case_name(r).as_bytes());
+        out.push(b'"');
         if let Some(parent) = r.ids.parent_id {
             out.extend_from_slice(b",\"parentId\":\"");
             out.extend_from_slice(parent.encode().as_bytes());
@@ -105,18 +106,10 @@ impl ZipkinEncoder {
 
 /// Envoy's tag names; every value is a string.
 fn write_tags(out: &mut Vec<u8>, r: &SpanRecord, url: &[u8], host: &[u8]) {
-    match (&r.outcome.error, r.outcome.status) {
-        (Some(e), _) => {
-            out.extend_from_slice(b"\"error\":");
-            push_str(out, e);
-            out.push(b',');
-        }
-        (None, Some(s)) if s.is_server_error() => {
-            out.extend_from_slice(b"\"error\":\"");
-            push_u64(out, u64::from(s.as_u16()));
-            out.extend_from_slice(b"\",");
-        }
-        _ => {}
+    if let Some(e) = r.error_text() {
+        out.extend_from_slice(b"\"error\":");
+        push_str(out, &e);
+        out.push(b',');
     }
     out.extend_from_slice(b"\"http.method\":");
     push_str(out, r.method.as_str());
@@ -152,19 +145,20 @@ fn write_tags(out: &mut Vec<u8>, r: &SpanRecord, url: &[u8], host: &[u8]) {
     }
 }
 
-/// The span name: `<method> <path>` in lower case, as Envoy names its spans.
-fn push_name(out: &mut Vec<u8>, method: &str, path: &[u8]) {
-    if method.is_ascii() && path.is_ascii() {
-        let start = out.len();
-        push_str(out, method);
-        out.pop(); // the closing quote: the path goes inside the same string
-        let path_start = out.len();
-        push_text(out, path);
-        out[path_start] = b' '; // the path's opening quote becomes the separator
-        out[start..].make_ascii_lowercase();
-    } else {
-        let path = String::from_utf8_lossy(path);
-        push_str(out, &format!("{method} {path}").to_lowercase());
+/// The span name in lower case, as Zipkin shows names: the method, or `http` for any other
+/// (see [`SpanRecord::name`]; never the path).
+fn lower_case_name(r: &SpanRecord) -> &'static str {
+    match r.name() {
+        "GET" => "get",
+        "HEAD" => "head",
+        "POST" => "post",
+        "PUT" => "put",
+        "DELETE" => "delete",
+        "CONNECT" => "connect",
+        "OPTIONS" => "options",
+        "TRACE" => "trace",
+        "PATCH" => "patch",
+        _ => "http",
     }
 }
 
@@ -346,7 +340,7 @@ mod tests {
         assert_eq!(z["traceId"], "48485a3953bb6124");
         assert_eq!(z["id"], "a2fb4a1d1a96d312");
         assert_eq!(z["parentId"], "0020000000000001");
-        assert_eq!(z["name"], "get /api/items");
+        assert_eq!(z["name"], "get");
         assert_eq!(z["duration"], 1500);
         assert_eq!(z["timestamp"], 1_700_000_000_123_456u64);
         assert_eq!(z["localEndpoint"]["serviceName"], "b.default");
@@ -377,7 +371,7 @@ mod tests {
         let z = encode_one(&r, "a.default", Some("::1".parse().unwrap()));
         assert_eq!(z["kind"], "CLIENT");
         assert_eq!(z["debug"], true);
-        assert_eq!(z["name"], "get /api/items");
+        assert_eq!(z["name"], "get");
         assert_eq!(z["localEndpoint"]["ipv6"], "::1");
         assert_eq!(z["remoteEndpoint"]["ipv6"], "fd00::2");
         assert_eq!(z["remoteEndpoint"]["port"], 8080);
@@ -419,19 +413,49 @@ mod tests {
     }
 
     #[test]
-    fn names_lowercase_any_path() {
+    fn names_are_lower_case_methods_and_urls_are_clean() {
         let r = record(Direction::Inbound, "http://b/%C3%89T%C3%89?Q=1", 200);
-        assert_eq!(encode_one(&r, "b", None)["name"], "get /%c3%89t%c3%89");
-        assert_eq!(r.url(), "http://b/%C3%89T%C3%89?Q=1");
-        let mut out = Vec::new();
-        push_name(&mut out, "PATCH", "/Ünïcode/PATH".as_bytes());
-        assert_eq!(
-            serde_json::from_slice::<Value>(&out).unwrap(),
-            "patch /ünïcode/path"
+        assert_eq!(encode_one(&r, "b", None)["name"], "get");
+        let (parts, _) = http::Request::builder()
+            .method("PROPFIND")
+            .uri("http://u:p@b:81/Dav/Item")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut r = SpanRecord::begin(
+            Direction::Outbound,
+            &parts,
+            r.ids,
+            false,
+            r.peer,
+            r.upstream,
         );
-        let mut out = Vec::new();
-        push_name(&mut out, "GET", b"/a\"b");
-        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), "get /a\"b");
+        r.outcome.status = http::StatusCode::from_u16(207).ok();
+        let z = encode_one(&r, "b", None);
+        assert_eq!(z["name"], "http");
+        assert_eq!(z["tags"]["http.method"], "PROPFIND");
+        assert_eq!(z["tags"]["http.url"], "http://b:81/Dav/Item");
+        assert_eq!(z["tags"]["upstream_cluster"], "outbound|b:81");
+        for m in [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ] {
+            let (parts, _) = http::Request::builder()
+                .method(m)
+                .uri("http://b/x")
+                .body(())
+                .unwrap()
+                .into_parts();
+            let r = SpanRecord::begin(Direction::Inbound, &parts, r.ids, false, r.peer, r.upstream);
+            assert_eq!(lower_case_name(&r), m.to_lowercase());
+        }
+    }
+
+    #[test]
+    fn client_4xx_is_an_error_and_server_4xx_is_not() {
+        let z = encode_one(&record(Direction::Outbound, "http://b/x", 404), "a", None);
+        assert_eq!(z["tags"]["error"], "404");
+        let z = encode_one(&record(Direction::Inbound, "http://b/x", 404), "b", None);
+        assert!(z["tags"].get("error").is_none());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Arbitrary bytes split into trace headers: extraction must not panic, what injection writes
-//! must parse back to the same context, and the one-pass `propagate` must agree exactly with
-//! extraction followed by injection.
+//! must parse back to the same context (in every choice of formats), and the one-pass
+//! `propagate_as` must agree exactly with extraction followed by `inject_as`.
 #![no_main]
 
 use http::{HeaderMap, HeaderValue};
@@ -40,10 +40,31 @@ fuzz_target!(|data: &[u8]| {
     let mut one_pass = headers.clone();
     let (seen, _) = trace_context::propagate(&mut one_pass, |_| child.clone());
     assert_eq!(seen, extracted);
-    trace_context::inject(&child, &mut headers);
-    assert_eq!(one_pass, headers);
-    let back = trace_context::extract(&headers);
+    let mut both = headers.clone();
+    trace_context::inject(&child, &mut both);
+    assert_eq!(one_pass, both);
+    let back = trace_context::extract(&both);
     assert_eq!(back.malformed, None);
     assert_eq!(back.context.ids, child.ids);
     assert_eq!(back.context.sampling, child.sampling);
+
+    // Narrowed to one format: the same agreement, and the span itself still reaches the next
+    // hop (W3C alone carries no parent, and widens a 64-bit trace id).
+    let propagation = trace_context::Propagation {
+        b3_multi: data.len() % 3 != 0,
+        trace_context: data.len() % 3 != 1,
+    };
+    let mut one_pass = headers.clone();
+    trace_context::propagate_as(&mut one_pass, propagation, |_| child.clone());
+    trace_context::inject_as(&child, propagation, &mut headers);
+    assert_eq!(one_pass, headers);
+    let back = trace_context::extract(&headers);
+    assert_eq!(back.malformed, None);
+    let (sent, got) = (child.ids.expect("child ids"), back.context.ids.expect("ids"));
+    assert_eq!((sent.trace_id.low(), sent.span_id), (got.trace_id.low(), got.span_id));
+    // W3C has no debug flag: alone, it carries debug as sampled.
+    assert_eq!(back.context.sampling.decision(), child.sampling.decision());
+    if let Some(state) = headers.get("tracestate") {
+        assert!(state.len() <= 512, "tracestate over the W3C length");
+    }
 });
