@@ -14,21 +14,25 @@ use tokio::net::TcpListener;
 
 use crate::config::ConfigRx;
 use crate::shutdown::Watch;
+use crate::trace::Tracer;
 
 /// What the admin endpoints report.
 #[derive(Debug)]
 pub struct Admin {
     pub registry: Registry,
     pub config: ConfigRx,
+    /// For `/config`: which span exporter runs and what its collector last answered.
+    pub tracer: Tracer,
     /// Set once every listener is bound; cleared when shutdown starts.
     pub ready: AtomicBool,
 }
 
 impl Admin {
-    pub fn new(registry: Registry, config: ConfigRx) -> Arc<Self> {
+    pub fn new(registry: Registry, config: ConfigRx, tracer: Tracer) -> Arc<Self> {
         Arc::new(Self {
             registry,
             config,
+            tracer,
             ready: AtomicBool::new(false),
         })
     }
@@ -66,6 +70,7 @@ impl Admin {
                     "last_error": snapshot.last_error,
                     "warnings": snapshot.warnings,
                     "config": &*snapshot.config,
+                    "tracing": self.tracer.status(),
                 });
                 let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
                 resp.headers_mut().insert(
@@ -123,7 +128,11 @@ mod tests {
 
     #[test]
     fn ready_only_after_listeners() {
-        let admin = Admin::new(Registry::default(), fixed(Snapshot::default_config()));
+        let admin = Admin::new(
+            Registry::default(),
+            fixed(Snapshot::default_config()),
+            Tracer::disabled(),
+        );
         assert_eq!(get(&admin, "/live").status(), StatusCode::OK);
         assert_eq!(
             get(&admin, "/ready").status(),
@@ -136,7 +145,11 @@ mod tests {
 
     #[test]
     fn config_is_json_with_generation() {
-        let admin = Admin::new(Registry::default(), fixed(Snapshot::default_config()));
+        let admin = Admin::new(
+            Registry::default(),
+            fixed(Snapshot::default_config()),
+            Tracer::disabled(),
+        );
         let resp = get(&admin, "/config");
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");

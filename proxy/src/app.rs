@@ -146,7 +146,7 @@ pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartE
         options.log_level.clone(),
     ));
 
-    let admin = Admin::new(registry, config);
+    let admin = Admin::new(registry, config, tracer.clone());
     tokio::spawn(crate::admin::run(
         admin_listener,
         admin.clone(),
