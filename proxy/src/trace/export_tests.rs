@@ -647,3 +647,69 @@ async fn an_exporter_that_fails_to_build_is_retried_with_backoff_and_not_recorde
     let spans = bad.wait_for_spans(1, WAIT).await.unwrap();
     assert!(spans[0].tag("http.url").unwrap().ends_with("/built"));
 }
+
+/// An OTLP/gRPC receiver that takes identity-encoded calls only (tonic's default), as a
+/// receiver built without gzip support would.
+#[derive(Default)]
+struct IdentityOnly {
+    spans: Arc<Mutex<usize>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for IdentityOnly
+{
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let n: usize = request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        *self.spans.lock().unwrap() += n;
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_receiver_without_gzip_gets_the_call_again_uncompressed() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    log();
+    let receiver = IdentityOnly::default();
+    let spans = receiver.spans.clone();
+    let service = TraceServiceServer::new(receiver);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let service = service.clone();
+            let service = hyper::service::service_fn(move |req| {
+                tower::ServiceExt::oneshot(service.clone(), req)
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service),
+            );
+        }
+    });
+    let tracer = Tracer::new(identity(), TraceMetrics::default());
+    tracer.apply(&config(Protocol::OtlpGrpc, addr));
+    one(&tracer, "/first");
+    wait_until("exported uncompressed", || *spans.lock().unwrap() == 1).await;
+    one(&tracer, "/second");
+    wait_until("the next one too", || *spans.lock().unwrap() == 2).await;
+    wait_until("counted", || tracer.metrics().totals().exported == 2).await;
+    assert_eq!(tracer.metrics().totals().export_errors, 0);
+    let refused = log_lines(&format!("http://{addr} "));
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("refuses gzip"), "{refused:?}");
+}
