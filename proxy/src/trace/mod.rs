@@ -170,6 +170,7 @@ impl Tracer {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.inner.metrics.exporter_build_failing.set(0);
         let config = Tracing {
             enable: false,
             ..self.current().config.clone()
