@@ -19,7 +19,7 @@ pub struct Counts {
     pub posts: AtomicU64,
     pub bytes: AtomicU64,
     /// Spans received: `"traceId"` keys in the JSON bodies (one per span in Zipkin v2 and
-    /// OTLP/JSON; exports are not compressed).
+    /// OTLP/JSON), counted after inflating gzip bodies (the sidecars compress by default).
     pub spans: AtomicU64,
 }
 
@@ -48,6 +48,13 @@ pub fn count_spans(body: &[u8]) -> u64 {
 
 const SPAN_KEY: &[u8] = b"\"traceId\"";
 
+/// A gzip body inflated (empty if it is not gzip: the count then shows nothing arrived).
+fn gunzip(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() * 6);
+    let _ = std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out);
+    out
+}
+
 /// Starts the sink on 127.0.0.1 on a dedicated single-threaded runtime, as the echo server
 /// is: on the load generator's runtime, receiving a batch (about 150 KiB) would hold up the
 /// clients' tasks and lower the tracing pair's request rate for reasons of the bench's own.
@@ -71,6 +78,10 @@ async fn serve(tcp: tokio::net::TcpStream, c: Arc<Counts>, behaviour: Behaviour)
             if behaviour == Behaviour::Slow {
                 tokio::time::sleep(SLOW_ANSWER).await;
             }
+            let gzip = req
+                .headers()
+                .get(http::header::CONTENT_ENCODING)
+                .is_some_and(|e| e == "gzip");
             let body = req
                 .into_body()
                 .collect()
@@ -79,7 +90,12 @@ async fn serve(tcp: tokio::net::TcpStream, c: Arc<Counts>, behaviour: Behaviour)
                 .unwrap_or_default();
             c.posts.fetch_add(1, Ordering::Relaxed);
             c.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-            c.spans.fetch_add(count_spans(&body), Ordering::Relaxed);
+            let spans = if gzip {
+                count_spans(&gunzip(&body))
+            } else {
+                count_spans(&body)
+            };
+            c.spans.fetch_add(spans, Ordering::Relaxed);
             let mut resp = http::Response::new(Empty::<Bytes>::new());
             *resp.status_mut() = match behaviour {
                 Behaviour::Error => http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -102,5 +118,15 @@ mod tests {
         let body = br#"[{"traceId":"a","id":"1"},{"traceId":"a","id":"2","parentId":"1"}]"#;
         assert_eq!(count_spans(body), 2);
         assert_eq!(count_spans(b"[]"), 0);
+    }
+
+    #[test]
+    fn counts_spans_in_gzip_bodies() {
+        use std::io::Write as _;
+        let mut packed = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        packed
+            .write_all(br#"[{"traceId":"a"},{"traceId":"b"}]"#)
+            .unwrap();
+        assert_eq!(count_spans(&gunzip(&packed.finish().unwrap())), 2);
     }
 }

@@ -18,9 +18,11 @@ pub struct Receiver {
     store: Arc<Store>,
 }
 
-/// The tower service that answers gRPC requests on any collector listener.
+/// The tower service that answers gRPC requests on any collector listener. Accepts gzip, as the
+/// OpenTelemetry Collector's receiver does (exporters compress by default).
 pub fn service(store: Arc<Store>) -> TraceServiceServer<Receiver> {
     TraceServiceServer::new(Receiver { store })
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
 }
 
 #[tonic::async_trait]

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::config::ConfigRx;
 use crate::shutdown::Watch;
+use crate::trace::Tracer;
 
 /// The paths any peer may read: the kubelet's probes and Prometheus' scrape come from outside
 /// the pod, and none of them reveals configuration.
@@ -29,15 +30,18 @@ const PUBLIC: [&str; 3] = ["/live", "/ready", "/metrics"];
 pub struct Admin {
     pub registry: Registry,
     pub config: ConfigRx,
+    /// For `/config`: which span exporter runs and what its collector last answered.
+    pub tracer: Tracer,
     /// Set once every listener is bound; cleared when shutdown starts.
     pub ready: AtomicBool,
 }
 
 impl Admin {
-    pub fn new(registry: Registry, config: ConfigRx) -> Arc<Self> {
+    pub fn new(registry: Registry, config: ConfigRx, tracer: Tracer) -> Arc<Self> {
         Arc::new(Self {
             registry,
             config,
+            tracer,
             ready: AtomicBool::new(false),
         })
     }
@@ -79,6 +83,7 @@ impl Admin {
                     "last_error": snapshot.last_error,
                     "warnings": snapshot.warnings,
                     "config": &*snapshot.config,
+                    "tracing": self.tracer.status(),
                 });
                 let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
                 resp.headers_mut().insert(
@@ -138,7 +143,11 @@ mod tests {
 
     #[test]
     fn ready_only_after_listeners() {
-        let admin = Admin::new(Registry::default(), fixed(Snapshot::default_config()));
+        let admin = Admin::new(
+            Registry::default(),
+            fixed(Snapshot::default_config()),
+            Tracer::disabled(),
+        );
         assert_eq!(get(&admin, "/live").status(), StatusCode::OK);
         assert_eq!(
             get(&admin, "/ready").status(),
@@ -151,7 +160,11 @@ mod tests {
 
     #[test]
     fn config_is_json_with_generation() {
-        let admin = Admin::new(Registry::default(), fixed(Snapshot::default_config()));
+        let admin = Admin::new(
+            Registry::default(),
+            fixed(Snapshot::default_config()),
+            Tracer::disabled(),
+        );
         let resp = get(&admin, "/config");
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
@@ -159,7 +172,11 @@ mod tests {
 
     #[test]
     fn strangers_get_probes_and_metrics_but_not_state() {
-        let admin = Admin::new(Registry::default(), fixed(Snapshot::default_config()));
+        let admin = Admin::new(
+            Registry::default(),
+            fixed(Snapshot::default_config()),
+            Tracer::disabled(),
+        );
         admin.ready.store(true, Ordering::Release);
         let from = |path: &str, peer: &str| {
             admin

@@ -149,7 +149,7 @@ pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartE
         options.log_level.clone(),
     ));
 
-    let admin = Admin::new(registry, config);
+    let admin = Admin::new(registry, config, tracer.clone());
     let mut admin_listeners = vec![admin_listener];
     if options.bind_ipv6 && ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
         // The kubelet probes `[POD_IPv6]:15000` on an IPv6-only pod; optional like the others.

@@ -51,14 +51,16 @@ server.serve_forever()
 "#;
 
 /// A Zipkin receiver for pods (the in-process collector is not reachable from a namespace):
-/// appends each POSTed body as one line to a file.
+/// appends each POSTed body (inflated when gzip, as Zipkin does) as one line to a file.
 const RECEIVER: &str = r#"
-import http.server, sys
+import gzip, http.server, sys
 OUT = sys.argv[2]
 class Receiver(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.headers.get("content-encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
         with open(OUT, "ab") as f:
             f.write(body.replace(b"\n", b" ") + b"\n")
         self.send_response(202)

@@ -1,237 +1,279 @@
-//! Our exporter boundary: the one place that knows wire protocols. The data path and the
-//! pipeline only see [`Exporter::export`].
+//! Our exporter boundary: the one place that knows wire protocols. The pipeline only sees
+//! [`Exporter::encode`] and [`Exporter::send`].
 //!
-//! Zipkin v2 JSON is encoded here: `opentelemetry-zipkin` (deprecated upstream) writes no
-//! `localEndpoint.serviceName` and rewrites the `error` tag, both of which the contract needs.
-//! OTLP goes through `opentelemetry-otlp` (HTTP protobuf with our hyper client, or gRPC with
-//! tonic). Every exporter is built and runs on the pipeline's export thread (its own tokio
-//! runtime), so its client always has a reactor and nothing blocks a request worker.
+//! Zipkin v2 JSON is encoded by [`super::zipkin`]: `opentelemetry-zipkin` (deprecated upstream)
+//! writes no `localEndpoint.serviceName` and rewrites the `error` tag, both of which the
+//! contract needs. OTLP spans are mapped to the OpenTelemetry SDK's form and encoded with the
+//! official protobuf schema (`opentelemetry-proto`); the transport is ours rather than
+//! `opentelemetry-otlp`'s, because a batch must be measured once encoded (to bound it by bytes)
+//! and a failure must keep the collector's answer, neither of which that exporter exposes.
+//!
+//! Bodies are gzipped by default, as the OpenTelemetry Collector's own exporters do: Zipkin's
+//! and the OpenTelemetry Collector's receivers (HTTP and gRPC) accept it, and span batches
+//! shrink several times. A receiver that refuses it (HTTP 415, or gRPC UNIMPLEMENTED about the
+//! encoding) gets the same batch again uncompressed, and uncompressed bodies from then on.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use mesh_config::{Protocol, Tracing};
+use mesh_config::Protocol;
 use opentelemetry::InstrumentationScope;
-use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::trace::SpanExporter as _;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope as ProtoScope;
+use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use prost::Message as _;
 
+use super::batch::{Batch, Body, Encoder, MAX_BATCH_BYTES};
+use super::collector::Collector;
 use super::span::SpanRecord;
+use super::transport::{GrpcSender, HttpSender};
 use super::zipkin::ZipkinEncoder;
 use super::Identity;
 
-/// One export attempt's limit: a slow collector costs the batch, never a request.
-pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use super::transport::EXPORT_TIMEOUT;
 
+/// Why an exporter could not be built. Retried with backoff (see `reload`).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid collector URL {url}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("starting the export runtime: {0}")]
+    Runtime(String),
+    #[error("starting the export thread: {0}")]
+    Thread(String),
+    #[cfg(test)]
+    #[error("injected build failure")]
+    Injected,
+}
+
+/// Why one batch did not reach the collector. Its [`ExportError::kind`] is the `reason` label
+/// of the spans it dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("invalid collector URL {url}: {source}")]
-    Url {
-        url: String,
-        source: http::uri::InvalidUri,
+    #[error("collector unreachable: {0}")]
+    Unreachable(String),
+    #[error("collector did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("connection to the collector failed mid-request: {0}")]
+    Closed(String),
+    #[error("collector answered {status}: {body}")]
+    Status {
+        status: http::StatusCode,
+        /// The start of the answer's body, one printable line.
+        body: String,
+        retry_after: Option<std::time::Duration>,
     },
-    #[error("building the OTLP exporter: {0}")]
-    Build(String),
-    #[error("collector answered {0}")]
-    Status(http::StatusCode),
-    #[error("sending to the collector: {0}")]
-    Send(String),
+    #[error("collector answered gRPC status {code:?}: {message}")]
+    Grpc { code: tonic::Code, message: String },
 }
 
-/// A connected exporter for one tracing config.
-#[derive(Debug)]
-pub struct Exporter {
-    pub protocol: Protocol,
-    kind: Kind,
-}
-
-#[derive(Debug)]
-enum Kind {
-    Zipkin {
-        client: HyperClient,
-        url: http::Uri,
-        encoder: ZipkinEncoder,
-    },
-    Otlp {
-        exporter: opentelemetry_otlp::SpanExporter,
-        scope: InstrumentationScope,
-    },
-}
-
-/// The collector URL a config points at. For OTLP/gRPC the endpoint path is ignored (the gRPC
-/// method path is fixed).
-pub fn collector_url(config: &Tracing) -> String {
-    let host = if config.address.contains(':') && !config.address.starts_with('[') {
-        format!("[{}]", config.address) // a bare IPv6 literal
-    } else {
-        config.address.clone()
-    };
-    match config.protocol {
-        Protocol::OtlpGrpc => format!("http://{host}:{}", config.port),
-        Protocol::Zipkin | Protocol::OtlpHttp => {
-            format!("http://{host}:{}{}", config.port, config.endpoint)
+impl ExportError {
+    /// A low-cardinality name for `/metrics`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExportError::Unreachable(_) => "unreachable",
+            ExportError::Timeout(_) => "timeout",
+            ExportError::Closed(_) => "closed",
+            ExportError::Status { .. } | ExportError::Grpc { .. } => "rejected",
         }
     }
+
+    /// The collector's `Retry-After`, honoured as the least backoff.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ExportError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The receiver does not take gzip bodies: worth one more try uncompressed.
+    fn refuses_gzip(&self) -> bool {
+        match self {
+            ExportError::Status { status, .. } => {
+                *status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ExportError::Grpc { code, message } => {
+                *code == tonic::Code::Unimplemented && message.contains("compress")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the collector took of a batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Spans refused by an OTLP partial-success answer (the rest were accepted).
+    pub rejected: u64,
+    pub message: String,
+}
+
+/// A connected exporter for one collector.
+#[derive(Debug)]
+pub struct Exporter {
+    pub collector: Collector,
+    encoder: Encoder,
+    sender: Sender,
+    /// Compress bodies; turned off for good when the receiver refuses gzip.
+    gzip: bool,
+}
+
+/// One per exporter, built once: the size difference of its variants costs nothing.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Sender {
+    Http(HttpSender),
+    Grpc(GrpcSender),
 }
 
 impl Exporter {
-    /// Builds the exporter for `config`. Must run inside the tokio runtime (tonic's channel
-    /// spawns its worker there).
-    pub fn build(config: &Tracing, identity: &Identity) -> Result<Self, ExportError> {
-        let url = collector_url(config);
-        let service = identity.service_name();
-        let kind = match config.protocol {
-            Protocol::Zipkin => Kind::Zipkin {
-                client: HyperClient::new(),
-                url: url.parse().map_err(|source| ExportError::Url {
-                    url: url.clone(),
-                    source,
-                })?,
-                encoder: ZipkinEncoder::new(&service, identity.pod_ip),
-            },
-            Protocol::OtlpHttp | Protocol::OtlpGrpc => {
-                let built = if config.protocol == Protocol::OtlpHttp {
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_http_client(HyperClient::new())
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                        .with_endpoint(url)
-                        .with_timeout(EXPORT_TIMEOUT)
-                        .build()
-                } else {
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(url)
-                        .with_timeout(EXPORT_TIMEOUT)
-                        .build()
-                };
-                let mut exporter = built.map_err(|e| ExportError::Build(e.to_string()))?;
-                exporter.set_resource(&super::otlp::resource(identity));
-                let scope = InstrumentationScope::builder("mesh-proxy")
-                    .with_version(env!("CARGO_PKG_VERSION"))
-                    .build();
-                Kind::Otlp { exporter, scope }
+    /// Builds the exporter for `collector`. Must run inside the tokio runtime that will drive
+    /// it (the gRPC channel spawns its worker there).
+    pub fn build(collector: &Collector, identity: &Identity) -> Result<Self, BuildError> {
+        #[cfg(test)]
+        faults::check(&collector.address)?;
+        let url = collector.url();
+        let otlp = || {
+            let scope = InstrumentationScope::builder("mesh-proxy")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build();
+            let attributes = ResourceAttributesWithSchema::from(&super::otlp::resource(identity));
+            Encoder::Otlp {
+                resource: ProtoResource {
+                    attributes: attributes.attributes.0,
+                    dropped_attributes_count: 0,
+                    entity_refs: Vec::new(),
+                },
+                proto_scope: ProtoScope::from((&scope, None)),
+                scope,
             }
         };
+        let (encoder, sender) = match collector.protocol {
+            Protocol::Zipkin => (
+                Encoder::Zipkin(ZipkinEncoder::new(
+                    &identity.service_name(),
+                    identity.pod_ip,
+                )),
+                Sender::Http(HttpSender::new(&url, "application/json")?),
+            ),
+            Protocol::OtlpHttp => (
+                otlp(),
+                Sender::Http(HttpSender::new(&url, "application/x-protobuf")?),
+            ),
+            Protocol::OtlpGrpc => (otlp(), Sender::Grpc(GrpcSender::new(&url)?)),
+        };
         Ok(Self {
-            protocol: config.protocol,
-            kind,
+            collector: collector.clone(),
+            encoder,
+            sender,
+            gzip: true,
         })
     }
 
-    /// Sends one batch. Bounded by [`EXPORT_TIMEOUT`].
-    pub async fn export(&self, batch: &[SpanRecord]) -> Result<(), ExportError> {
-        let send = async {
-            match &self.kind {
-                Kind::Zipkin {
-                    client,
-                    url,
-                    encoder,
-                } => {
-                    client
-                        .post_zipkin(url, Bytes::from(encoder.encode(batch)))
-                        .await
-                }
-                Kind::Otlp { exporter, scope } => {
-                    let spans = batch
-                        .iter()
-                        .map(|s| super::otlp::span_data(s, scope))
-                        .collect();
-                    exporter
-                        .export(spans)
-                        .await
-                        .map_err(|e| ExportError::Send(e.to_string()))
-                }
+    pub fn protocol(&self) -> Protocol {
+        self.collector.protocol
+    }
+
+    /// Whether bodies are gzipped (until the receiver refuses it).
+    pub fn gzip(&self) -> bool {
+        self.gzip
+    }
+
+    /// One batch from the end of `pending` (the newest spans), bounded by `max_spans` and by
+    /// [`MAX_BATCH_BYTES`].
+    pub fn encode(&self, pending: &mut Vec<SpanRecord>, max_spans: usize) -> Batch {
+        self.encoder.encode(pending, max_spans, MAX_BATCH_BYTES)
+    }
+
+    /// Sends one batch; each attempt is bounded by [`EXPORT_TIMEOUT`].
+    pub async fn send(&mut self, batch: &Batch) -> Result<Sent, ExportError> {
+        match self.attempt(batch).await {
+            Err(e) if self.gzip && e.refuses_gzip() => {
+                tracing::info!(collector = %self.collector, error = %e, "collector refuses gzip; sending uncompressed");
+                self.gzip = false;
+                self.attempt(batch).await
             }
-        };
-        match tokio::time::timeout(EXPORT_TIMEOUT, send).await {
-            Ok(result) => result,
-            Err(_) => Err(ExportError::Send("timed out".into())),
+            other => other,
+        }
+    }
+
+    async fn attempt(&self, batch: &Batch) -> Result<Sent, ExportError> {
+        match (&self.sender, &batch.body) {
+            (Sender::Http(http), body) => {
+                let bytes = match body {
+                    Body::Json(json) => json.clone(),
+                    Body::Otlp(request) => request.encode_to_vec(),
+                };
+                let bytes = if self.gzip { gzip(&bytes) } else { bytes };
+                let answer = http.post(bytes, self.gzip).await?;
+                Ok(match body {
+                    Body::Otlp(_) => partial_success(&answer.body),
+                    Body::Json(_) => Sent::default(),
+                })
+            }
+            (Sender::Grpc(grpc), Body::Otlp(request)) => {
+                let partial = grpc.export(request.clone(), self.gzip).await?;
+                Ok(partial
+                    .map(|(rejected, message)| Sent {
+                        rejected: rejected.max(0) as u64,
+                        message,
+                    })
+                    .unwrap_or_default())
+            }
+            (Sender::Grpc(_), Body::Json(_)) => {
+                unreachable!("the gRPC exporter is built with the OTLP encoder")
+            }
         }
     }
 }
 
-/// `opentelemetry_http::HttpClient` on hyper-util. Requests run on the tokio runtime that
-/// built the client (captured handle), so the client also works when polled from a thread
-/// without a reactor.
-#[derive(Clone, Debug)]
-pub struct HyperClient {
-    client: Client<HttpConnector, Full<Bytes>>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl HyperClient {
-    /// Must be called inside a tokio runtime (so no `Default`: it would panic elsewhere).
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
-        Self {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
-            runtime: tokio::runtime::Handle::current(),
-        }
+/// An OTLP/HTTP answer's partial success; an empty or undecodable body means all accepted.
+fn partial_success(body: &[u8]) -> Sent {
+    match ExportTraceServiceResponse::decode(body) {
+        Ok(ExportTraceServiceResponse {
+            partial_success: Some(p),
+        }) => Sent {
+            rejected: p.rejected_spans.max(0) as u64,
+            message: p.error_message,
+        },
+        _ => Sent::default(),
     }
 }
 
-impl HttpClient for HyperClient {
-    // The trait is declared with `#[async_trait]`; this is its expanded signature.
-    fn send_bytes<'a, 'b>(
-        &'a self,
-        request: http::Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Bytes>, HttpError>> + Send + 'b>>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        let client = self.clone();
-        let task = self
-            .runtime
-            .spawn(async move { client.exchange(request).await });
-        Box::pin(async move { task.await.map_err(|e| -> HttpError { Box::new(e) })? })
-    }
+/// Gzip at the fastest level: span batches are repetitive text, so level 1 already shrinks them
+/// several times, at a fraction of the CPU of the default level.
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    encoder.finish().unwrap_or_default()
 }
 
-impl HyperClient {
-    /// One request and its whole answer, bounded by [`EXPORT_TIMEOUT`]. Runs on the runtime
-    /// that polls it, which must be the one that built the client.
-    pub async fn exchange(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, HttpError> {
-        let exchange = async {
-            let response = self.client.request(request.map(Full::new)).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, HttpError>(http::Response::from_parts(parts, body))
-        };
-        match tokio::time::timeout(EXPORT_TIMEOUT, exchange).await {
-            Ok(result) => result,
-            Err(elapsed) => Err(Box::new(elapsed) as HttpError),
-        }
+/// Test-only build failures, keyed by collector address.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    static FAIL: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+
+    /// The next `n` builds of an exporter for `address` fail.
+    pub(crate) fn fail_builds(address: &str, n: usize) {
+        let mut fail = FAIL.lock().unwrap();
+        fail.get_or_insert_with(HashMap::new)
+            .insert(address.to_owned(), n);
     }
 
-    /// POSTs a Zipkin v2 JSON body; a non-2xx answer is an error.
-    pub async fn post_zipkin(&self, url: &http::Uri, body: Bytes) -> Result<(), ExportError> {
-        let request = http::Request::post(url.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .map_err(|e| ExportError::Send(e.to_string()))?;
-        let response = self
-            .exchange(request)
-            .await
-            .map_err(|e| ExportError::Send(e.to_string()))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(ExportError::Status(response.status()))
+    pub(super) fn check(address: &str) -> Result<(), super::BuildError> {
+        let mut fail = FAIL.lock().unwrap_or_else(|p| p.into_inner());
+        match fail.as_mut().and_then(|m| m.get_mut(address)) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Err(super::BuildError::Injected)
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -240,31 +282,36 @@ impl HyperClient {
 mod tests {
     use super::*;
 
-    fn tracing(protocol: Protocol, address: &str) -> Tracing {
-        Tracing {
-            enable: true,
-            address: address.into(),
-            port: 4317,
-            endpoint: "/v1/traces".into(),
-            protocol,
-            sampled_fraction: 1.0,
-            ..Tracing::default()
-        }
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read as _;
+        let body = br#"[{"id":"a2fb4a1d1a96d312"}]"#.repeat(100);
+        let packed = gzip(&body);
+        assert!(packed.len() < body.len() / 5);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, body);
     }
 
     #[test]
-    fn urls_per_protocol() {
+    fn partial_success_is_read_from_the_answer() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+        let answer = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "bad spans".into(),
+            }),
+        };
         assert_eq!(
-            collector_url(&tracing(Protocol::OtlpHttp, "otel")),
-            "http://otel:4317/v1/traces"
+            partial_success(&answer.encode_to_vec()),
+            Sent {
+                rejected: 3,
+                message: "bad spans".into()
+            }
         );
-        assert_eq!(
-            collector_url(&tracing(Protocol::OtlpGrpc, "otel")),
-            "http://otel:4317"
-        );
-        assert_eq!(
-            collector_url(&tracing(Protocol::Zipkin, "::1")),
-            "http://[::1]:4317/v1/traces"
-        );
+        assert_eq!(partial_success(b""), Sent::default());
+        assert_eq!(partial_success(b"\xff\xff"), Sent::default());
     }
 }

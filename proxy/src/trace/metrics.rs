@@ -4,6 +4,7 @@ use mesh_config::Protocol;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use trace_context::Malformed;
 
@@ -15,8 +16,31 @@ pub struct ProtocolLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub protocol: &'static str,
-    /// `queue_full` (the collector is slower than the traffic) or `export_failed`.
+    /// One of [`DROP_REASONS`].
     pub reason: &'static str,
+}
+
+/// Why spans were dropped: `queue_full` (evicted, oldest first, while the collector was slower
+/// than the traffic or backing off), then why a batch did not reach the collector:
+/// `unreachable` (refused, no route, connect timeout), `timeout` (no answer in time), `closed`
+/// (the connection failed mid-request), `rejected` (an error answer, or spans refused in an OTLP
+/// partial success); `too_large` (one span over the batch byte bound), `disabled` (ended after
+/// tracing was turned off).
+pub const DROP_REASONS: [&str; 7] = [
+    "queue_full",
+    "unreachable",
+    "timeout",
+    "closed",
+    "rejected",
+    "too_large",
+    "disabled",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub protocol: &'static str,
+    /// `unreachable`, `timeout`, `closed` or `rejected` (see [`DROP_REASONS`]).
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,8 +54,13 @@ pub struct TraceMetrics {
     pub started: Family<ProtocolLabels, Counter>,
     pub exported: Family<ProtocolLabels, Counter>,
     pub dropped: Family<DropLabels, Counter>,
-    pub export_errors: Family<ProtocolLabels, Counter>,
+    pub export_errors: Family<ErrorLabels, Counter>,
     pub malformed: Family<MalformedLabels, Counter>,
+    /// Exporters started (one per collector the config pointed at, plus rebuilds).
+    pub exporters_started: Counter,
+    pub exporter_build_errors: Family<ProtocolLabels, Counter>,
+    /// 1 while the configured collector's exporter could not be built (retried with backoff).
+    pub exporter_build_failing: Gauge,
 }
 
 impl TraceMetrics {
@@ -52,13 +81,28 @@ impl TraceMetrics {
         );
         sub.register(
             "spans_dropped",
-            "Spans dropped: queue full or export failed",
+            "Spans dropped, by reason: queue_full, unreachable, timeout, closed, rejected, too_large, disabled",
             self.dropped.clone(),
         );
         sub.register(
             "export_errors",
-            "Failed export attempts",
+            "Failed export attempts, by kind: unreachable, timeout, closed, rejected",
             self.export_errors.clone(),
+        );
+        sub.register(
+            "exporters_started",
+            "Span exporters started (one per collector; not per sampling change)",
+            self.exporters_started.clone(),
+        );
+        sub.register(
+            "exporter_build_errors",
+            "Span exporters that could not be built (retried with backoff)",
+            self.exporter_build_errors.clone(),
+        );
+        sub.register(
+            "exporter_build_failing",
+            "1 while the configured collector's exporter could not be built; the previous one, if any, stays in use",
+            self.exporter_build_failing.clone(),
         );
         sub.register(
             "malformed_contexts",
@@ -111,12 +155,40 @@ impl TraceMetrics {
             .inc_by(n);
     }
 
-    pub fn export_error(&self, p: Protocol) {
+    pub fn export_error(&self, p: Protocol, kind: &'static str) {
         self.export_errors
+            .get_or_create(&ErrorLabels {
+                protocol: p.as_str(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn exporter_started(&self) {
+        self.exporters_started.inc();
+    }
+
+    pub fn exporter_build_error(&self, p: Protocol) {
+        self.exporter_build_errors
             .get_or_create(&ProtocolLabels {
                 protocol: p.as_str(),
             })
             .inc();
+    }
+
+    /// Spans dropped for `reason`, over protocols.
+    pub fn dropped_for(&self, reason: &'static str) -> u64 {
+        Protocol::ALL
+            .iter()
+            .map(|p| {
+                self.dropped
+                    .get_or_create(&DropLabels {
+                        protocol: p.as_str(),
+                        reason,
+                    })
+                    .get()
+            })
+            .sum()
     }
 
     pub fn malformed(&self, why: Malformed) {
@@ -140,12 +212,13 @@ impl TraceMetrics {
                 })
                 .sum()
         };
-        let dropped = Protocol::ALL
+        let dropped = DROP_REASONS.iter().map(|r| self.dropped_for(r)).sum();
+        let export_errors = Protocol::ALL
             .iter()
-            .flat_map(|p| ["queue_full", "export_failed"].map(|reason| (p.as_str(), reason)))
-            .map(|(protocol, reason)| {
-                self.dropped
-                    .get_or_create(&DropLabels { protocol, reason })
+            .flat_map(|p| ["unreachable", "timeout", "closed", "rejected"].map(|k| (p.as_str(), k)))
+            .map(|(protocol, kind)| {
+                self.export_errors
+                    .get_or_create(&ErrorLabels { protocol, kind })
                     .get()
             })
             .sum();
@@ -153,7 +226,7 @@ impl TraceMetrics {
             started: sum(&self.started),
             exported: sum(&self.exported),
             dropped,
-            export_errors: sum(&self.export_errors),
+            export_errors,
         }
     }
 }

@@ -7,23 +7,31 @@
 //!
 //! Path of a span: `start` (extract, decide, inject: [`propagate`]) → `finish` (a
 //! [`span::SpanRecord`] into the bounded queue of [`pipeline`]) → batch → [`export`] (Zipkin v2
-//! JSON by [`zipkin`], or OTLP mapped by [`otlp`] and sent by the opentelemetry exporters).
-//! [`reload`] swaps the pipeline when the MeshConfig's tracing block changes.
+//! JSON by [`zipkin`], or OTLP mapped by [`otlp`] as protobuf; [`batch`] bounds each body,
+//! [`transport`] sends it). [`reload`] applies a new MeshConfig tracing block: one exporter per
+//! [`collector`].
 
+pub mod backoff;
+pub mod batch;
+pub mod collector;
 pub mod export;
+pub mod health;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
 pub mod propagate;
 pub mod reload;
 pub mod span;
+pub mod transport;
 pub mod zipkin;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use mesh_config::Tracing;
+use serde::Serialize;
 
 pub use metrics::TraceMetrics;
 use pipeline::Pipeline;
@@ -65,8 +73,8 @@ impl Identity {
 pub(crate) struct Active {
     /// The MeshConfig block this was built from, to tell whether a new one changes anything.
     pub(crate) config: Tracing,
-    /// `None` when tracing is disabled.
-    pub(crate) pipeline: Option<Pipeline>,
+    /// `None` when tracing is disabled. Shared by every block that points at its collector.
+    pub(crate) pipeline: Option<Arc<Pipeline>>,
 }
 
 #[derive(Debug)]
@@ -77,6 +85,26 @@ struct Inner {
     active: RwLock<Arc<Active>>,
     /// Serialises `apply`, so two callers never both build an exporter for one change.
     applying: Mutex<()>,
+    /// A block whose exporter could not be built, retried in the background.
+    pending: Mutex<Option<reload::PendingBuild>>,
+    /// Ids of build retries, so a superseded retry task stops.
+    build_ids: AtomicU64,
+    /// Exporters built so far: each one's generation, shown in `/config`.
+    generations: AtomicU64,
+}
+
+/// Tracing as `/config` shows it: which exporter runs and how its collector is doing.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TracingStatus {
+    pub enabled: bool,
+    /// `<protocol> <url>` of the exporter in use.
+    pub collector: Option<String>,
+    /// Which exporter this is (1 for the first one this sidecar built); a `sampledFraction`
+    /// change keeps it, a new collector increments it.
+    pub exporter_generation: Option<u64>,
+    pub export: Option<health::HealthReport>,
+    /// The configured collector's exporter could not be built (being retried).
+    pub build_error: Option<reload::BuildStatus>,
 }
 
 /// Cheap to clone; shared by every connection.
@@ -110,6 +138,9 @@ impl Tracer {
                 metrics,
                 active: RwLock::new(Arc::new(active)),
                 applying: Mutex::new(()),
+                pending: Mutex::new(None),
+                build_ids: AtomicU64::new(0),
+                generations: AtomicU64::new(0),
             }),
         }
     }
@@ -122,50 +153,29 @@ impl Tracer {
         &self.inner.identity
     }
 
-    /// Applies a MeshConfig tracing block. The exporter and its batch task run on an export
-    /// thread of their own. When the block is unchanged this does nothing; otherwise the new
-    /// exporter takes over at once and the old one flushes what it queued, in the background.
-    pub fn apply(&self, config: &Tracing) {
-        let _serial = self
-            .inner
-            .applying
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if self.current().config == *config {
-            return;
+    /// What `/config` shows about tracing.
+    pub fn status(&self) -> TracingStatus {
+        let active = self.current();
+        let pipeline = active.pipeline.as_ref();
+        TracingStatus {
+            enabled: active.config.enable,
+            collector: pipeline.map(|p| p.collector().to_string()),
+            exporter_generation: pipeline.map(|p| p.generation()),
+            export: pipeline.map(|p| p.health().report()),
+            build_error: self.build_status(),
         }
-        let pipeline = if config.enable {
-            match Pipeline::start(config, &self.inner.identity, self.inner.metrics.clone()) {
-                Ok(pipeline) => Some(pipeline),
-                Err(e) => {
-                    tracing::warn!(error = %e, "tracing exporter not built; spans are not recorded");
-                    self.inner.metrics.export_error(config.protocol);
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        tracing::info!(
-            enable = config.enable,
-            protocol = ?config.protocol,
-            address = %config.address,
-            port = config.port,
-            sampled_fraction = config.sampled_fraction,
-            "tracing config applied"
-        );
-        let next = Arc::new(Active {
-            config: config.clone(),
-            pipeline,
-        });
-        // The old `Active` drops here or when its last in-flight span finishes; dropping closes
-        // its queue, and its batch task then flushes what is left to the old collector.
-        let _old = std::mem::replace(&mut *self.write(), next);
     }
 
     /// At shutdown, after connections drained: stops recording and waits (at most `limit`) for
     /// the queued spans to reach the collector. Async, so it never blocks a runtime worker.
     pub async fn flush(&self, limit: std::time::Duration) {
+        let serial = self
+            .inner
+            .applying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.inner.metrics.exporter_build_failing.set(0);
         let config = Tracing {
             enable: false,
             ..self.current().config.clone()
@@ -177,9 +187,12 @@ impl Tracer {
                 pipeline: None,
             }),
         );
-        let Some(finished) = old.pipeline.as_ref().map(Pipeline::finished) else {
+        drop(serial);
+        let Some(pipeline) = old.pipeline.as_ref() else {
             return;
         };
+        pipeline.retire(None);
+        let finished = pipeline.finished();
         drop(old);
         if tokio::time::timeout(limit, finished).await.is_err() {
             tracing::warn!("spans still queued at shutdown were not all exported");
@@ -296,5 +309,7 @@ impl ActiveSpan {
     }
 }
 
+#[cfg(test)]
+mod export_tests;
 #[cfg(test)]
 mod tests;

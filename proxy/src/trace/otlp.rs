@@ -212,7 +212,7 @@ mod tests {
 
     /// Exports `spans` with the production exporter and decodes the request with the official
     /// protobuf schema.
-    async fn exported(identity: &Identity, spans: &[SpanRecord]) -> ExportTraceServiceRequest {
+    async fn exported(identity: &Identity, spans: Vec<SpanRecord>) -> ExportTraceServiceRequest {
         let (addr, mut bodies) = receiver().await;
         let config = Tracing {
             enable: true,
@@ -222,9 +222,25 @@ mod tests {
             protocol: Protocol::OtlpHttp,
             ..Tracing::default()
         };
-        let exporter = Exporter::build(&config, identity).unwrap();
-        exporter.export(spans).await.unwrap();
+        let collector = super::super::collector::Collector::of(&config);
+        let mut exporter = Exporter::build(&collector, identity).unwrap();
+        // The exporter takes the newest span first: hand it the oldest last.
+        let count = spans.len();
+        let mut pending: Vec<SpanRecord> = spans.into_iter().rev().collect();
+        let batch = exporter.encode(&mut pending, count);
+        assert!(pending.is_empty(), "one batch holds every span");
+        exporter.send(&batch).await.unwrap();
         let body = bodies.recv().await.unwrap();
+        let body = if exporter.gzip() {
+            use std::io::Read as _;
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut plain)
+                .expect("a gzip body");
+            Bytes::from(plain)
+        } else {
+            body
+        };
         ExportTraceServiceRequest::decode(body).expect("an OTLP ExportTraceServiceRequest")
     }
 
@@ -253,7 +269,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn resource_names_the_service_and_the_pod() {
         let span = fixture(Direction::Inbound, "http://b/", 200);
-        let req = exported(&identity(), std::slice::from_ref(&span)).await;
+        let req = exported(&identity(), vec![span]).await;
         let resource = attrs(&req.resource_spans[0].resource.as_ref().unwrap().attributes);
         assert_eq!(resource["service.name"], s("reviews.shop"));
         assert_eq!(resource["service.namespace"], s("shop"));
@@ -280,7 +296,7 @@ mod tests {
             404,
         );
         server.http2 = true;
-        let req = exported(&identity(), &[client, server]).await;
+        let req = exported(&identity(), vec![client, server]).await;
         let spans = &req.resource_spans[0].scope_spans[0].spans;
         assert_eq!(spans.len(), 2);
 
@@ -349,7 +365,7 @@ mod tests {
         let mut r = SpanRecord::begin(Direction::Inbound, &parts, f.ids, false, f.peer, f.upstream);
         r.end(f.start, f.duration, f.outcome.clone());
         r.outcome.status = http::StatusCode::from_u16(503).ok();
-        let req = exported(&identity(), &[r]).await;
+        let req = exported(&identity(), vec![r]).await;
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(span.name, "HTTP");
         let a = attrs(&span.attributes);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use mesh_config::{MeshConfig, Protocol, Tracing};
+use mesh_config::{Protocol, Tracing};
 use tracemesh_collector::{Collector, CollectorConfig, RunningCollector};
 
 use super::*;
@@ -335,44 +335,6 @@ async fn slow_collector_fills_the_queue_and_drops_without_blocking() {
         t.dropped as usize >= n - pipeline::QUEUE_CAPACITY - pipeline::MAX_BATCH,
         "{t:?}"
     );
-}
-
-#[tokio::test]
-async fn reload_moves_spans_to_the_new_collector_and_flushes_the_old() {
-    let old = collector().await;
-    let new = collector().await;
-    let tracer = Tracer::new(identity(), TraceMetrics::default());
-    let doc = |t: Tracing| {
-        let mut m = MeshConfig::default();
-        m.spec.observability.tracing = t;
-        Arc::new(m)
-    };
-    let (tx, rx) = tokio::sync::watch::channel(doc(config(Protocol::Zipkin, old.zipkin.unwrap())));
-    let follower = reload::follow(tracer.clone(), rx, |m: &Arc<MeshConfig>| m.clone());
-
-    for _ in 0..200 {
-        one(&tracer, Direction::Inbound, &[], 200);
-    }
-    // Switch while those 200 are still queued: they must still reach the old collector.
-    let target = config(Protocol::OtlpGrpc, new.otlp_grpc.unwrap());
-    tx.send(doc(target.clone())).unwrap();
-    wait_until("reload applied", || tracer.current().config == target).await;
-    for _ in 0..100 {
-        one(&tracer, Direction::Inbound, &[], 200);
-    }
-    assert_eq!(old.wait_for_spans(200, WAIT).await.unwrap().len(), 200);
-    assert_eq!(new.wait_for_spans(100, WAIT).await.unwrap().len(), 100);
-
-    // Disable: nothing more is recorded anywhere.
-    let mut off = target.clone();
-    off.enable = false;
-    tx.send(doc(off.clone())).unwrap();
-    wait_until("disabled", || tracer.current().config == off).await;
-    let parts = one(&tracer, Direction::Inbound, &[], 200);
-    assert!(parts.headers.get("x-b3-traceid").is_none());
-    assert_eq!(tracer.metrics().totals().started, 300);
-    drop(tx);
-    follower.await.unwrap();
 }
 
 #[tokio::test]
