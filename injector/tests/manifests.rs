@@ -119,10 +119,17 @@ print(json.dumps(out))
             serde_json::json!({"observability": {"tracing": {"enable": true, "address": "otel.obs", "port": 4318,
             "endpoint": "/v1/traces", "protocol": "otlp-http", "sampledFraction": "0.25"}}})
         ),
+        base(
+            serde_json::json!({"sidecar": {"headerReadTimeout": "500ms", "tcpIdleTimeout": "1m30s",
+            "http2KeepaliveInterval": "0", "maxConnections": 50, "terminationDrainDuration": "0s"}})
+        ),
         base(serde_json::json!({"observability": {"tracing": {"port": 70000}}})),
         base(serde_json::json!({"observability": {"tracing": {"protocol": "carrier-pigeon"}}})),
         base(serde_json::json!({"sidecar": {"logLevel": "loud"}})),
         base(serde_json::json!({"traffic": {"outboundPortExclusionList": [0]}})),
+        base(serde_json::json!({"sidecar": {"httpIdleTimeout": 10}})),
+        base(serde_json::json!({"sidecar": {"connectTimeout": "soon"}})),
+        base(serde_json::json!({"sidecar": {"maxConnections": 0}})),
     ]);
     let out = Command::new("python3")
         .args(["-c", script])
@@ -139,7 +146,8 @@ print(json.dumps(out))
     let results: Vec<String> = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(results[0], "ok", "default MeshConfig");
     assert_eq!(results[1], "ok", "FSM-style tracing block");
-    for (i, r) in results.iter().enumerate().skip(2) {
+    assert_eq!(results[2], "ok", "sidecar timeouts and limits");
+    for (i, r) in results.iter().enumerate().skip(3) {
         assert!(r.starts_with("invalid"), "case {i} should be refused: {r}");
     }
 }
