@@ -185,6 +185,11 @@ pub struct Sidecar {
     pub termination_drain_duration: Duration,
 }
 
+impl Sidecar {
+    /// Also the proxy's fallback where no MeshConfig applies (its reason is in `default`).
+    pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+}
+
 impl Default for Sidecar {
     fn default() -> Self {
         Self {
@@ -206,7 +211,7 @@ impl Default for Sidecar {
             http2_keepalive_timeout: Duration::from_secs(20),
             // Envoy's scale for cluster connect timeouts: long enough for a pod starting under
             // load, short enough that a black-holed address fails before the client gives up.
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration(Self::DEFAULT_CONNECT_TIMEOUT),
             // Istio's route timeout is off by default: long polls, streams and slow batch
             // endpoints are legitimate, and only the app knows its deadlines.
             response_timeout: Duration::ZERO,

@@ -1,6 +1,5 @@
 //! The admin server on 15000: liveness, readiness, Prometheus metrics and the effective config.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -8,7 +7,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -89,27 +87,24 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Serves admin requests until shutdown.
-pub async fn run(listener: TcpListener, admin: Arc<Admin>, mut watch: Watch) {
-    loop {
-        let (stream, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-            _ = watch.signaled() => return,
-        };
+/// Serves admin requests until shutdown, through the shared accept loop and HTTP/1 server.
+/// The proxy's connection cap does not apply: the kubelet's probes and the metrics scraper
+/// must still get through while the proxy listeners are flooded.
+pub async fn run(listener: TcpListener, admin: Arc<Admin>, watch: Watch) {
+    crate::server::accept_loop(listener, None, watch, move |stream, _peer, watch| {
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+        async move {
+            let limits = crate::config::sidecar(&admin.config);
+            let handler = move |req: Request<hyper::body::Incoming>| {
                 let resp = admin.respond(&req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new());
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
+                async move { resp }
+            };
+            if let Err(e) = crate::server::serve_http1(stream, handler, &limits, watch).await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

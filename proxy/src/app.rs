@@ -35,6 +35,8 @@ pub struct Options {
     pub inbound: Vec<StaticRoute>,
     pub outbound: Vec<StaticRoute>,
     pub identity: Identity,
+    /// Upper bound on the MeshConfig's `spec.sidecar.connectTimeout`: `run` passes
+    /// `Duration::MAX` (the config decides); embedders and tests may shorten it.
     pub connect_timeout: Duration,
     /// Follows `sidecar.logLevel`; `None` leaves logging alone (tests).
     pub log_level: Option<crate::log::LevelHandle>,
@@ -54,6 +56,17 @@ pub struct Running {
 }
 
 impl Running {
+    /// Starts the termination drain window: `/ready` answers 503 so endpoints drop the pod,
+    /// while every listener keeps accepting and serving.
+    pub fn begin_drain(&self) {
+        self.admin.ready.store(false, Ordering::Release);
+    }
+
+    /// Whether the listeners are draining or stopped (`/ready` is 503).
+    pub fn is_draining(&self) -> bool {
+        !self.admin.ready.load(Ordering::Acquire)
+    }
+
     /// Stops accepting, lets connections finish for at most `drain`, then flushes the spans
     /// they produced. Returns whether every connection finished in time.
     pub async fn stop(self, drain: Duration) -> bool {

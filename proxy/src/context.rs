@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ConfigRx;
-use crate::connect::SelfAddrs;
+use crate::connect::{Connector, SelfAddrs};
 use crate::http::Upstream;
 use crate::metrics::Metrics;
+use crate::server::ConnLimit;
 use crate::trace::Tracer;
 
 #[derive(Debug)]
@@ -15,9 +16,12 @@ pub struct Shared {
     pub tracer: Tracer,
     pub metrics: Metrics,
     pub self_addrs: Arc<SelfAddrs>,
+    /// Upper bound on `spec.sidecar.connectTimeout` (see `app::Options::connect_timeout`).
     pub connect_timeout: Duration,
     /// Pooled HTTP clients towards upstreams.
     pub upstream: Upstream,
+    /// `spec.sidecar.maxConnections`, shared by every proxy listener.
+    pub conn_limit: Arc<ConnLimit>,
 }
 
 impl Shared {
@@ -29,7 +33,9 @@ impl Shared {
         connect_timeout: Duration,
     ) -> Arc<Self> {
         let self_addrs = Arc::new(self_addrs);
-        let upstream = Upstream::new(self_addrs.clone(), connect_timeout);
+        let connector = Connector::with_config(self_addrs.clone(), connect_timeout, config.clone());
+        let upstream = Upstream::new(connector);
+        let conn_limit = ConnLimit::new(config.clone(), metrics.connections_refused.clone());
         Arc::new(Self {
             config,
             tracer,
@@ -37,6 +43,7 @@ impl Shared {
             self_addrs,
             connect_timeout,
             upstream,
+            conn_limit,
         })
     }
 }

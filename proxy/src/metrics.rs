@@ -70,6 +70,12 @@ pub struct Metrics {
     pub config_last_error: Gauge,
     pub detect_timeouts: Counter,
     pub connect_errors: Counter,
+    /// Downstream connections refused at `spec.sidecar.maxConnections`.
+    pub connections_refused: Counter,
+    /// Connections closed for the idle timeout (HTTP keep-alive, opaque TCP, tunnels).
+    pub idle_timeouts: Counter,
+    /// HTTP/1 connections closed for the header read timeout.
+    pub header_timeouts: Counter,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -178,6 +184,24 @@ impl Metrics {
         let config_last_error = Gauge::<i64, AtomicI64>::default();
         let detect_timeouts = Counter::default();
         let connect_errors = Counter::default();
+        let connections_refused = Counter::default();
+        let idle_timeouts = Counter::default();
+        let header_timeouts = Counter::default();
+        reg.register(
+            "connections_refused",
+            "Downstream connections refused because spec.sidecar.maxConnections were open",
+            connections_refused.clone(),
+        );
+        reg.register(
+            "idle_timeouts",
+            "Connections closed after the idle timeout (HTTP keep-alive, opaque TCP, tunnels)",
+            idle_timeouts.clone(),
+        );
+        reg.register(
+            "header_read_timeouts",
+            "HTTP/1 connections closed because a request head was not received in time",
+            header_timeouts.clone(),
+        );
         reg.register(
             "config_generation",
             "Generation of the MeshConfig in use",
@@ -211,6 +235,9 @@ impl Metrics {
             config_last_error,
             detect_timeouts,
             connect_errors,
+            connections_refused,
+            idle_timeouts,
+            header_timeouts,
         }
     }
 
