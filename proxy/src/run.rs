@@ -12,6 +12,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let log_level = crate::log::init();
     let runtime = crate::runtime::build(args.threads).context("starting the runtime")?;
     runtime.block_on(async move {
+        // Listening from the start, so no signal is lost between the two the drain awaits.
+        let mut signals = crate::shutdown::Signals::new();
         let config = crate::config::load(args.mesh_config.as_deref())
             .await
             .context("loading the MeshConfig")?;
@@ -42,10 +44,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             ..crate::probes::Options::new(args.pod_ip)
         };
         crate::probes::serve(probes, probe_options, probe_shutdown.watch()).await?;
-        crate::shutdown::signal().await;
-        let window = crate::config::sidecar(&config)
-            .termination_drain_duration
-            .get();
+        signals.recv().await;
+        let window = args.termination_drain_duration.unwrap_or_else(|| {
+            crate::config::sidecar(&config)
+                .termination_drain_duration
+                .get()
+        });
         tracing::info!(
             ?window,
             "SIGTERM: reporting not ready and still serving while endpoints converge"
@@ -55,7 +59,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         // --grace-period` short): the drain of in-flight requests still follows.
         tokio::select! {
             _ = tokio::time::sleep(window) => {}
-            _ = crate::shutdown::signal() => tracing::info!("second signal: ending the drain window"),
+            _ = signals.recv() => tracing::info!("second signal: ending the drain window"),
         }
         tracing::info!("draining: no new connections; finishing requests in flight");
         let drained = running.stop(Duration::from_secs(args.drain_timeout)).await;
