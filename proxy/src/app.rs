@@ -62,11 +62,6 @@ impl Running {
         self.admin.ready.store(false, Ordering::Release);
     }
 
-    /// Whether the listeners are draining or stopped (`/ready` is 503).
-    pub fn is_draining(&self) -> bool {
-        !self.admin.ready.load(Ordering::Acquire)
-    }
-
     /// Stops accepting, lets connections finish for at most `drain`, then flushes the spans
     /// they produced. Returns whether every connection finished in time.
     pub async fn stop(self, drain: Duration) -> bool {

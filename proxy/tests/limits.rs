@@ -486,3 +486,127 @@ async fn upstream_connections_per_destination_are_capped() {
     // Other destinations have their own budget.
     assert!(get_status(p.route_addrs[1], "/").await.ends_with("200 OK"));
 }
+
+pin_project_lite::pin_project! {
+    /// A client whose machine vanished at `dead`: it reads nothing more and its writes go
+    /// nowhere, while its socket stays open (no FIN, no RST), like a node that lost power.
+    struct Blackhole {
+        #[pin]
+        inner: TcpStream,
+        dead: Arc<std::sync::atomic::AtomicBool>,
+    }
+}
+
+impl tokio::io::AsyncRead for Blackhole {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        if this.dead.load(Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Blackhole {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        if this.dead.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        this.inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// Sends on its channel when dropped: tells when a server dropped a request's handler.
+struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn vanished_http2_client_is_detected_by_pings_and_its_request_cancelled() {
+    let _serial = serial().await;
+    // An h2c upstream whose one request hangs; it reports arrival and, once the proxy gives
+    // the request up (RST_STREAM), the drop of its handler.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel::<()>();
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+    let slots = Arc::new(std::sync::Mutex::new(Some((arrived_tx, dropped_tx))));
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let slot = slots.lock().unwrap().take();
+                    async move {
+                        if let Some((arrived, dropped)) = slot {
+                            let _signal = DropSignal(Some(dropped));
+                            let _ = arrived.send(());
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let p = proxy(
+        |c| {
+            c.spec.sidecar.http2_keepalive_interval = millis(200);
+            c.spec.sidecar.http2_keepalive_timeout = millis(200);
+        },
+        &[format!("127.0.0.1:0={backend}")],
+        &[],
+    )
+    .await;
+    let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = Blackhole {
+        inner: TcpStream::connect(p.route_addrs[0]).await.unwrap(),
+        dead: dead.clone(),
+    };
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://svc.test/hang")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let _pending = tokio::spawn(async move { send.send_request(req).await });
+    within(arrived).await.unwrap();
+    // The client's node vanishes with the request in flight: no idle timeout applies, only the
+    // proxy's unanswered PINGs can free the connection and cancel the upstream request.
+    dead.store(true, Ordering::SeqCst);
+    within(dropped).await.unwrap();
+}
