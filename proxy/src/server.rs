@@ -284,3 +284,34 @@ async fn drive<C: GracefulConn>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Snapshot;
+
+    fn snapshot(max: u32) -> Arc<Snapshot> {
+        let mut config = mesh_config::MeshConfig::default();
+        config.spec.sidecar.max_connections = max;
+        Arc::new(Snapshot {
+            config: Arc::new(config),
+            ..Snapshot::default_config()
+        })
+    }
+
+    #[test]
+    fn the_cap_follows_config_changes_and_slots_free_on_drop() {
+        let (tx, rx) = tokio::sync::watch::channel(snapshot(1));
+        let refused = Counter::default();
+        let limit = ConnLimit::new(rx, refused.clone());
+        let first = limit.admit().expect("below the cap");
+        assert!(limit.admit().is_none());
+        assert_eq!(refused.get(), 1);
+        // A raised cap applies to the next connection, without a restart.
+        tx.send(snapshot(2)).unwrap();
+        let second = limit.admit().expect("raised cap");
+        assert_eq!(limit.open(), 2);
+        drop((first, second));
+        assert_eq!(limit.open(), 0);
+    }
+}
