@@ -16,8 +16,9 @@ pub struct Shared {
     pub tracer: Tracer,
     pub metrics: Metrics,
     pub self_addrs: Arc<SelfAddrs>,
-    /// Upper bound on `spec.sidecar.connectTimeout` (see `app::Options::connect_timeout`).
-    pub connect_timeout: Duration,
+    /// Upper bound on `spec.sidecar.connectTimeout` (see `app::Options::connect_timeout`);
+    /// read the effective value with [`Shared::connect_timeout`].
+    connect_timeout_cap: Duration,
     /// Pooled HTTP clients towards upstreams.
     pub upstream: Upstream,
     /// `spec.sidecar.maxConnections`, shared by every proxy listener.
@@ -41,9 +42,19 @@ impl Shared {
             tracer,
             metrics,
             self_addrs,
-            connect_timeout,
+            connect_timeout_cap: connect_timeout,
             upstream,
             conn_limit,
         })
+    }
+
+    /// The connect timeout in force now: the MeshConfig's `spec.sidecar.connectTimeout`,
+    /// bounded by the embedder's cap. Prefer `upstream.connector().dial`, which also applies
+    /// the per-destination cap.
+    pub fn connect_timeout(&self) -> Duration {
+        crate::config::sidecar(&self.config)
+            .connect_timeout
+            .get()
+            .min(self.connect_timeout_cap)
     }
 }
