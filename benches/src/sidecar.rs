@@ -61,6 +61,8 @@ impl Sidecar {
                 "127.0.0.1",
             ])
             .args(["--admin-port", &admin_port.to_string()])
+            // No endpoints to converge in a bench: stop (and flush spans) at once.
+            .args(["--termination-drain-duration", "0s"])
             .args(["--inbound-port", &inbound_port.to_string()])
             .args(["--outbound-port", &outbound_port.to_string()])
             .args(["--threads", &spec.threads.to_string()]);

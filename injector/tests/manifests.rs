@@ -132,7 +132,9 @@ print(json.dumps(out))
             "endpoint": "/v1/traces", "protocol": "otlp-http", "sampledFraction": "0.25"}}})
         ),
         base(
-            serde_json::json!({"observability": {"tracing": {"propagation": ["tracecontext"], "maxUrlTagLength": 256}}})
+            serde_json::json!({"observability": {"tracing": {"propagation": ["tracecontext"], "maxUrlTagLength": 256}},
+            "sidecar": {"headerReadTimeout": "500ms", "tcpIdleTimeout": "1m30s",
+            "http2KeepaliveInterval": "0", "maxConnections": 50, "terminationDrainDuration": "0s"}})
         ),
         base(serde_json::json!({"observability": {"tracing": {"port": 70000}}})),
         base(serde_json::json!({"observability": {"tracing": {"propagation": ["b3"]}}})),
@@ -141,6 +143,9 @@ print(json.dumps(out))
         base(serde_json::json!({"observability": {"tracing": {"protocol": "carrier-pigeon"}}})),
         base(serde_json::json!({"sidecar": {"logLevel": "loud"}})),
         base(serde_json::json!({"traffic": {"outboundPortExclusionList": [0]}})),
+        base(serde_json::json!({"sidecar": {"httpIdleTimeout": 10}})),
+        base(serde_json::json!({"sidecar": {"connectTimeout": "soon"}})),
+        base(serde_json::json!({"sidecar": {"maxConnections": 0}})),
     ]);
     let out = Command::new("python3")
         .args(["-c", script])
@@ -157,7 +162,10 @@ print(json.dumps(out))
     let results: Vec<String> = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(results[0], "ok", "default MeshConfig");
     assert_eq!(results[1], "ok", "FSM-style tracing block");
-    assert_eq!(results[2], "ok", "narrowed propagation and a URL bound");
+    assert_eq!(
+        results[2], "ok",
+        "narrowed propagation, a URL bound, sidecar timeouts and limits"
+    );
     for (i, r) in results.iter().enumerate().skip(3) {
         assert!(r.starts_with("invalid"), "case {i} should be refused: {r}");
     }

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Duration;
+
 pub const API_VERSION: &str = "config.tracemesh.dev/v1alpha1";
 pub const KIND: &str = "MeshConfig";
 pub const DEFAULT_NAME: &str = "mesh-config";
@@ -184,10 +186,85 @@ impl Default for Traffic {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The sidecar's own settings: logging, and the timeouts and limits that bound what a slow,
+/// dead or hostile peer can hold. Each default's reason is beside it in [`Sidecar::default`];
+/// the README lists them for users. Changes apply to connections accepted after them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Sidecar {
     pub log_level: LogLevel,
+    /// Time a client has to send a whole HTTP/1 request head, from its first byte (or from
+    /// the connection's start for its first request). Cuts slowloris clients.
+    pub header_read_timeout: Duration,
+    /// An HTTP connection with no request in flight and no bytes moving for this long is
+    /// closed (downstream keep-alive connections).
+    pub http_idle_timeout: Duration,
+    /// Opaque TCP, CONNECT tunnels and upgraded (WebSocket) connections with no bytes in
+    /// either direction for this long are closed.
+    pub tcp_idle_timeout: Duration,
+    /// HTTP/2 PING interval on downstream and upstream connections with streams open; `0s`
+    /// turns pings off.
+    pub http2_keepalive_interval: Duration,
+    /// A PING unanswered for this long closes the connection: its streams fail, the next
+    /// request gets a new connection.
+    pub http2_keepalive_timeout: Duration,
+    /// Time an upstream has to accept a TCP connection (504 past it).
+    pub connect_timeout: Duration,
+    /// Time from sending a request upstream to its response headers (504 past it); `0s`, the
+    /// default, means no limit, so long polls and streams live.
+    pub response_timeout: Duration,
+    /// Downstream connections held at once across the proxy listeners; beyond it new
+    /// connections are accepted and closed at once, and counted.
+    pub max_connections: u32,
+    /// Upstream connections held at once to one destination address; beyond it a request
+    /// gets 503 and a TCP connection is reset.
+    pub max_connections_per_destination: u32,
+    /// After SIGTERM the sidecar keeps accepting for this long (reporting not ready) while
+    /// endpoints converge, then stops accepting and drains (Istio's name).
+    pub termination_drain_duration: Duration,
+}
+
+impl Sidecar {
+    /// Also the proxy's fallback where no MeshConfig applies (its reason is in `default`).
+    pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+}
+
+impl Default for Sidecar {
+    fn default() -> Self {
+        Self {
+            log_level: LogLevel::default(),
+            // Go's http.Server users commonly set ReadHeaderTimeout to 10 s: far beyond any
+            // honest client's head, short enough that a slowloris holds little for long.
+            header_read_timeout: Duration::from_secs(10),
+            // Envoy's default HTTP connection idle timeout (1 h): apps pool keep-alive
+            // connections for minutes, and closing one under them causes retry races.
+            http_idle_timeout: Duration::from_secs(3600),
+            // Envoy's tcp_proxy default idle timeout (1 h): database and WebSocket sessions
+            // may be quiet for long, but a dead peer must not hold a slot forever.
+            tcp_idle_timeout: Duration::from_secs(3600),
+            // Linkerd pings HTTP/2 peers every 10 s; with the 20 s timeout a dead node is
+            // noticed within 30 s instead of the kernel's ~15 min retransmission limit.
+            http2_keepalive_interval: Duration::from_secs(10),
+            // gRPC's default keepalive timeout (20 s): a busy peer's ACK may queue behind
+            // large DATA frames, so a shorter wait would cut healthy connections.
+            http2_keepalive_timeout: Duration::from_secs(20),
+            // Envoy's scale for cluster connect timeouts: long enough for a pod starting under
+            // load, short enough that a black-holed address fails before the client gives up.
+            connect_timeout: Duration(Self::DEFAULT_CONNECT_TIMEOUT),
+            // Istio's route timeout is off by default: long polls, streams and slow batch
+            // endpoints are legitimate, and only the app knows its deadlines.
+            response_timeout: Duration::ZERO,
+            // Far above any honest pod's concurrent connections (each takes two descriptors,
+            // well inside a container's usual 1M descriptor limit), low enough that a flood
+            // cannot exhaust the process's memory or descriptors.
+            max_connections: 10_000,
+            // Envoy's default circuit-breaker max_connections per cluster (1024).
+            max_connections_per_destination: 1024,
+            // Istio's default terminationDrainDuration (5 s): enough for endpoint removal to
+            // reach the callers' proxies in a typical cluster.
+            termination_drain_duration: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

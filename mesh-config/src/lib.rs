@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod document;
+mod duration;
 mod error;
 mod parse;
 pub mod resource;
@@ -11,6 +12,7 @@ mod schema;
 mod validate;
 
 pub use document::*;
+pub use duration::{parse as parse_duration, Duration};
 pub use error::{ConfigError, FieldError};
 pub use parse::{merge_patch, parse, parse_strict, Parsed};
 pub use validate::parse_cidr;

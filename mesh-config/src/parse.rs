@@ -98,6 +98,7 @@ mod tests {
     use super::*;
     use crate::{LogLevel, PropagationFormat, Protocol};
     use serde_json::json;
+    use std::time::Duration;
 
     fn messages(err: ConfigError) -> Vec<String> {
         err.problems().iter().map(ToString::to_string).collect()
@@ -250,6 +251,47 @@ spec:
                 "spec.observability.tracing.propagation: must name at least one format (b3multi, tracecontext)",
             ]
         );
+    }
+
+    #[test]
+    fn sidecar_limits_are_read_and_checked() {
+        let c = parse_strict(
+            "spec:\n  sidecar:\n    headerReadTimeout: 500ms\n    httpIdleTimeout: 1m30s\n    tcpIdleTimeout: 2h\n    http2KeepaliveInterval: \"0\"\n    http2KeepaliveTimeout: 1s\n    connectTimeout: 250ms\n    responseTimeout: 15s\n    maxConnections: 50\n    maxConnectionsPerDestination: 7\n    terminationDrainDuration: 0s\n",
+        )
+        .unwrap();
+        let s = &c.spec.sidecar;
+        assert_eq!(s.header_read_timeout.get(), Duration::from_millis(500));
+        assert_eq!(s.http_idle_timeout.get(), Duration::from_secs(90));
+        assert_eq!(s.tcp_idle_timeout.get(), Duration::from_secs(7200));
+        assert_eq!(s.http2_keepalive_interval.non_zero(), None);
+        assert_eq!(s.connect_timeout.get(), Duration::from_millis(250));
+        assert_eq!(s.response_timeout.get(), Duration::from_secs(15));
+        assert_eq!(
+            (s.max_connections, s.max_connections_per_destination),
+            (50, 7)
+        );
+        assert_eq!(s.termination_drain_duration.non_zero(), None);
+        // Written back as strings with units, and read back the same.
+        assert_eq!(parse_strict(&c.to_yaml()).unwrap(), c);
+
+        let got = messages(
+            parse("spec:\n  sidecar:\n    headerReadTimeout: 10\n    httpIdleTimeout: soon\n    tcpIdleTimeout: -1s\n    connectTimeout: 0s\n    responseTimeout: [1s]\n    maxConnections: -5\n    maxConnectionsPerDestination: 1.5\n    terminationDrainDuration: 2h\n")
+                .unwrap_err(),
+        );
+        let want = [
+            r#"spec.sidecar.headerReadTimeout: expected a duration string such as "10s", found number 10"#,
+            r#"spec.sidecar.httpIdleTimeout: "soon" is not a duration (expected e.g. "10s", "500ms", "1m30s")"#,
+            r#"spec.sidecar.tcpIdleTimeout: "-1s" is not a duration (expected e.g. "10s", "500ms", "1m30s")"#,
+            r#"spec.sidecar.responseTimeout: expected a duration string such as "10s", found a list"#,
+            "spec.sidecar.maxConnections: -5 is out of range 0..=4294967295",
+            "spec.sidecar.maxConnectionsPerDestination: expected a whole number, found number 1.5",
+            "spec.sidecar.connectTimeout: 0s is out of range 1ms..=5m",
+            "spec.sidecar.terminationDrainDuration: 2h is out of range 0s..=1h",
+        ];
+        for w in want {
+            assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
+        }
+        assert_eq!(got.len(), want.len(), "{got:#?}");
     }
 
     #[test]

@@ -23,6 +23,10 @@ enum Field {
     StrList,
     /// 0..=1 as a number or a numeric string; the string becomes a number.
     Fraction,
+    /// A string with units (`"10s"`, `"500ms"`); ranges are checked in `validate`.
+    Duration,
+    /// A non-negative integer that fits in 32 bits; ranges are checked in `validate`.
+    Count,
     /// One of the names; the noun names the kind of value in the message.
     OneOf(&'static str, &'static [&'static str]),
     /// A list whose every item is one of the names (each bad item named by its index).
@@ -90,16 +94,27 @@ const TRAFFIC: &[(&str, Field)] = &[
     ("opaquePorts", Field::PortList),
 ];
 
+const SIDECAR: &[(&str, Field)] = &[
+    ("logLevel", Field::OneOf("log level", LOG_LEVELS)),
+    ("headerReadTimeout", Field::Duration),
+    ("httpIdleTimeout", Field::Duration),
+    ("tcpIdleTimeout", Field::Duration),
+    ("http2KeepaliveInterval", Field::Duration),
+    ("http2KeepaliveTimeout", Field::Duration),
+    ("connectTimeout", Field::Duration),
+    ("responseTimeout", Field::Duration),
+    ("maxConnections", Field::Count),
+    ("maxConnectionsPerDestination", Field::Count),
+    ("terminationDrainDuration", Field::Duration),
+];
+
 const SPEC: &[(&str, Field)] = &[
     (
         "observability",
         Field::Object(&[("tracing", Field::Object(TRACING))]),
     ),
     ("traffic", Field::Object(TRAFFIC)),
-    (
-        "sidecar",
-        Field::Object(&[("logLevel", Field::OneOf("log level", LOG_LEVELS))]),
-    ),
+    ("sidecar", Field::Object(SIDECAR)),
 ];
 
 const DOCUMENT: &[(&str, Field)] = &[
@@ -211,6 +226,27 @@ fn walk(field: &Field, value: Value, path: &str, f: &mut Findings) -> Option<Val
             other => type_error(path, "a list of strings", &other, f),
         },
         Field::Fraction => fraction(value, path, f),
+        Field::Duration => match &value {
+            Value::String(s) => match crate::duration::parse(s) {
+                Ok(_) => Some(value),
+                Err(msg) => {
+                    f.errors.push(FieldError::new(path, msg));
+                    None
+                }
+            },
+            other => type_error(path, "a duration string such as \"10s\"", other, f),
+        },
+        Field::Count => match &value {
+            Value::Number(n) if n.as_u64().is_some_and(|c| u32::try_from(c).is_ok()) => Some(value),
+            Value::Number(n) if n.is_u64() || n.is_i64() => {
+                f.errors.push(FieldError::new(
+                    path,
+                    format!("{n} is out of range 0..={}", u32::MAX),
+                ));
+                None
+            }
+            other => type_error(path, "a whole number", other, f),
+        },
         Field::OneOf(noun, names) => match &value {
             Value::String(s) if names.contains(&s.as_str()) => Some(value),
             Value::String(s) => {

@@ -3,10 +3,11 @@
 //! checks, and code that builds a `MeshConfig` in memory calls `validate` directly.
 
 use std::net::IpAddr;
+use std::time::Duration as StdDuration;
 
 use crate::{
-    ConfigError, FieldError, MeshConfig, PropagationFormat, Protocol, API_VERSION, KIND,
-    MAX_URL_TAG_LENGTH_RANGE,
+    ConfigError, Duration, FieldError, MeshConfig, PropagationFormat, Protocol, Sidecar,
+    API_VERSION, KIND, MAX_URL_TAG_LENGTH_RANGE,
 };
 
 pub(crate) const PORT_RANGE: &str = "1..=65535";
@@ -119,7 +120,78 @@ impl MeshConfig {
                 ));
             }
         }
+        sidecar_problems(&self.spec.sidecar, &mut out);
         out
+    }
+}
+
+const MS: StdDuration = StdDuration::from_millis(1);
+const HOUR: StdDuration = StdDuration::from_secs(3600);
+const DAY: StdDuration = StdDuration::from_secs(24 * 3600);
+
+/// Upper bound of the connection counts: well above what one process can hold open, so a
+/// larger number can only be a typo.
+const MAX_COUNT: u32 = 1_000_000;
+
+/// Range of every `spec.sidecar` timeout. Zero is allowed only where it means "off"; the upper
+/// bounds are far past any sensible value, so only typos (`"10h"` for `"10s"`...) hit them.
+fn sidecar_problems(s: &Sidecar, out: &mut Vec<FieldError>) {
+    let durations: [(&str, Duration, StdDuration, StdDuration); 8] = [
+        ("headerReadTimeout", s.header_read_timeout, MS, HOUR),
+        ("httpIdleTimeout", s.http_idle_timeout, MS, DAY),
+        ("tcpIdleTimeout", s.tcp_idle_timeout, MS, DAY),
+        (
+            "http2KeepaliveInterval",
+            s.http2_keepalive_interval,
+            StdDuration::ZERO,
+            HOUR,
+        ),
+        ("http2KeepaliveTimeout", s.http2_keepalive_timeout, MS, HOUR),
+        (
+            "connectTimeout",
+            s.connect_timeout,
+            MS,
+            StdDuration::from_secs(300),
+        ),
+        (
+            "responseTimeout",
+            s.response_timeout,
+            StdDuration::ZERO,
+            DAY,
+        ),
+        (
+            "terminationDrainDuration",
+            s.termination_drain_duration,
+            StdDuration::ZERO,
+            HOUR,
+        ),
+    ];
+    for (name, value, min, max) in durations {
+        if (min..=max).contains(&value.get()) {
+            continue;
+        }
+        out.push(FieldError::new(
+            format!("spec.sidecar.{name}"),
+            format!(
+                "{value} is out of range {}..={}",
+                Duration(min),
+                Duration(max)
+            ),
+        ));
+    }
+    for (name, value) in [
+        ("maxConnections", s.max_connections),
+        (
+            "maxConnectionsPerDestination",
+            s.max_connections_per_destination,
+        ),
+    ] {
+        if !(1..=MAX_COUNT).contains(&value) {
+            out.push(FieldError::new(
+                format!("spec.sidecar.{name}"),
+                format!("{value} is out of range 1..={MAX_COUNT}"),
+            ));
+        }
     }
 }
 
@@ -213,6 +285,89 @@ mod tests {
                 "spec.traffic.outboundIPRangeExclusionList[0]",
             ]
         );
+    }
+
+    #[test]
+    fn sidecar_defaults() {
+        let s = Sidecar::default();
+        assert_eq!(s.header_read_timeout.to_string(), "10s");
+        assert_eq!(s.http_idle_timeout.to_string(), "1h");
+        assert_eq!(s.tcp_idle_timeout.to_string(), "1h");
+        assert_eq!(s.http2_keepalive_interval.to_string(), "10s");
+        assert_eq!(s.http2_keepalive_timeout.to_string(), "20s");
+        assert_eq!(s.connect_timeout.to_string(), "10s");
+        assert_eq!(s.response_timeout.non_zero(), None);
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(s.max_connections_per_destination, 1024);
+        assert_eq!(s.termination_drain_duration.to_string(), "5s");
+    }
+
+    /// Each sidecar field at and beyond its bounds: (setter, accepted, field path or "").
+    #[test]
+    fn sidecar_ranges() {
+        type Set = fn(&mut Sidecar);
+        let cases: &[(Set, &str)] = &[
+            (
+                |s| s.header_read_timeout = Duration::ZERO,
+                "headerReadTimeout",
+            ),
+            (|s| s.header_read_timeout = Duration::from_millis(1), ""),
+            (
+                |s| s.header_read_timeout = Duration::from_secs(3601),
+                "headerReadTimeout",
+            ),
+            (|s| s.http_idle_timeout = Duration::ZERO, "httpIdleTimeout"),
+            (|s| s.http_idle_timeout = Duration::from_secs(86_400), ""),
+            (
+                |s| s.http_idle_timeout = Duration::from_secs(86_401),
+                "httpIdleTimeout",
+            ),
+            (|s| s.tcp_idle_timeout = Duration::ZERO, "tcpIdleTimeout"),
+            (|s| s.tcp_idle_timeout = Duration::from_millis(50), ""),
+            (|s| s.http2_keepalive_interval = Duration::ZERO, ""),
+            (
+                |s| s.http2_keepalive_interval = Duration::from_secs(7200),
+                "http2KeepaliveInterval",
+            ),
+            (
+                |s| s.http2_keepalive_timeout = Duration::ZERO,
+                "http2KeepaliveTimeout",
+            ),
+            (|s| s.connect_timeout = Duration::ZERO, "connectTimeout"),
+            (|s| s.connect_timeout = Duration::from_secs(300), ""),
+            (
+                |s| s.connect_timeout = Duration::from_secs(301),
+                "connectTimeout",
+            ),
+            (|s| s.response_timeout = Duration::from_millis(1), ""),
+            (
+                |s| s.response_timeout = Duration::from_secs(86_401),
+                "responseTimeout",
+            ),
+            (|s| s.termination_drain_duration = Duration::ZERO, ""),
+            (
+                |s| s.termination_drain_duration = Duration::from_secs(3601),
+                "terminationDrainDuration",
+            ),
+            (|s| s.max_connections = 0, "maxConnections"),
+            (|s| s.max_connections = 1, ""),
+            (|s| s.max_connections = 1_000_001, "maxConnections"),
+            (
+                |s| s.max_connections_per_destination = 0,
+                "maxConnectionsPerDestination",
+            ),
+            (|s| s.max_connections_per_destination = 1_000_000, ""),
+        ];
+        for (i, (set, path)) in cases.iter().enumerate() {
+            let mut c = MeshConfig::default();
+            set(&mut c.spec.sidecar);
+            let got: Vec<String> = c.problems().into_iter().map(|p| p.path).collect();
+            if path.is_empty() {
+                assert!(got.is_empty(), "case {i}: {got:?}");
+            } else {
+                assert_eq!(got, [format!("spec.sidecar.{path}")], "case {i}");
+            }
+        }
     }
 
     #[test]

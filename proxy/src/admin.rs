@@ -4,7 +4,6 @@
 //! answer any peer; everything else (the effective config today, anything that reveals or
 //! changes state tomorrow) answers loopback only, as Envoy's admin and Istio's pilot-agent do.
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +12,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -107,27 +105,24 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Serves admin requests until shutdown.
-pub async fn run(listener: TcpListener, admin: Arc<Admin>, mut watch: Watch) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-            _ = watch.signaled() => return,
-        };
+/// Serves admin requests until shutdown, through the shared accept loop and HTTP/1 server.
+/// The proxy's connection cap does not apply: the kubelet's probes and the metrics scraper
+/// must still get through while the proxy listeners are flooded.
+pub async fn run(listener: TcpListener, admin: Arc<Admin>, watch: Watch) {
+    crate::server::accept_loop(listener, None, watch, move |stream, peer, watch| {
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+        async move {
+            let limits = crate::config::sidecar(&admin.config);
+            let handler = move |req: Request<hyper::body::Incoming>| {
                 let resp = admin.respond(&req, peer.ip());
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new());
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
+                async move { resp }
+            };
+            if let Err(e) = crate::server::serve_http1(stream, handler, &limits, watch).await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

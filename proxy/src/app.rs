@@ -38,6 +38,8 @@ pub struct Options {
     pub identity: Identity,
     /// Every pod IP: the loop guard's and the forward proxy's idea of "the pod itself".
     pub pod: PodAddrs,
+    /// Upper bound on the MeshConfig's `spec.sidecar.connectTimeout`: `run` passes
+    /// `Duration::MAX` (the config decides); embedders and tests may shorten it.
     pub connect_timeout: Duration,
     /// Follows `sidecar.logLevel`; `None` leaves logging alone (tests).
     pub log_level: Option<crate::log::LevelHandle>,
@@ -57,6 +59,12 @@ pub struct Running {
 }
 
 impl Running {
+    /// Starts the termination drain window: `/ready` answers 503 so endpoints drop the pod,
+    /// while every listener keeps accepting and serving.
+    pub fn begin_drain(&self) {
+        self.admin.ready.store(false, Ordering::Release);
+    }
+
     /// Stops accepting, lets connections finish for at most `drain`, then flushes the spans
     /// they produced. Returns whether every connection finished in time.
     pub async fn stop(self, drain: Duration) -> bool {

@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// Worker threads. Two keep a sidecar responsive while one is busy, at a small memory cost.
     #[arg(long, env = "MESH_PROXY_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
+    /// After SIGTERM, keep serving this long (reporting not ready) before draining, e.g.
+    /// `5s`; overrides the MeshConfig's `spec.sidecar.terminationDrainDuration` for this pod.
+    #[arg(long, env = "TERMINATION_DRAIN_DURATION", value_name = "DURATION", value_parser = parse_duration)]
+    pub termination_drain_duration: Option<std::time::Duration>,
     /// Seconds to let connections finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = crate::shutdown::DRAIN_TIMEOUT.as_secs())]
     pub drain_timeout: u64,
@@ -75,6 +79,10 @@ impl RunArgs {
     pub fn pod_addrs(&self) -> crate::peer::PodAddrs {
         crate::peer::PodAddrs::new(self.pod_ip.iter().chain(&self.pod_ips).copied())
     }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    mesh_config::parse_duration(text).map(mesh_config::Duration::get)
 }
 
 #[cfg(test)]
@@ -103,6 +111,25 @@ mod tests {
         assert_eq!(args.outbound.len(), 1);
         assert_eq!(args.threads, 1);
         assert_eq!(args.outbound_port, 15001);
+        assert_eq!(args.termination_drain_duration, None);
+    }
+
+    #[test]
+    fn drain_window_flag_takes_a_duration() {
+        let cli =
+            Cli::try_parse_from(["mesh-proxy", "run", "--termination-drain-duration", "1m30s"])
+                .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            args.termination_drain_duration,
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert!(
+            Cli::try_parse_from(["mesh-proxy", "run", "--termination-drain-duration", "5"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub fn fixed(snapshot: Snapshot) -> ConfigRx {
     watch::channel(Arc::new(snapshot)).1
 }
 
+/// The sidecar's current timeouts and limits; read per connection, so changes apply to
+/// connections accepted after them.
+pub fn sidecar(rx: &ConfigRx) -> mesh_config::Sidecar {
+    rx.borrow().config.spec.sidecar.clone()
+}
+
 /// Whether `port` is configured as opaque (server-speaks-first): no protocol detection.
 pub fn is_opaque_port(rx: &ConfigRx, port: u16) -> bool {
     rx.borrow().config.spec.traffic.opaque_ports.contains(&port)

@@ -11,15 +11,13 @@ use http::Uri;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::config::ConfigRx;
+use crate::dest_limit::{Counted, DestCounts};
 use crate::error::ConnectError;
 use crate::peer::PodAddrs;
 
-/// How long an upstream has to accept a connection before the client gets a 504.
-///
-/// Matches Envoy's default cluster connect timeout scale: long enough for a pod that is
-/// starting up under load, short enough that a black-holed destination does not hold a
-/// client request for the whole of a typical 15–30 s client timeout.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of `spec.sidecar.connectTimeout` (its reason is beside the default there).
+pub const CONNECT_TIMEOUT: Duration = mesh_config::Sidecar::DEFAULT_CONNECT_TIMEOUT;
 
 /// The proxy's own listening addresses: connecting to one of them would loop forever.
 ///
@@ -103,32 +101,66 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ConnectError> 
     })
 }
 
-/// The connector of the pooled HTTP clients. The request URI's authority is the destination
-/// socket address (not the `Host`), so the pool is keyed by destination.
+/// The connector of the pooled HTTP clients and of opaque TCP. The request URI's authority is
+/// the destination socket address (not the `Host`), so the pool is keyed by destination.
+///
+/// Its connect timeout and per-destination cap come from the current MeshConfig at each
+/// connect, so changes apply to the next connection.
 #[derive(Clone, Debug)]
 pub struct Connector {
     self_addrs: Arc<SelfAddrs>,
-    timeout: Duration,
+    /// Upper bound on the configured connect timeout (embedders and tests shorten it).
+    timeout_cap: Duration,
+    config: ConfigRx,
+    open: Arc<DestCounts>,
 }
 
 impl Connector {
+    /// A connector with the default settings and the connect timeout bounded by `timeout`.
     pub fn new(self_addrs: Arc<SelfAddrs>, timeout: Duration) -> Self {
-        Self {
+        Self::with_config(
             self_addrs,
             timeout,
+            crate::config::fixed(crate::config::Snapshot::default_config()),
+        )
+    }
+
+    /// A connector following `config`'s `spec.sidecar`, its connect timeout bounded by `cap`.
+    pub fn with_config(self_addrs: Arc<SelfAddrs>, cap: Duration, config: ConfigRx) -> Self {
+        Self {
+            self_addrs,
+            timeout_cap: cap,
+            config,
+            open: Arc::default(),
         }
     }
 
-    /// Connects to `addr` with the self-loop guard and connect timeout.
-    pub async fn dial(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ConnectError> {
-        connect(addr, &self.self_addrs, self.timeout)
-            .await
-            .map(TokioIo::new)
+    /// The current `spec.sidecar` settings.
+    pub fn limits(&self) -> mesh_config::Sidecar {
+        crate::config::sidecar(&self.config)
+    }
+
+    /// Connections open to `dst` through this connector now.
+    pub fn open_to(&self, dst: SocketAddr) -> u32 {
+        self.open.open(dst)
+    }
+
+    /// Connects to `addr` with the self-loop guard, the connect timeout and the
+    /// per-destination cap; the connection holds its slot until dropped.
+    pub async fn dial(&self, addr: SocketAddr) -> Result<TokioIo<Counted>, ConnectError> {
+        let limits = self.limits();
+        let slot = self
+            .open
+            .acquire(addr, limits.max_connections_per_destination)
+            .ok_or(ConnectError::Limit(addr))?;
+        let timeout = limits.connect_timeout.get().min(self.timeout_cap);
+        let stream = connect(addr, &self.self_addrs, timeout).await?;
+        Ok(TokioIo::new(Counted::new(stream, slot)))
     }
 }
 
 impl tower::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Counted>;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hyper_util::rt::TokioIo;
+
 use crate::context::Shared;
 use crate::detect::{self, DetectError, Protocol};
 use crate::http::{self, Ctx};
@@ -36,7 +38,15 @@ pub async fn serve<D: Downstream>(
         return;
     }
 
-    let connect = || crate::connect::connect(dst, &shared.self_addrs, shared.connect_timeout);
+    // Through the pooled clients' connector: the connect timeout and the per-destination cap.
+    let connect = || async {
+        shared
+            .upstream
+            .connector()
+            .dial(dst)
+            .await
+            .map(TokioIo::into_inner)
+    };
     let mut draining = watch.clone();
     let shutdown = async move { draining.signaled().await };
     let detected = match detect::detect(&mut io, connect, shutdown, Default::default()).await {

@@ -21,6 +21,10 @@ pub enum ConnectError {
     /// The destination is not an address the proxy can connect to.
     #[error("invalid upstream address {0:?}")]
     BadAddress(String),
+    /// `spec.sidecar.maxConnectionsPerDestination` connections are open already: HTTP 503
+    /// (Envoy's circuit-breaker overflow), TCP reset.
+    #[error("upstream {0} has reached the connection limit")]
+    Limit(SocketAddr),
     /// A host name of a static route or forward-proxy request did not resolve.
     #[error("cannot resolve {host}: {reason}")]
     Resolve { host: String, reason: String },
@@ -31,6 +35,7 @@ impl ConnectError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             ConnectError::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            ConnectError::Limit(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             _ => http::StatusCode::BAD_GATEWAY,
         }
     }

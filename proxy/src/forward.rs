@@ -2,7 +2,6 @@
 //! proxied like transparent ones; CONNECT opens a tunnel whose content goes through the same
 //! detection, so HTTP inside a tunnel is still traced.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,12 +10,12 @@ use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+
 use tokio::net::TcpStream;
 
 use crate::context::Shared;
 use crate::detect::Protocol;
-use crate::http::{error_response, Ctx, ResponseBodyOrError, MAX_HEADER_BYTES};
+use crate::http::{error_response, Ctx, ResponseBodyOrError};
 use crate::shutdown::Watch;
 use crate::trace::Direction;
 
@@ -80,7 +79,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, wat
         .path(Direction::Outbound, Protocol::Http1)
         .connections
         .inc();
-    let mut signal = watch.clone();
+    let limits = crate::config::sidecar(&shared.config);
+    let metrics = shared.metrics.clone();
+    let signal = watch.clone();
     let ctx = Arc::new(Ctx {
         shared,
         direction: Direction::Outbound,
@@ -88,28 +89,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, wat
         peer,
         watch,
     });
-    let svc = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .max_buf_size(MAX_HEADER_BYTES)
-        // A client that shuts its write side after the request still gets the answer.
-        .half_close(true);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = signal.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
+    let handler = move |req| handle(ctx.clone(), req);
+    let result = crate::server::serve_http1(stream, handler, &limits, signal).await;
     if let Err(e) = result {
+        crate::http::count_timeout(&metrics, &e);
         tracing::debug!(error = %e, "forward-proxy connection ended with an error");
     }
 }
@@ -134,14 +117,8 @@ async fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<ResponseB
             // Answered only once the target is connected: a refused or silent target must
             // not look like a successful tunnel that then ends.
             let shared = &ctx.shared;
-            let upstream = match crate::connect::connect(
-                dst,
-                &shared.self_addrs,
-                shared.connect_timeout,
-            )
-            .await
-            {
-                Ok(s) => s,
+            let upstream = match shared.upstream.connector().dial(dst).await {
+                Ok(s) => s.into_inner(),
                 Err(e) => {
                     shared.metrics.connect_errors.inc();
                     tracing::debug!(%dst, error = %e, "CONNECT target failed");

@@ -248,8 +248,16 @@ where
         .dial(dst)
         .await
         .map_err(|e| H2Error::Connect(Arc::new(e)))?;
+    let limits = connector.limits();
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
+    // PINGs only while streams are open: that is when a dead peer costs requests, and idle
+    // pings would trip servers' ping-abuse limits (grpc-go's enforcement policy). An idle
+    // connection to a dead peer is found by the first request's pings, or swept as idle.
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.http2_keepalive_interval.non_zero())
+        .keep_alive_timeout(limits.http2_keepalive_timeout.get())
+        .keep_alive_while_idle(false);
     let (sender, conn) = builder
         .handshake(io)
         .await

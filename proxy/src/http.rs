@@ -7,7 +7,6 @@
 //! [`H2Pool`], keyed by the destination address so the client's `:authority` is kept; HTTP/1
 //! goes to HTTP/1 over hyper-util's pool, keyed by the URI (the destination; Host is kept).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -23,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::{Finish, RequestBody, ResponseBody};
-use crate::connect::{Connector, SelfAddrs};
+use crate::connect::Connector;
 use crate::context::Shared;
 use crate::detect::Protocol;
 use crate::error::ConnectError;
@@ -33,9 +32,7 @@ use crate::shutdown::Watch;
 use crate::tcp::Downstream;
 use crate::trace::{Direction, Outcome};
 
-/// Largest request head accepted. Envoy's default limit (60 KiB): beyond it the client gets
-/// 431 from hyper rather than the proxy holding arbitrary amounts of header memory.
-pub const MAX_HEADER_BYTES: usize = 60 * 1024;
+pub use crate::server::MAX_HEADER_BYTES;
 
 /// Idle pooled upstream connections are closed after this; below typical server keep-alive
 /// timeouts' upper range, so the proxy seldom reuses a connection the server is closing.
@@ -48,11 +45,11 @@ pub type ResponseBodyOrError = Either<ResponseBody, Full<Bytes>>;
 pub struct Upstream {
     h1: Client<Connector, RequestBody>,
     h2: H2Pool<RequestBody>,
+    connector: Connector,
 }
 
 impl Upstream {
-    pub fn new(self_addrs: Arc<SelfAddrs>, connect_timeout: Duration) -> Self {
-        let connector = Connector::new(self_addrs, connect_timeout);
+    pub fn new(connector: Connector) -> Self {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
@@ -62,8 +59,14 @@ impl Upstream {
             // destination's.
             .set_host(true);
         let h1 = builder.build(connector.clone());
-        let h2 = H2Pool::new(connector, POOL_IDLE_TIMEOUT);
-        Self { h1, h2 }
+        let h2 = H2Pool::new(connector.clone(), POOL_IDLE_TIMEOUT);
+        Self { h1, h2, connector }
+    }
+
+    /// The connector every upstream connection goes through (pools and opaque TCP alike), so
+    /// the per-destination cap counts them all.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
     }
 }
 
@@ -83,50 +86,35 @@ pub async fn serve<I: Downstream>(ctx: Ctx, io: I, dst: SocketAddr) {
         Ok(a) => a,
         Err(_) => return,
     };
-    let mut watch = ctx.watch.clone();
+    let watch = ctx.watch.clone();
     let protocol = ctx.protocol;
+    let limits = crate::config::sidecar(&ctx.shared.config);
+    let shared = ctx.shared.clone();
     let conn = Arc::new((ctx, authority));
-    let svc = hyper::service::service_fn(move |req| {
+    let handler = move |req| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(forward(&conn.0, dst, &conn.1, req).await) }
-    });
-    let io = TokioIo::new(io);
+        async move { forward(&conn.0, dst, &conn.1, req).await }
+    };
     let result = match protocol {
-        Protocol::Http2 => {
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .max_header_list_size(MAX_HEADER_BYTES as u32);
-            let conn = builder.serve_connection(io, svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = watch.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
-        _ => {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .max_buf_size(MAX_HEADER_BYTES)
-                // A client that shuts its write side after the request still gets the answer.
-                .half_close(true);
-            let conn = builder.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = watch.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
+        Protocol::Http2 => crate::server::serve_http2(io, handler, &limits, watch).await,
+        _ => crate::server::serve_http1(io, handler, &limits, watch).await,
     };
     if let Err(e) = result {
+        count_timeout(&shared.metrics, &e);
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+    }
+}
+
+/// Counts a connection the proxy closed for a timeout.
+pub fn count_timeout(metrics: &crate::metrics::Metrics, e: &crate::server::ServeError) {
+    match e {
+        crate::server::ServeError::Idle => {
+            metrics.idle_timeouts.inc();
+        }
+        crate::server::ServeError::HeaderTimeout => {
+            metrics.header_timeouts.inc();
+        }
+        crate::server::ServeError::Http(_) => {}
     }
 }
 
@@ -184,15 +172,39 @@ pub async fn forward(
     let received = shared.metrics.bytes(ctx.direction).received.clone();
     let body = RequestBody::new(body, received, request_size.clone());
     let req = Request::from_parts(parts, body);
-    let sent = match ctx.protocol {
-        Protocol::Http2 => shared.upstream.h2.send(dst, req).await.map_err(|e| {
-            let (status, message, connect) = h2_error(&e);
-            (status, message, connect, e.to_string())
-        }),
-        _ => shared.upstream.h1.request(req).await.map_err(|e| {
-            let (status, message) = client_error(&e);
-            (status, message, e.is_connect(), e.to_string())
-        }),
+    let send = async {
+        match ctx.protocol {
+            Protocol::Http2 => shared.upstream.h2.send(dst, req).await.map_err(|e| {
+                let (status, message, connect) = h2_error(&e);
+                (status, message, connect, e.to_string())
+            }),
+            _ => shared.upstream.h1.request(req).await.map_err(|e| {
+                let (status, message) = client_error(&e);
+                (status, message, e.is_connect(), e.to_string())
+            }),
+        }
+    };
+    let response_timeout = shared
+        .config
+        .borrow()
+        .config
+        .spec
+        .sidecar
+        .response_timeout
+        .non_zero();
+    let sent = match response_timeout {
+        // Dropping the send resets the upstream stream (HTTP/2) or closes its connection
+        // (HTTP/1), so the upstream learns the answer is no longer wanted.
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(sent) => sent,
+            Err(_) => Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream response timeout\n",
+                false,
+                format!("no response headers within {limit:?}"),
+            )),
+        },
+        None => send.await,
     };
     let mut resp = match sent {
         Ok(resp) => resp,
@@ -326,6 +338,7 @@ pub(crate) fn connect_message(ce: &ConnectError) -> &'static str {
     match ce {
         ConnectError::Timeout(_) => "upstream connect timeout\n",
         ConnectError::Loop(_) => "destination is the proxy itself\n",
+        ConnectError::Limit(_) => "upstream connection limit reached\n",
         _ => "upstream connect error\n",
     }
 }
@@ -342,14 +355,12 @@ pub(crate) async fn tunnel(
     let (Ok(client), Ok(upstream)) = (client, upstream) else {
         return;
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Ok((from_client, to_client)) =
-        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-    {
-        let bytes = shared.metrics.bytes(direction);
-        bytes.received.inc_by(from_client);
-        bytes.sent.inc_by(to_client);
+    let idle = crate::config::sidecar(&shared.config)
+        .tcp_idle_timeout
+        .get();
+    let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = crate::tcp::copy(&shared, direction, client, upstream, idle).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
 }
 

@@ -31,32 +31,20 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::from_std(socket.into()).map_err(err)
 }
 
-/// Accepts until shutdown; each connection runs in its own task holding a shutdown watch.
+/// Accepts until shutdown through the shared accept loop, under the proxy-wide connection
+/// cap; each connection runs in its own task holding a shutdown watch.
 pub async fn run(
     listener: TcpListener,
     shared: Arc<Shared>,
     direction: Direction,
     route: Route,
-    mut watch: Watch,
+    watch: Watch,
 ) {
     let route = Arc::new(route);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = watch.signaled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (shared, route, watch) = (shared.clone(), route.clone(), watch.clone());
-        tokio::spawn(async move {
+    let limit = Some(shared.conn_limit.clone());
+    crate::server::accept_loop(listener, limit, watch, move |stream, peer, watch| {
+        let (shared, route) = (shared.clone(), route.clone());
+        async move {
             match direction {
                 Direction::Inbound => {
                     crate::inbound::accept(shared, stream, peer, &route, watch).await
@@ -65,6 +53,7 @@ pub async fn run(
                     crate::outbound::accept(shared, stream, peer, &route, watch).await
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }

@@ -96,6 +96,12 @@ pub struct Metrics {
     /// Connections closed because the peer is outside the pod: a forward-proxy client that is
     /// not the pod itself, or the proxy's own port reached from outside.
     pub strangers_refused: Counter,
+    /// Downstream connections refused at `spec.sidecar.maxConnections`.
+    pub connections_refused: Counter,
+    /// Connections closed for the idle timeout (HTTP keep-alive, opaque TCP, tunnels).
+    pub idle_timeouts: Counter,
+    /// HTTP/1 connections closed for the header read timeout.
+    pub header_timeouts: Counter,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -225,6 +231,24 @@ impl Metrics {
             "Connections closed because the peer is outside the pod (forward proxy, own ports)",
             strangers_refused.clone(),
         );
+        let connections_refused = Counter::default();
+        let idle_timeouts = Counter::default();
+        let header_timeouts = Counter::default();
+        reg.register(
+            "connections_refused",
+            "Downstream connections refused because spec.sidecar.maxConnections were open",
+            connections_refused.clone(),
+        );
+        reg.register(
+            "idle_timeouts",
+            "Connections closed after the idle timeout (HTTP keep-alive, opaque TCP, tunnels)",
+            idle_timeouts.clone(),
+        );
+        reg.register(
+            "header_read_timeouts",
+            "HTTP/1 connections closed because a request head was not received in time",
+            header_timeouts.clone(),
+        );
         reg.register(
             "config_generation",
             "Generation of the MeshConfig in use",
@@ -262,6 +286,9 @@ impl Metrics {
             config_last_error,
             connect_errors,
             strangers_refused,
+            connections_refused,
+            idle_timeouts,
+            header_timeouts,
         }
     }
 

@@ -11,7 +11,6 @@
 //! iptables rules exclude, so connecting directly reaches the app.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,6 +27,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::ConfigRx;
 use crate::shutdown::Watch;
 
 /// The sidecar env the injector writes the original probes into.
@@ -181,6 +181,8 @@ pub struct Options {
     /// The pod's IP (`POD_IP`), the address probes without a `host` go to.
     pub pod_ip: Option<IpAddr>,
     pub timeout: Duration,
+    /// Source of the header read and idle timeouts (`spec.sidecar`).
+    pub config: ConfigRx,
 }
 
 impl Options {
@@ -190,6 +192,7 @@ impl Options {
             ports: [LIVENESS_PORT, READINESS_PORT, STARTUP_PORT, TCP_PORT],
             pod_ip,
             timeout: PROBE_TIMEOUT,
+            config: crate::config::fixed(crate::config::Snapshot::default_config()),
         }
     }
 }
@@ -222,6 +225,7 @@ pub async fn serve(
         listeners.push((listener, bound));
     }
     let state = Arc::new(State {
+        config: options.config.clone(),
         probes,
         pod_ip: options.pod_ip,
         timeout: options.timeout,
@@ -247,44 +251,29 @@ pub async fn serve(
 }
 
 struct State {
+    config: ConfigRx,
     probes: Probes,
     pod_ip: Option<IpAddr>,
     timeout: Duration,
 }
 
-async fn accept(listener: TcpListener, state: Arc<State>, mut watch: Watch) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = watch.signaled() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "probe accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (state, mut watch) = (state.clone(), watch.clone());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+/// Answers probes through the shared accept loop and HTTP/1 server, so a slow or silent
+/// client is cut by the same header read and idle timeouts as on the proxy listeners.
+async fn accept(listener: TcpListener, state: Arc<State>, watch: Watch) {
+    crate::server::accept_loop(listener, None, watch, move |stream, _peer, watch| {
+        let state = state.clone();
+        async move {
+            let limits = crate::config::sidecar(&state.config);
+            let handler = move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = watch.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+                async move { answer(&state, req).await }
+            };
+            if let Err(e) = crate::server::serve_http1(stream, handler, &limits, watch).await {
+                tracing::debug!(error = %e, "probe connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -605,8 +594,11 @@ mod tls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Snapshot;
     use crate::shutdown::Shutdown;
+    use std::convert::Infallible;
     use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A tiny app: `/ok` 200, `/fail` 500, `/moved` 302, `/slow` never answers; every request's
     /// headers are recorded.
@@ -662,6 +654,7 @@ mod tests {
             ports: [0; 4],
             pod_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             timeout,
+            config: crate::config::fixed(Snapshot::default_config()),
         }
     }
 
@@ -889,6 +882,56 @@ mod tests {
         for addr in addrs {
             assert!(TcpStream::connect(addr).await.is_err(), "{addr} still open");
         }
+    }
+
+    /// A client that sends a request head one byte at a time and never finishes it is cut
+    /// after the header read timeout, while a whole request on the same port is answered.
+    #[tokio::test]
+    async fn slowloris_is_cut_after_the_header_read_timeout() {
+        let mut config = mesh_config::MeshConfig::default();
+        config.spec.sidecar.header_read_timeout = mesh_config::Duration::from_millis(300);
+        let options = Options {
+            config: crate::config::fixed(Snapshot {
+                config: Arc::new(config),
+                ..Snapshot::default_config()
+            }),
+            ..test_options(PROBE_TIMEOUT)
+        };
+        let (app, _) = app().await;
+        let json = format!(
+            r#"{{"/app-health/web/livez": {{"type": "http", "port": {}, "path": "/ok"}}}}"#,
+            app.port()
+        );
+        let shutdown = Shutdown::new();
+        let addrs = serve(Probes::parse(&json).unwrap(), options, shutdown.watch())
+            .await
+            .unwrap();
+
+        let (mut read, mut write) = TcpStream::connect(addrs[0]).await.unwrap().into_split();
+        let trickle = tokio::spawn(async move {
+            let head = format!(
+                "GET /app-health/web/livez HTTP/1.1\r\nX-Slow: {}",
+                "a".repeat(4000)
+            );
+            for byte in head.as_bytes() {
+                if write.write_all(&[*byte]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        });
+        // The close event: EOF or reset, long before the head could have been finished.
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(20), read.read(&mut buf))
+            .await
+            .expect("slow client never cut");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        trickle.abort();
+
+        // The port still answers a normal probe.
+        let (status, _, _) = get(addrs[0], "/app-health/web/livez").await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]

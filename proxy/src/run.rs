@@ -6,13 +6,14 @@ use anyhow::Context as _;
 
 use crate::app::{self, Options};
 use crate::cli::RunArgs;
-use crate::connect::CONNECT_TIMEOUT;
 use crate::trace::Identity;
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let log_level = crate::log::init();
     let runtime = crate::runtime::build(args.threads).context("starting the runtime")?;
     runtime.block_on(async move {
+        // Listening from the start, so no signal is lost between the two the drain awaits.
+        let mut signals = crate::shutdown::Signals::new();
         let config = crate::config::load(args.mesh_config.as_deref())
             .await
             .context("loading the MeshConfig")?;
@@ -33,19 +34,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 pod_ip: pod.primary(),
             },
             pod: pod.clone(),
-            connect_timeout: CONNECT_TIMEOUT,
+            // The MeshConfig's `spec.sidecar.connectTimeout` decides.
+            connect_timeout: Duration::MAX,
             log_level: Some(log_level),
         };
-        let running = app::start(options, config).await?;
+        let running = app::start(options, config.clone()).await?;
         // The app's rewritten probes keep answering while the proxy drains.
         let probe_shutdown = crate::shutdown::Shutdown::new();
         let probe_options = crate::probes::Options {
             bind_ip: args.bind,
+            config: config.clone(),
             ..crate::probes::Options::new(pod.primary())
         };
         crate::probes::serve(probes, probe_options, probe_shutdown.watch()).await?;
-        crate::shutdown::signal().await;
-        tracing::info!("shutting down: draining connections");
+        signals.recv().await;
+        let window = args.termination_drain_duration.unwrap_or_else(|| {
+            crate::config::sidecar(&config)
+                .termination_drain_duration
+                .get()
+        });
+        tracing::info!(
+            ?window,
+            "SIGTERM: reporting not ready and still serving while endpoints converge"
+        );
+        running.begin_drain();
+        // A second signal ends the window early (an operator in a hurry, `kubectl delete
+        // --grace-period` short): the drain of in-flight requests still follows.
+        tokio::select! {
+            _ = tokio::time::sleep(window) => {}
+            _ = signals.recv() => tracing::info!("second signal: ending the drain window"),
+        }
+        tracing::info!("draining: no new connections; finishing requests in flight");
         let drained = running.stop(Duration::from_secs(args.drain_timeout)).await;
         probe_shutdown.drain(Duration::from_secs(1)).await;
         if !drained {

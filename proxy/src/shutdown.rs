@@ -1,7 +1,9 @@
 //! Graceful shutdown: a signal every connection watches, and a count of connections in flight.
 //!
-//! On SIGTERM the listeners stop accepting, HTTP connections finish their requests in flight and
-//! close, TCP copies run on; the process waits for all of them, at most the drain timeout.
+//! On SIGTERM the sidecar first keeps serving for the termination drain window with `/ready`
+//! at 503 (endpoints converge meanwhile); then the listeners stop accepting, HTTP connections
+//! finish their requests in flight and close, TCP copies run on; the process waits for all of
+//! them, at most the drain timeout.
 
 use std::time::Duration;
 
@@ -75,20 +77,40 @@ impl Watch {
     }
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn signal() {
+/// SIGTERM and SIGINT, listened to from creation on: a signal that arrives between two
+/// [`Signals::recv`] calls is not lost.
+#[derive(Debug)]
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Completes on the next SIGTERM or SIGINT (Ctrl-C).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = &mut self.term {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[cfg(test)]

@@ -2,10 +2,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::context::Shared;
+use crate::idle::{Activity, Watched};
 use crate::trace::Direction;
 
 /// A downstream connection that can be reset (a real socket) or only closed (a tunnel).
@@ -39,29 +41,60 @@ pub async fn proxy<D: Downstream>(
     downstream: D,
     dst: SocketAddr,
 ) -> io::Result<()> {
-    let upstream =
-        match crate::connect::connect(dst, &shared.self_addrs, shared.connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                shared.metrics.connect_errors.inc();
-                tracing::debug!(%dst, error = %e, "opaque upstream failed, resetting client");
-                downstream.reset_on_close();
-                return Ok(());
-            }
-        };
-    relay(shared, direction, downstream, upstream).await
+    let upstream = match shared.upstream.connector().dial(dst).await {
+        Ok(s) => s.into_inner(),
+        Err(e) => {
+            shared.metrics.connect_errors.inc();
+            tracing::debug!(%dst, error = %e, "opaque upstream failed, resetting client");
+            downstream.reset_on_close();
+            return Ok(());
+        }
+    };
+    let idle = crate::config::sidecar(&shared.config)
+        .tcp_idle_timeout
+        .get();
+    copy(shared, direction, downstream, upstream, idle).await
 }
 
 /// Copies both ways between a client and an upstream connection already open (the one
-/// detection opened to let the server speak first), with the same half-close rules as [`proxy`].
+/// detection opened to let the server speak first, or a tunnel's dialled target), with the same
+/// idle and half-close rules as [`proxy`].
 pub async fn relay<D: Downstream, U: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     direction: Direction,
-    mut downstream: D,
-    mut upstream: U,
+    downstream: D,
+    upstream: U,
 ) -> io::Result<()> {
-    let (from_client, to_client) =
-        tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await?;
+    let idle = crate::config::sidecar(&shared.config)
+        .tcp_idle_timeout
+        .get();
+    copy(shared, direction, downstream, upstream, idle).await
+}
+
+/// Copies both ways until both sides are done, or until no byte has moved either way for
+/// `idle` (opaque TCP, tunnels, upgraded connections): then both are closed.
+pub async fn copy<A, B>(
+    shared: &Shared,
+    direction: Direction,
+    downstream: A,
+    mut upstream: B,
+    idle: Duration,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new(false);
+    let mut downstream = Watched::new(downstream, activity.clone());
+    let copied = tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => copied?,
+        _ = activity.expired(idle, None) => {
+            shared.metrics.idle_timeouts.inc();
+            tracing::debug!(?idle, "closing an idle connection");
+            return Ok(());
+        }
+    };
+    let (from_client, to_client) = copied;
     let bytes = shared.metrics.bytes(direction);
     bytes.received.inc_by(from_client);
     bytes.sent.inc_by(to_client);

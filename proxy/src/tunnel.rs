@@ -25,8 +25,6 @@ use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 
-use tokio::net::TcpStream;
-
 use crate::body::RequestBody;
 use crate::context::Shared;
 use crate::detect::{self, Protocol};
@@ -67,17 +65,16 @@ pub async fn relay(
     let span = shared
         .tracer
         .start(ctx.direction, &mut parts, ctx.peer, dst);
-    let stream =
-        match crate::connect::connect(dst, &shared.self_addrs, shared.connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                shared.metrics.connect_errors.inc();
-                tracing::debug!(%dst, error = %e, "CONNECT upstream failed");
-                return crate::http::fail(ctx, span, e.status(), crate::http::connect_message(&e));
-            }
-        };
+    let stream = match shared.upstream.connector().dial(dst).await {
+        Ok(s) => s,
+        Err(e) => {
+            shared.metrics.connect_errors.inc();
+            tracing::debug!(%dst, error = %e, "CONNECT upstream failed");
+            return crate::http::fail(ctx, span, e.status(), crate::http::connect_message(&e));
+        }
+    };
     let handshake = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .handshake::<_, RequestBody>(stream)
         .await;
     let (mut sender, conn) = match handshake {
         Ok(pair) => pair,
@@ -145,7 +142,7 @@ pub async fn serve_dialed(
     client: Upgraded,
     peer: SocketAddr,
     dst: SocketAddr,
-    upstream: TcpStream,
+    upstream: crate::dest_limit::Counted,
     watch: Watch,
 ) {
     let mut client = TokioIo::new(client);

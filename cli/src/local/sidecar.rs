@@ -68,6 +68,8 @@ impl Sidecar {
             .args(["--outbound-port", &outbound_port.to_string()])
             .args(["--inbound-port", &inbound_port.to_string()])
             .args(["--admin-port", &admin_port.to_string()])
+            // No endpoints to converge on one machine: stop (and flush spans) at once.
+            .args(["--termination-drain-duration", "0s"])
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some((public, app)) = spec.inbound {

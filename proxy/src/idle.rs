@@ -1,0 +1,304 @@
+//! Per-connection deadlines: idle (nothing in flight, no bytes moving) and header read (a
+//! request head started but not finished).
+//!
+//! One [`Activity`] per connection is fed by [`Watched`] (bytes read and written) and by
+//! [`Activity::request`] guards (requests in flight, held until the response body ends).
+//! [`Activity::expired`] sleeps until the earliest deadline and rechecks, so a connection
+//! costs no timer wake-ups while traffic flows, and a long poll with no bytes moving is never
+//! idle: its request is in flight.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// No request head is being read.
+const NO_HEAD: u64 = u64::MAX;
+
+/// What one connection did last, shared by its IO wrapper, its requests and its watchdog.
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    /// Milliseconds since `start` of the last byte read or written.
+    last: AtomicU64,
+    /// Milliseconds since `start` when the current request head began, or [`NO_HEAD`].
+    head_since: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Whether bytes read with no request in flight start a request head (HTTP/1).
+    heads: bool,
+    changed: Notify,
+}
+
+/// Why [`Activity::expired`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expired {
+    Idle,
+    HeaderRead,
+}
+
+impl Activity {
+    /// `heads`: track HTTP/1 request heads for the header read timeout.
+    pub fn new(heads: bool) -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            head_since: AtomicU64::new(NO_HEAD),
+            in_flight: AtomicUsize::new(0),
+            heads,
+            changed: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    /// A request head starts now (detection already read the first bytes of the first one).
+    pub fn begin_head(&self) {
+        if self.heads
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .head_since
+                .compare_exchange(NO_HEAD, self.now_ms(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    fn touched(&self, read: bool) {
+        self.last.store(self.now_ms(), Ordering::Release);
+        if read {
+            self.begin_head();
+        }
+    }
+
+    /// Marks a request in flight (its head is complete) until the guard drops.
+    pub fn request(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(NO_HEAD, Ordering::Release);
+        RequestGuard(self.clone())
+    }
+
+    /// Completes when the connection has been idle for `idle`, or a request head has been
+    /// read for longer than `header` (when given).
+    pub async fn expired(&self, idle: Duration, header: Option<Duration>) -> Expired {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before reading the state, so no change slips between the two.
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            if let Some(header) = header {
+                let since = self.head_since.load(Ordering::Acquire);
+                if since != NO_HEAD {
+                    let deadline = self.at(since) + header;
+                    if now >= deadline {
+                        return Expired::HeaderRead;
+                    }
+                    next = Some(deadline);
+                }
+            }
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                let deadline = self.at(self.last.load(Ordering::Acquire)) + idle;
+                if now >= deadline {
+                    return Expired::Idle;
+                }
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = notified => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
+
+/// A request in flight; dropping it (when the response body ends) may make the connection
+/// idle.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        // The response just went out: idle time counts from now.
+        self.0.touched(false);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An IO stream that records its traffic in an [`Activity`].
+    #[derive(Debug)]
+    pub struct Watched<I> {
+        #[pin]
+        inner: I,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<I> Watched<I> {
+    pub fn new(inner: I, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touched(true);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touched(false);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touched(false);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its request's [`RequestGuard`] until it ends or is dropped.
+    #[derive(Debug)]
+    pub struct Tracked<B> {
+        #[pin]
+        inner: B,
+        guard: Option<RequestGuard>,
+    }
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, guard: RequestGuard) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_the_last_byte_and_not_while_in_flight() {
+        let a = Activity::new(false);
+        let idle = Duration::from_secs(10);
+        let guard = a.request();
+        // In flight: never idle, however long.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(100), a.expired(idle, None))
+                .await
+                .is_err()
+        );
+        drop(guard);
+        let started = Instant::now();
+        assert_eq!(a.expired(idle, None).await, Expired::Idle);
+        assert_eq!(started.elapsed(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_started_head_must_finish_in_time() {
+        let a = Activity::new(true);
+        a.begin_head();
+        let started = Instant::now();
+        let got = a
+            .expired(Duration::from_secs(60), Some(Duration::from_secs(2)))
+            .await;
+        assert_eq!(got, Expired::HeaderRead);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // Once the head is complete the header deadline no longer applies.
+        let _g = a.request();
+        assert!(tokio::time::timeout(
+            Duration::from_secs(30),
+            a.expired(Duration::from_secs(60), Some(Duration::from_secs(2)))
+        )
+        .await
+        .is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! The one way the sidecar serves: one accept loop and one HTTP/1 and HTTP/2 server setup,
+//! used by the proxy listeners, the forward proxy, the admin server and the probe servers, so
+//! that their timeouts, limits and error handling cannot drift apart.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_config::Sidecar;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::ConfigRx;
+use crate::idle::{Activity, Expired, Tracked, Watched};
+use crate::shutdown::Watch;
+
+/// Largest request head accepted. Envoy's default limit (60 KiB): beyond it the client gets
+/// 431 from hyper rather than the proxy holding arbitrary amounts of header memory.
+pub const MAX_HEADER_BYTES: usize = 60 * 1024;
+
+/// Pause after a failed accept (out of file descriptors, out of memory): the error persists
+/// until some connection closes, so retrying at once would only spin a core. Short enough that
+/// service resumes quickly once descriptors free up.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The cap on downstream connections held at once, shared by every proxy listener and read
+/// from the current MeshConfig at each accept, so a change applies to the next connection.
+#[derive(Debug)]
+pub struct ConnLimit {
+    open: AtomicUsize,
+    config: ConfigRx,
+    refused: Counter,
+}
+
+/// One admitted connection; its drop frees the slot.
+#[derive(Debug)]
+pub struct Admitted(Arc<ConnLimit>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnLimit {
+    pub fn new(config: ConfigRx, refused: Counter) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            config,
+            refused,
+        })
+    }
+
+    /// A slot, or `None` (counted) when the cap is reached.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let max = self.config.borrow().config.spec.sidecar.max_connections as usize;
+        if self.open.fetch_add(1, Ordering::AcqRel) >= max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.refused.inc();
+            return None;
+        }
+        Some(Admitted(self.clone()))
+    }
+
+    /// Connections held now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// Accepts until shutdown and runs `handle` for each connection in its own task. With a
+/// `limit`, a connection beyond the cap is closed at once with a reset, so the client fails
+/// fast (and may retry elsewhere) instead of waiting in a queue the proxy will not serve.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    limit: Option<Arc<ConnLimit>>,
+    mut watch: Watch,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Watch) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = watch.signaled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let admitted = match &limit {
+            Some(limit) => match limit.admit() {
+                Some(a) => Some(a),
+                None => {
+                    tracing::debug!(%peer, "connection limit reached; refusing");
+                    crate::tcp::Downstream::reset_on_close(&stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        // Small writes (headers, RPCs) must not wait for Nagle: latency is the product here.
+        let _ = stream.set_nodelay(true);
+        let served = handle(stream, peer, watch.clone());
+        tokio::spawn(async move {
+            served.await;
+            drop(admitted);
+        });
+    }
+}
+
+/// How an HTTP connection ended, when it was the proxy that ended it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("request head not received within the header read timeout")]
+    HeaderTimeout,
+    #[error("connection idle for the idle timeout")]
+    Idle,
+}
+
+/// Serves HTTP/1 on `io` with `handler` (upgrades allowed) under the sidecar's header read and
+/// idle timeouts, until the client closes, a deadline passes, or shutdown (then gracefully:
+/// the request in flight finishes).
+///
+/// The first request head counts from the connection's start: a client that connects and
+/// never completes a head is cut after the header read timeout. hyper's own header timer is
+/// off, because it also runs between keep-alive requests and would cut idle connections that
+/// apps rightly keep pooled.
+pub async fn serve_http1<I, F, Fut, B>(
+    io: I,
+    handler: F,
+    limits: &Sidecar,
+    watch: Watch,
+) -> Result<(), ServeError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Activity::new(true);
+    activity.begin_head();
+    let svc = tracked_service(handler, activity.clone());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEADER_BYTES)
+        // A client that shuts its write side after the request still gets the answer.
+        .half_close(true);
+    let conn = builder
+        .serve_connection(TokioIo::new(Watched::new(io, activity.clone())), svc)
+        .with_upgrades();
+    let header = Some(limits.header_read_timeout.get());
+    drive(
+        conn,
+        activity,
+        limits.http_idle_timeout.get(),
+        header,
+        watch,
+    )
+    .await
+}
+
+/// Serves HTTP/2 (prior knowledge) on `io`: PINGs at the keepalive interval close a
+/// connection whose client stopped answering; with no stream open for the idle timeout the
+/// connection is closed gracefully (GOAWAY).
+pub async fn serve_http2<I, F, Fut, B>(
+    io: I,
+    handler: F,
+    limits: &Sidecar,
+    watch: Watch,
+) -> Result<(), ServeError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Activity::new(false);
+    let svc = tracked_service(handler, activity.clone());
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(limits.http2_keepalive_interval.non_zero())
+        .keep_alive_timeout(limits.http2_keepalive_timeout.get());
+    let conn = builder.serve_connection(TokioIo::new(Watched::new(io, activity.clone())), svc);
+    drive(conn, activity, limits.http_idle_timeout.get(), None, watch).await
+}
+
+/// The hyper service around `handler`: each request holds a guard until its response body
+/// ends, so the connection is not idle while a response (a long poll, a stream) is open.
+fn tracked_service<F, Fut, B>(
+    handler: F,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Tracked<B>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Tracked<B>>, Infallible>> + Send,
+> + Send
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    hyper::service::service_fn(move |req| {
+        let guard = activity.request();
+        let response = handler(req);
+        async move { Ok(response.await.map(|body| Tracked::new(body, guard))) }
+    })
+}
+
+/// What both HTTP versions' connections can do: finish, or close gracefully.
+trait GracefulConn: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulConn for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B, E> GracefulConn for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self)
+    }
+}
+
+/// Runs `conn` until it ends, a deadline of `activity` passes, or shutdown.
+async fn drive<C: GracefulConn>(
+    conn: C,
+    activity: Arc<Activity>,
+    idle: Duration,
+    header: Option<Duration>,
+    mut watch: Watch,
+) -> Result<(), ServeError> {
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => Ok(r?),
+        expired = activity.expired(idle, header) => match expired {
+            // Nothing in flight: dropping the connection closes the socket.
+            Expired::Idle => Err(ServeError::Idle),
+            Expired::HeaderRead => Err(ServeError::HeaderTimeout),
+        },
+        _ = watch.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            Ok(conn.await?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Snapshot;
+
+    fn snapshot(max: u32) -> Arc<Snapshot> {
+        let mut config = mesh_config::MeshConfig::default();
+        config.spec.sidecar.max_connections = max;
+        Arc::new(Snapshot {
+            config: Arc::new(config),
+            ..Snapshot::default_config()
+        })
+    }
+
+    #[test]
+    fn the_cap_follows_config_changes_and_slots_free_on_drop() {
+        let (tx, rx) = tokio::sync::watch::channel(snapshot(1));
+        let refused = Counter::default();
+        let limit = ConnLimit::new(rx, refused.clone());
+        let first = limit.admit().expect("below the cap");
+        assert!(limit.admit().is_none());
+        assert_eq!(refused.get(), 1);
+        // A raised cap applies to the next connection, without a restart.
+        tx.send(snapshot(2)).unwrap();
+        let second = limit.admit().expect("raised cap");
+        assert_eq!(limit.open(), 2);
+        drop((first, second));
+        assert_eq!(limit.open(), 0);
+    }
+}
