@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod annotations;
 pub mod backend;
+pub mod certs;
 pub mod configserver;
 pub mod document;
 pub mod inject;
