@@ -10,11 +10,14 @@
 pub mod admission;
 pub mod annotations;
 pub mod backend;
+pub mod cabundle;
 pub mod certs;
 pub mod configserver;
 pub mod document;
 pub mod inject;
+pub mod metrics;
 pub mod probes;
+pub mod secret;
 pub mod served;
 pub mod server;
 pub mod tls;
