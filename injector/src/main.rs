@@ -292,7 +292,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding {}", args.metrics_listen))?;
-    tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, mesh = %settings.mesh_name, "mesh-injector serving");
+    let bound =
+        |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(listen = %bound(&listener), metrics = %bound(&metrics_listener), mesh = %settings.mesh_name, "mesh-injector serving");
     let mut app = App::new(backend, settings, args.max_long_polls);
     if let Some(cert) = live {
         app = app.with_live_cert(cert);

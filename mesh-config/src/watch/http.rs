@@ -1,7 +1,9 @@
 //! Config-server source: `GET url` once, then long-poll `GET url?wait=N` with `If-None-Match`.
 //! The server holds the request until the document changes (200) or the wait ends (304), so a
 //! change arrives within a round trip and an idle sidecar costs one request per N seconds.
-//! Failures back off from 100 ms to 5 s and never end the watch: the last good config stays.
+//! Failures back off from 100 ms to 5 s, jittered, and never end the watch: the last good config
+//! stays. The jitter matters when an injector replica goes away: the sidecars it held all fail at
+//! the same instant, and without it they would come back to the others in lockstep.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,6 +145,11 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     out.join(": ")
 }
 
+/// A pause drawn uniformly from [d/2, d]: spread out, never longer than the schedule says.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
 struct LongPoll {
     client: HttpClient,
     uri: http::Uri,
@@ -189,7 +196,7 @@ impl LongPoll {
                 Err(e) => {
                     self.publisher
                         .set_error(Some(format!("config server {}: {e}", self.uri)));
-                    if self.pause(backoff).await {
+                    if self.pause(jittered(backoff)).await {
                         return;
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -227,6 +234,14 @@ impl LongPoll {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_is_jittered_within_its_bounds() {
+        let d = Duration::from_secs(4);
+        let draws: Vec<Duration> = (0..64).map(|_| jittered(d)).collect();
+        assert!(draws.iter().all(|p| *p >= d / 2 && *p <= d), "{draws:?}");
+        assert!(draws.iter().any(|p| *p != draws[0]), "not all the same");
+    }
     use crate::watch::testing::wait_for;
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
