@@ -223,3 +223,30 @@ fn injector_manifest_fits_a_fail_webhook() {
     );
     assert_eq!(webhook_rule["verbs"], serde_json::json!(["get", "patch"]));
 }
+
+/// The cert-manager example issues what `--cert-manager` reads: the Secret the Deployment
+/// names, for the Service name the injector checks, signed by a CA Issuer (so `ca.crt` is set).
+#[test]
+fn cert_manager_example_issues_what_the_injector_reads() {
+    let text = std::fs::read_to_string(common::repo_root().join("examples/cert-manager.yaml"))
+        .expect("example");
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml document"))
+        .collect();
+    let serving = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["isCA"] != true)
+        .expect("serving Certificate");
+    assert_eq!(serving["spec"]["secretName"], "mesh-injector-tls");
+    let names = mesh_injector::certs::service_dns_names("mesh-injector", "mesh-system");
+    assert_eq!(serving["spec"]["dnsNames"][0], names[0].as_str());
+    let issuer_name = &serving["spec"]["issuerRef"]["name"];
+    let issuer = docs
+        .iter()
+        .find(|d| d["kind"] == "Issuer" && &d["metadata"]["name"] == issuer_name)
+        .expect("its Issuer");
+    assert!(issuer["spec"]["ca"].is_object(), "a CA Issuer sets ca.crt");
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"], "mesh-system");
+    }
+}
