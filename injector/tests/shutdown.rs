@@ -1,6 +1,7 @@
 //! The real `mesh-injector` binary stopped with SIGTERM, as the kubelet stops it: a long-poll
 //! held at that moment ends at once (503 with Retry-After, so the sidecar goes to another
 //! replica) instead of at the end of its wait, `/readyz` turns 503, and the process exits 0.
+//! Its log, asked for as JSON on a pipe, is one JSON object per line with no colour codes.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Command, Stdio};
@@ -105,11 +106,16 @@ async fn sigterm_ends_long_polls_and_exits_zero() {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args(["--shutdown-delay", "1", "--drain-timeout", "5"])
+        .args(["--log-format", "json"])
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start mesh-injector");
     let pid = child.id();
+    let mut child = child;
+    let stderr = child.stderr.take().expect("stderr");
+    // Read beside the test so the pipe never fills; shown if an assertion fails.
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let mut child = Reaped(Some(child));
 
     let mut roots = rustls::RootCertStore::empty();
@@ -176,5 +182,17 @@ async fn sigterm_ends_long_polls_and_exits_zero() {
         .await
         .expect("join")
         .expect("wait");
-    assert!(status.success(), "exit status {status:?}");
+    let log = log.join().expect("log reader");
+    assert!(status.success(), "exit status {status:?}\n{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes on a pipe:\n{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shutting down"))),
+        "{log}"
+    );
 }
