@@ -1,7 +1,7 @@
 //! Readiness and metrics of the kube-backed injector against a mock API server
 //! (`tower_test::mock::pair`): `/readyz` says 503 with the reason (CRD missing, RBAC forbidden)
 //! until the MeshConfig list answers, then 200; `/metrics` counts admissions by result and shows
-//! the MeshConfig's generation.
+//! the MeshConfig's generation; admissions hand pods the CA bundle of the certificate being served.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -188,6 +188,63 @@ async fn metrics_count_admissions_by_result() {
             get(&app, "/metrics", Routes::Main).await.0,
             StatusCode::NOT_FOUND
         );
+    })
+    .await
+    .expect("within 60s");
+}
+
+/// Injected pods get the CA bundle of the certificate being served at that moment, not one
+/// read at start: after the served material changes, the next pod gets the new bundle.
+#[tokio::test]
+async fn injected_pods_get_the_ca_bundle_being_served() {
+    use mesh_injector::certs;
+    use mesh_injector::tls::LiveCert;
+
+    async fn injected_ca(app: &App, uid: &str) -> String {
+        let req = Request::post("/mutate-pod-creation")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(review(uid, "shop"))))
+            .expect("request");
+        let resp = route(app, req, Routes::Main).await;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let review: Value = serde_json::from_slice(&body).expect("review");
+        let patch: k8s_openapi::ByteString =
+            serde_json::from_value(review["response"]["patch"].clone()).expect("base64 patch");
+        let ops: Value = serde_json::from_slice(&patch.0).expect("json patch");
+        let ops = ops.as_array().expect("ops");
+        // The pod has no annotations, so they are added as one map.
+        let annotations = ops
+            .iter()
+            .find(|op| op["path"] == "/metadata/annotations")
+            .expect("annotations added");
+        annotations["value"]["tracemesh.dev/config-ca"]
+            .as_str()
+            .expect("config-ca annotation")
+            .to_string()
+    }
+
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let names = certs::service_dns_names("mesh-injector", "mesh-system");
+        let now = std::time::SystemTime::now();
+        let first = certs::fresh(&names, now).expect("material");
+        let live = Arc::new(LiveCert::new(first.clone(), names.clone()).expect("live"));
+        let (app, _) = app(200);
+        let app = app.with_live_cert(live.clone());
+        assert_eq!(injected_ca(&app, "a").await, first.ca_bundle_pem);
+
+        let second = certs::fresh(&names, now).expect("material");
+        assert!(live.set(&second).expect("verifies"));
+        assert_eq!(injected_ca(&app, "b").await, second.ca_bundle_pem);
+
+        // Material whose bundle does not verify its certificate is refused; pods keep getting
+        // the bundle of the certificate actually served.
+        let mismatched = certs::Material {
+            ca_bundle_pem: first.ca_bundle_pem.clone(),
+            ..second.clone()
+        };
+        assert!(live.set(&mismatched).is_err());
+        assert_eq!(injected_ca(&app, "c").await, second.ca_bundle_pem);
     })
     .await
     .expect("within 60s");
