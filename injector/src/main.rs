@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -14,18 +14,13 @@ use mesh_injector::backend::{kube::KubeBackend, local::LocalBackend, Backend};
 use mesh_injector::cabundle::CaBundle;
 use mesh_injector::certs;
 use mesh_injector::configserver::DEFAULT_MAX_LONG_POLLS;
+use mesh_injector::identity;
 use mesh_injector::inject::{default_proxy_image, Settings, SidecarMode};
 use mesh_injector::secret::{CertStore, Issuer};
 use mesh_injector::server::{self, App, Routes};
 use mesh_injector::tls::{self, LiveCert};
 use rustls::server::ResolvesServerCert;
 use tokio::sync::watch;
-
-/// How often every replica re-reads the certificate Secret: a renewal by another replica, or
-/// cert-manager's, is served (and its caBundle checked) within this.
-const CERT_CHECK: Duration = Duration::from_secs(60);
-/// Longest pause between attempts to obtain the first certificate (RBAC or API trouble).
-const CERT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendKind {
@@ -163,43 +158,6 @@ async fn terminated() {
     }
 }
 
-/// The certificate from the Secret, waiting (and saying why) until it can be had.
-async fn first_certificate(store: &CertStore) -> certs::Material {
-    let mut pause = Duration::from_secs(1);
-    loop {
-        match store.sync(SystemTime::now()).await {
-            Ok(m) => return m,
-            Err(e) => {
-                tracing::warn!(error = %e, "no serving certificate yet; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(CERT_RETRY_MAX);
-            }
-        }
-    }
-}
-
-/// Keeps the served certificate and the webhook's caBundle in step with the Secret.
-async fn keep_certificate(store: CertStore, bundle: CaBundle, live: Arc<LiveCert>) {
-    loop {
-        match store.sync(SystemTime::now()).await {
-            Ok(m) => {
-                match live.set(&m) {
-                    Ok(true) => tracing::info!("serving the renewed certificate"),
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "certificate refused; serving the previous one")
-                    }
-                }
-                if let Err(e) = bundle.ensure(&m.ca_bundle_pem).await {
-                    tracing::warn!(error = %e, "cannot update the webhook's caBundle");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot check the serving certificate"),
-        }
-        tokio::time::sleep(CERT_CHECK).await;
-    }
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
     // One process-wide TLS provider, so kube's client and the server agree whatever features
     // other crates turn on in rustls.
@@ -254,7 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 issuer,
             );
             let material = tokio::select! {
-                m = first_certificate(&store) => m,
+                m = identity::obtain(&store) => m,
                 _ = terminated() => return Ok(()),
             };
             let cert = Arc::new(LiveCert::new(material, checked)?);
@@ -264,7 +222,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 &args.service,
                 &args.namespace,
             );
-            tokio::spawn(keep_certificate(store, bundle, cert.clone()));
+            tokio::spawn(identity::keep(store, bundle, cert.clone()));
             live = Some(cert.clone());
             cert
         }

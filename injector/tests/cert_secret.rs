@@ -421,3 +421,58 @@ async fn ca_bundle_is_patched_on_the_webhook_by_name() {
     })
     .await
 }
+
+/// One replica's periodic check: material another replica wrote to the Secret is served here
+/// too, pods are handed its CA bundle, and the webhook's caBundle follows.
+#[tokio::test]
+async fn a_check_serves_what_another_replica_wrote_and_follows_with_the_ca_bundle() {
+    use mesh_injector::identity;
+    use mesh_injector::tls::LiveCert;
+
+    bounded(async {
+        let now = SystemTime::now();
+        let first = certs::fresh(&names(), now).expect("material");
+        let (client, state) = setup(State {
+            secret: Some(secret_value(&first, 1)),
+            rv: 1,
+            ..State::default()
+        });
+        let s = store(&client, Issuer::Injector);
+        let bundle = CaBundle::new(client, "mesh-injector", "mesh-injector", "mesh-system");
+        let live = LiveCert::new(identity::obtain(&s).await, names()).expect("live");
+        let webhook_ca = |state: &Shared, i: usize| -> String {
+            let v = state.lock().expect("state").webhook["webhooks"][i]["clientConfig"]["caBundle"]
+                .clone();
+            let b: ByteString = serde_json::from_value(v).expect("caBundle");
+            String::from_utf8(b.0).expect("pem")
+        };
+
+        identity::refresh(&s, &bundle, &live).await;
+        assert_eq!(live.ca_pem().as_deref(), Some(first.ca_bundle_pem.as_str()));
+        assert_eq!(webhook_ca(&state, 0), first.ca_bundle_pem);
+        assert_eq!(webhook_ca(&state, 1), first.ca_bundle_pem);
+
+        let second = certs::fresh(&names(), now).expect("material");
+        {
+            let mut st = state.lock().expect("state");
+            st.secret = Some(secret_value(&second, 2));
+            st.seen.clear();
+        }
+        identity::refresh(&s, &bundle, &live).await;
+        assert_eq!(
+            live.ca_pem().as_deref(),
+            Some(second.ca_bundle_pem.as_str())
+        );
+        assert_eq!(webhook_ca(&state, 0), second.ca_bundle_pem);
+        // Read, not rewritten: nothing was due.
+        assert_eq!(
+            requests(&state),
+            [
+                format!("GET {SECRET} 200"),
+                format!("GET {WEBHOOK} 200"),
+                format!("PATCH {WEBHOOK} 200"),
+            ]
+        );
+    })
+    .await
+}
