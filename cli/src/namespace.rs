@@ -191,6 +191,9 @@ async fn add(args: AddArgs, backend: &impl Backend, out: &mut impl Write) -> any
             out,
             "Namespace [{name}] successfully added to mesh [{mesh}]"
         )?;
+        if let Some(warning) = pod_security_warning(name, &namespace, injection) {
+            writeln!(out, "{warning}")?;
+        }
     }
     Ok(())
 }
@@ -292,6 +295,26 @@ fn write_table<const N: usize>(out: &mut impl Write, rows: &[[String; N]]) -> st
         writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
+}
+
+/// The namespace label through which the Pod Security admission enforces a level.
+const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+
+/// A warning when the namespace enforces a Pod Security level that refuses the injected init
+/// container: `baseline` and `restricted` both refuse the NET_ADMIN and NET_RAW capabilities
+/// that writing the pod's iptables rules needs, so every injected pod would be rejected there.
+/// Enrolment still goes ahead (the label may be about to change); the user is told what to do.
+fn pod_security_warning(name: &str, namespace: &Namespace, injection: &str) -> Option<String> {
+    let level = label(namespace, POD_SECURITY_ENFORCE)?;
+    if injection != "enabled" || !matches!(level, "baseline" | "restricted") {
+        return None;
+    }
+    Some(format!(
+        "Warning: namespace [{name}] enforces Pod Security level [{level}] ({POD_SECURITY_ENFORCE}={level}): \
+         the injected init container mesh-init needs the NET_ADMIN and NET_RAW capabilities, which \
+         [{level}] refuses, so pods created there will be rejected. Label the namespace \
+         {POD_SECURITY_ENFORCE}=privileged, or see \"Pod Security\" in the README"
+    ))
 }
 
 #[cfg(test)]
@@ -661,5 +684,58 @@ mod tests {
         for bad in ["", "Shop", "-a", "a-", "a.b", "../x", &"a".repeat(64)] {
             assert!(!is_dns1123_label(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn pod_security_levels_that_refuse_the_init_container_are_warned_about() {
+        let ns = |level: Option<&str>| {
+            let mut n = Namespace::default();
+            if let Some(l) = level {
+                n.metadata.labels =
+                    Some([(POD_SECURITY_ENFORCE.to_string(), l.to_string())].into());
+            }
+            n
+        };
+        let table = [
+            (None, "enabled", false),
+            (Some("privileged"), "enabled", false),
+            (Some("baseline"), "enabled", true),
+            (Some("restricted"), "enabled", true),
+            // No sidecar, no init container: nothing to refuse.
+            (Some("restricted"), "disabled", false),
+        ];
+        for (level, injection, warned) in table {
+            let w = pod_security_warning("shop", &ns(level), injection);
+            assert_eq!(w.is_some(), warned, "{level:?} {injection}");
+            if let (Some(w), Some(level)) = (w, level) {
+                assert!(w.contains(&format!("[{level}]")), "{w}");
+                assert!(w.contains("NET_ADMIN") && w.contains("privileged"), "{w}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn kube_add_warns_when_the_namespace_enforces_restricted() {
+        let (backend, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            let labels = json!({"pod-security.kubernetes.io/enforce": "restricted"});
+            let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/shop").await;
+            reply(send, 200, ns_object("shop", labels.clone(), json!({})));
+            let (_, send) = expect(&mut handle, "PATCH", "/api/v1/namespaces/shop?").await;
+            reply(send, 200, ns_object("shop", labels, json!({})));
+        });
+        let (result, out) = run_to_string(Command::Add(add_args(&["shop"], false)), &backend).await;
+        server.await.expect("server");
+        result.expect("added all the same");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "Namespace [shop] successfully added to mesh [tracemesh]"
+        );
+        assert!(
+            lines[1]
+                .starts_with("Warning: namespace [shop] enforces Pod Security level [restricted]"),
+            "{out}"
+        );
     }
 }

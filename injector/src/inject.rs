@@ -11,7 +11,7 @@ use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -448,7 +448,11 @@ fn init_container(
             &[("memory", "64Mi")],
         )),
         security_context: Some(SecurityContext {
-            // iptables needs root and these two capabilities; nothing else.
+            // iptables needs root and these two capabilities; nothing else. This is the one
+            // part of the pod that Pod Security `baseline` and `restricted` refuse (see the
+            // README): NET_ADMIN and NET_RAW are outside baseline's allowed capabilities, and
+            // restricted also wants a non-root user. The root filesystem stays writable:
+            // iptables takes its lock under /run.
             run_as_user: Some(0),
             run_as_non_root: Some(false),
             allow_privilege_escalation: Some(false),
@@ -457,6 +461,7 @@ fn init_container(
                 add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
                 drop: Some(vec!["ALL".into()]),
             }),
+            seccomp_profile: Some(runtime_default_seccomp()),
             ..Default::default()
         }),
         ..Default::default()
@@ -725,10 +730,20 @@ fn sidecar_container(
                 drop: Some(vec!["ALL".into()]),
                 ..Default::default()
             }),
+            seccomp_profile: Some(runtime_default_seccomp()),
             ..Default::default()
         }),
         ..Default::default()
     })
+}
+
+/// The container runtime's default seccomp filter: what Pod Security `restricted` requires,
+/// and nothing the proxy or iptables needs is outside it.
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -978,6 +993,143 @@ mod tests {
         }
         for bad in ["", "lots", "1.2.3", "Mi", "10 Mi"] {
             assert!(!valid_quantity(bad), "{bad}");
+        }
+    }
+
+    /// The container-level checks of the Pod Security Standards (baseline and restricted),
+    /// as the admission plugin applies them to one container's securityContext.
+    fn pss_violations(c: &Value, level: &str) -> Vec<String> {
+        // Baseline's allowed added capabilities (Kubernetes Pod Security Standards).
+        const BASELINE_CAPS: [&str; 13] = [
+            "AUDIT_WRITE",
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "MKNOD",
+            "NET_BIND_SERVICE",
+            "SETFCAP",
+            "SETGID",
+            "SETPCAP",
+            "SETUID",
+            "SYS_CHROOT",
+        ];
+        let sc = &c["securityContext"];
+        let mut out = Vec::new();
+        let added: Vec<&str> = sc["capabilities"]["add"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if sc["privileged"] == true {
+            out.push("privileged".to_string());
+        }
+        for cap in &added {
+            let allowed = match level {
+                "restricted" => *cap == "NET_BIND_SERVICE",
+                _ => BASELINE_CAPS.contains(cap),
+            };
+            if !allowed {
+                out.push(format!("capability {cap}"));
+            }
+        }
+        if matches!(sc["seccompProfile"]["type"].as_str(), Some("Unconfined")) {
+            out.push("seccomp Unconfined".into());
+        }
+        if level == "restricted" {
+            if sc["allowPrivilegeEscalation"] != false {
+                out.push("allowPrivilegeEscalation".into());
+            }
+            if sc["runAsNonRoot"] != true {
+                out.push("runAsNonRoot".into());
+            }
+            if sc["runAsUser"] == 0 {
+                out.push("runAsUser 0".into());
+            }
+            if !matches!(
+                sc["seccompProfile"]["type"].as_str(),
+                Some("RuntimeDefault" | "Localhost")
+            ) {
+                out.push("seccompProfile".into());
+            }
+            let drops_all = sc["capabilities"]["drop"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|v| v == "ALL"));
+            if !drops_all {
+                out.push("capabilities drop ALL".into());
+            }
+        }
+        out
+    }
+
+    /// The injected containers against Pod Security: the sidecar meets `restricted`; the init
+    /// container fails `baseline` and `restricted` for exactly its iptables needs, which is what
+    /// `mesh namespace add` warns about. Both modes, since the sidecar moves between lists.
+    #[test]
+    fn injected_containers_against_pod_security() {
+        for mode in ["native", "container"] {
+            let mut v = plain();
+            v["metadata"]["annotations"] = json!({ann::SIDECAR_MODE: mode});
+            let patched = apply(&v, &run(&v, Some(&enrolled()), "shop"));
+            let all: Vec<&Value> = patched["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .chain(patched["spec"]["containers"].as_array())
+                .flatten()
+                .collect();
+            let find = |name: &str| {
+                *all.iter()
+                    .find(|c| c["name"] == name)
+                    .unwrap_or_else(|| panic!("{name} in {mode} mode"))
+            };
+            let (init, proxy) = (find(ann::INIT_CONTAINER), find(ann::SIDECAR_CONTAINER));
+            let table: [(&Value, &str, &[&str]); 6] = [
+                (proxy, "privileged", &[]),
+                (proxy, "baseline", &[]),
+                (proxy, "restricted", &[]),
+                (init, "privileged", &[]),
+                (
+                    init,
+                    "baseline",
+                    &["capability NET_ADMIN", "capability NET_RAW"],
+                ),
+                (
+                    init,
+                    "restricted",
+                    &[
+                        "capability NET_ADMIN",
+                        "capability NET_RAW",
+                        "runAsNonRoot",
+                        "runAsUser 0",
+                    ],
+                ),
+            ];
+            for (c, level, expected) in table {
+                let violations = if level == "privileged" {
+                    Vec::new()
+                } else {
+                    pss_violations(c, level)
+                };
+                assert_eq!(violations, expected, "{} at {level} ({mode})", c["name"]);
+            }
+            // The fields themselves, as the README states them.
+            for c in [init, proxy] {
+                let sc = &c["securityContext"];
+                assert_eq!(sc["seccompProfile"], json!({"type": "RuntimeDefault"}));
+                assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+                assert_eq!(sc["allowPrivilegeEscalation"], false);
+            }
+            assert_eq!(
+                init["securityContext"]["capabilities"]["add"],
+                json!(["NET_ADMIN", "NET_RAW"])
+            );
+            let sc = &proxy["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], true);
+            assert_eq!(sc["runAsNonRoot"], true);
+            assert_eq!(sc["runAsUser"], PROXY_UID);
+            assert!(sc["capabilities"].get("add").is_none());
         }
     }
 }

@@ -1,7 +1,13 @@
-//! The serving certificate, re-read when its files change so a rotated Secret takes effect
-//! without a restart. The check is a `stat` of two files per handshake: cheap next to the
-//! handshake itself, and no watcher thread to keep alive. A half-written or broken pair is
-//! refused and the previous certificate kept.
+//! The serving certificate, from one of two places:
+//!
+//! - files (`--tls-cert`/`--tls-key`), re-read when they change so a rotated Secret volume
+//!   takes effect without a restart. The check is a `stat` of two files per handshake: cheap
+//!   next to the handshake itself, and no watcher thread to keep alive. A half-written or broken
+//!   pair is refused and the previous certificate kept.
+//! - memory ([`LiveCert`]), set from the Secret read through the API (no volume lag). The
+//!   certificate and the CA bundle handed to injected pods are swapped together, and only after
+//!   the certificate verifies against that bundle: a pod is never given a CA that does not
+//!   verify the server it will talk to.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -11,6 +17,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+
+use crate::certs::{self, CertError, Material};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -27,6 +35,8 @@ pub enum TlsError {
     BadKey { path: String, source: rustls::Error },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    #[error(transparent)]
+    Material(#[from] CertError),
 }
 
 type Stamp = Option<(SystemTime, u64)>;
@@ -44,25 +54,39 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
             source,
         })
     };
-    let cert_pem = read(cert)?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    load_pem(
+        &cert_pem,
+        &key_pem,
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )
+}
+
+/// Loads a PEM certificate chain and key held in memory; `cert_name`/`key_name` for errors.
+fn load_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_name: &str,
+    key_name: &str,
+) -> Result<CertifiedKey, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: cert.display().to_string(),
+            path: cert_name.into(),
         });
     }
-    let key_pem = read(key)?;
-    let der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    let der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
         .ok()
         .flatten()
         .ok_or_else(|| TlsError::NoKey {
-            path: key.display().to_string(),
+            path: key_name.into(),
         })?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|source| {
         TlsError::BadKey {
-            path: key.display().to_string(),
+            path: key_name.into(),
             source,
         }
     })?;
@@ -142,8 +166,85 @@ impl ResolvesServerCert for ReloadingResolver {
     }
 }
 
-/// HTTP/2 and HTTP/1.1 (the API server uses either), TLS 1.2+, the reloading resolver.
-pub fn server_config(resolver: Arc<ReloadingResolver>) -> Result<ServerConfig, TlsError> {
+/// The certificate and CA bundle in force, replaced as one.
+struct Live {
+    key: Arc<CertifiedKey>,
+    material: Material,
+}
+
+/// The serving certificate kept in memory, from the Secret read through the API.
+pub struct LiveCert {
+    /// The names the certificate must verify for before it is served.
+    names: Vec<String>,
+    current: RwLock<Arc<Live>>,
+}
+
+impl std::fmt::Debug for LiveCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveCert")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveCert {
+    pub fn new(material: Material, names: Vec<String>) -> Result<Self, TlsError> {
+        let live = Self::check(&material, &names)?;
+        Ok(Self {
+            names,
+            current: RwLock::new(Arc::new(live)),
+        })
+    }
+
+    fn check(material: &Material, names: &[String]) -> Result<Live, TlsError> {
+        certs::verify(material, names, SystemTime::now())?;
+        let key = load_pem(
+            material.cert_pem.as_bytes(),
+            material.key_pem.as_bytes(),
+            "tls.crt",
+            "tls.key",
+        )?;
+        Ok(Live {
+            key: Arc::new(key),
+            material: material.clone(),
+        })
+    }
+
+    /// Serves `material` from the next handshake on; `Ok(false)` when it is what is served.
+    /// Material that does not verify is refused and the current one kept.
+    pub fn set(&self, material: &Material) -> Result<bool, TlsError> {
+        let same = self
+            .current
+            .read()
+            .map(|c| c.material == *material)
+            .unwrap_or(false);
+        if same {
+            return Ok(false);
+        }
+        let live = Arc::new(Self::check(material, &self.names)?);
+        if let Ok(mut c) = self.current.write() {
+            *c = live;
+        }
+        Ok(true)
+    }
+
+    /// The CA bundle that verifies the certificate being served.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.current
+            .read()
+            .ok()
+            .map(|c| c.material.ca_bundle_pem.clone())
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.key.clone())
+    }
+}
+
+/// HTTP/2 and HTTP/1.1 (the API server uses either), TLS 1.2+, the given certificate source.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig, TlsError> {
     let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?

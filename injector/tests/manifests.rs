@@ -48,7 +48,9 @@ fn webhook_configuration_is_what_the_injector_serves() {
         assert_eq!(h["sideEffects"], "None");
         assert_eq!(h["admissionReviewVersions"], serde_json::json!(["v1"]));
         assert_eq!(h["clientConfig"]["service"]["path"], "/mutate-pod-creation");
-        assert_eq!(h["clientConfig"]["caBundle"], "${CA_BUNDLE}");
+        // The injector writes the caBundle in the cluster; the manifest carries no CA of its own.
+        let bundle = &h["clientConfig"]["caBundle"];
+        assert!(bundle.is_null() || bundle == "${CA_BUNDLE}", "{bundle}");
         assert!(
             h["failurePolicy"].is_string() && h["timeoutSeconds"].as_i64().is_some_and(|t| t <= 10)
         );
@@ -168,5 +170,110 @@ print(json.dumps(out))
     );
     for (i, r) in results.iter().enumerate().skip(3) {
         assert!(r.starts_with("invalid"), "case {i} should be refused: {r}");
+    }
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in injector.yaml"))
+}
+
+/// What the injector needs from its manifest: no certificate volume or flags (it reads the
+/// Secret through the API), RBAC on its Secret and its webhook by name only, readiness on
+/// `/readyz`, metrics, topology spread and a disruption budget.
+#[test]
+fn injector_manifest_fits_a_fail_webhook() {
+    let docs = documents("injector.yaml");
+    let deployment = find(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for flag in ["--tls-cert", "--tls-key", "--config-ca"] {
+        assert!(!args.contains(&flag), "{flag} in {args:?}");
+    }
+    assert!(pod.get("volumes").is_none(), "no Secret volume");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(deployment["spec"]["replicas"].as_i64() >= Some(2));
+    let keys: Vec<&str> = pod["topologySpreadConstraints"]
+        .as_array()
+        .expect("topology spread")
+        .iter()
+        .filter_map(|c| c["topologyKey"].as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    );
+    let ports: Vec<i64> = container["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["containerPort"].as_i64())
+        .collect();
+    assert_eq!(ports, [9090, 9091]);
+    assert_eq!(
+        find(&docs, "PodDisruptionBudget")["spec"]["minAvailable"],
+        1
+    );
+
+    let rules = |kind: &str| {
+        find(&docs, kind)["rules"]
+            .as_array()
+            .expect("rules")
+            .clone()
+    };
+    let secret_rules: Vec<Value> = rules("Role")
+        .into_iter()
+        .filter(|r| r["resources"] == serde_json::json!(["secrets"]))
+        .collect();
+    assert_eq!(
+        secret_rules,
+        [
+            serde_json::json!({"apiGroups": [""], "resources": ["secrets"],
+                "resourceNames": ["mesh-injector-tls"], "verbs": ["get", "update"]}),
+            serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}),
+        ]
+    );
+    let webhook_rule = rules("ClusterRole")
+        .into_iter()
+        .find(|r| r["resources"] == serde_json::json!(["mutatingwebhookconfigurations"]))
+        .expect("webhook rule");
+    assert_eq!(
+        webhook_rule["resourceNames"],
+        serde_json::json!(["mesh-injector"])
+    );
+    assert_eq!(webhook_rule["verbs"], serde_json::json!(["get", "patch"]));
+}
+
+/// The cert-manager example issues what `--cert-manager` reads: the Secret the Deployment
+/// names, for the Service name the injector checks, signed by a CA Issuer (so `ca.crt` is set).
+#[test]
+fn cert_manager_example_issues_what_the_injector_reads() {
+    let text = std::fs::read_to_string(common::repo_root().join("examples/cert-manager.yaml"))
+        .expect("example");
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml document"))
+        .collect();
+    let serving = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["isCA"] != true)
+        .expect("serving Certificate");
+    assert_eq!(serving["spec"]["secretName"], "mesh-injector-tls");
+    let names = mesh_injector::certs::service_dns_names("mesh-injector", "mesh-system");
+    assert_eq!(serving["spec"]["dnsNames"][0], names[0].as_str());
+    let issuer_name = &serving["spec"]["issuerRef"]["name"];
+    let issuer = docs
+        .iter()
+        .find(|d| d["kind"] == "Issuer" && &d["metadata"]["name"] == issuer_name)
+        .expect("its Issuer");
+    assert!(issuer["spec"]["ca"].is_object(), "a CA Issuer sets ca.crt");
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"], "mesh-system");
     }
 }

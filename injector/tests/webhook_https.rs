@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use mesh_injector::backend::{local::LocalBackend, Backend};
 use mesh_injector::inject::Settings;
-use mesh_injector::server::{self, App};
+use mesh_injector::server::{self, App, Routes};
 use mesh_injector::tls::{self, ReloadingResolver};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
@@ -83,13 +83,20 @@ async fn start() -> Harness {
     let mut settings = Settings::new("tracemesh");
     settings.config_ca_pem =
         Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into());
-    let app = Arc::new(App { backend, settings });
+    let app = Arc::new(App::new(backend, settings, 100));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, acceptor, app, async move {
-        let _ = rx.await;
-    }));
+    tokio::spawn(server::serve(
+        listener,
+        Some(acceptor),
+        Routes::Main,
+        app,
+        async move {
+            let _ = rx.await;
+        },
+        Duration::from_secs(1),
+    ));
     Harness {
         addr,
         roots: Arc::new(roots),

@@ -105,6 +105,7 @@ fn config_server(dir: &Path) -> ConfigServer {
         cmd.args(["--backend", "local", "--state-dir"])
             .arg(&state)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .arg("--tls-cert")
             .arg(dir.join("tls.crt"))
             .arg("--tls-key")

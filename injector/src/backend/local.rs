@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use super::BackendError;
 use crate::document;
 use crate::inject::NamespaceInfo;
+use crate::metrics::ConfigMetrics;
 use crate::served::{publish, Served, ServedRx, ServedTx};
 
 const POLL: Duration = Duration::from_millis(200);
@@ -23,6 +24,7 @@ const POLL: Duration = Duration::from_millis(200);
 pub struct LocalBackend {
     state_dir: PathBuf,
     rx: ServedRx,
+    metrics: ConfigMetrics,
     poller: JoinHandle<()>,
 }
 
@@ -52,12 +54,20 @@ impl LocalBackend {
             })?),
         };
         let (tx, rx) = watch::channel(Arc::new(initial));
-        let poller = tokio::spawn(poll(path, text, tx));
+        let metrics = ConfigMetrics::default();
+        // The local document has no generation; each version read counts as one.
+        metrics.generation.set(1);
+        let poller = tokio::spawn(poll(path, text, tx, metrics.clone()));
         Ok(Self {
             state_dir,
             rx,
+            metrics,
             poller,
         })
+    }
+
+    pub fn config_metrics(&self) -> ConfigMetrics {
+        self.metrics.clone()
     }
 
     pub fn config(&self) -> ServedRx {
@@ -119,7 +129,7 @@ async fn read_optional(path: &Path) -> std::io::Result<Option<String>> {
     }
 }
 
-async fn poll(path: PathBuf, mut last: Option<String>, tx: ServedTx) {
+async fn poll(path: PathBuf, mut last: Option<String>, tx: ServedTx, metrics: ConfigMetrics) {
     let mut tick = tokio::time::interval(POLL);
     loop {
         tick.tick().await;
@@ -141,10 +151,12 @@ async fn poll(path: PathBuf, mut last: Option<String>, tx: ServedTx) {
         match parsed {
             Ok(config) => {
                 tracing::info!(path = %path.display(), "MeshConfig changed");
+                metrics.generation.inc();
                 publish(&tx, Served::new(config));
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "invalid MeshConfig refused; keeping the last good one");
+                metrics.rejected.inc();
                 let current = tx.borrow().with_error(e.to_string());
                 publish(&tx, current);
             }

@@ -5,6 +5,7 @@ pub mod kube;
 pub mod local;
 
 use crate::inject::NamespaceInfo;
+use crate::metrics::ConfigMetrics;
 use crate::served::ServedRx;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,15 @@ pub enum BackendError {
     BadNamespace { path: String, message: String },
 }
 
+/// Whether the MeshConfig source has been read. Until then the injector would hand sidecars the
+/// defaults and new pods the default exclusion lists, so it is not ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSync {
+    Synced,
+    /// Not yet, and the latest reason (RBAC forbidden, CRD missing, API unreachable, ...).
+    Waiting(String),
+}
+
 pub enum Backend {
     Kube(kube::KubeBackend),
     Local(local::LocalBackend),
@@ -31,6 +41,23 @@ impl Backend {
         match self {
             Backend::Kube(b) => b.namespace(name).await,
             Backend::Local(b) => b.namespace(name).await,
+        }
+    }
+
+    /// Whether the first read of the MeshConfig is done.
+    pub fn sync(&self) -> ConfigSync {
+        match self {
+            Backend::Kube(b) => b.sync(),
+            // Read before the backend exists.
+            Backend::Local(_) => ConfigSync::Synced,
+        }
+    }
+
+    /// The source's counters, for the metrics registry.
+    pub fn config_metrics(&self) -> ConfigMetrics {
+        match self {
+            Backend::Kube(b) => b.config_metrics(),
+            Backend::Local(b) => b.config_metrics(),
         }
     }
 

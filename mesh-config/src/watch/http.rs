@@ -1,7 +1,10 @@
 //! Config-server source: `GET url` once, then long-poll `GET url?wait=N` with `If-None-Match`.
 //! The server holds the request until the document changes (200) or the wait ends (304), so a
 //! change arrives within a round trip and an idle sidecar costs one request per N seconds.
-//! Failures back off from 100 ms to 5 s and never end the watch: the last good config stays.
+//! Failures back off from 100 ms to 5 s, jittered, and never end the watch: the last good config
+//! stays. The jitter matters when an injector replica goes away: the sidecars it held all fail at
+//! the same instant, and without it they would come back to the others in lockstep. A 503 with
+//! `Retry-After` (the server is at its long-poll cap, or shutting down) is obeyed, jittered too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,8 +48,29 @@ impl Default for Options {
 type HttpClient = Client<Connector, Empty<Bytes>>;
 
 enum Fetched {
-    Changed { etag: Option<String>, body: Bytes },
+    Changed {
+        etag: Option<String>,
+        body: Bytes,
+    },
     NotModified,
+    /// 503 with `Retry-After`: the server is full or shutting down and says when to come back.
+    /// Not an error of the document: the config in force is still the current one.
+    Busy(Duration),
+}
+
+/// The longest `Retry-After` obeyed, so a wrong header cannot park a sidecar for long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// `Retry-After` in seconds (the form the injector sends), capped at [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 pub(super) async fn start(
@@ -69,7 +93,9 @@ pub(super) async fn start(
         .map_err(|_| fetch_error("timed out".into()))?
         .map_err(fetch_error)?;
     let Fetched::Changed { etag, body } = first else {
-        return Err(fetch_error("304 without a conditional request".into()));
+        return Err(fetch_error(
+            "no document (304 or 503) for an unconditional request".into(),
+        ));
     };
     let text = std::str::from_utf8(&body).map_err(|_| fetch_error("body is not UTF-8".into()))?;
     let parsed = parse(text).map_err(|error| WatchError::Config {
@@ -117,6 +143,11 @@ async fn fetch(
     if status == http::StatusCode::NOT_MODIFIED {
         return Ok(Fetched::NotModified);
     }
+    if status == http::StatusCode::SERVICE_UNAVAILABLE && etag.is_some() {
+        if let Some(after) = retry_after(resp.headers()) {
+            return Ok(Fetched::Busy(after));
+        }
+    }
     if status != http::StatusCode::OK {
         return Err(format!("config server answered {status}"));
     }
@@ -141,6 +172,11 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out.join(": ")
+}
+
+/// A pause drawn uniformly from [d/2, d]: spread out, never longer than the schedule says.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 struct LongPoll {
@@ -177,6 +213,12 @@ impl LongPoll {
                     backoff = BACKOFF_START;
                     self.publisher.set_error(self.doc_error.clone());
                 }
+                Ok(Fetched::Busy(after)) => {
+                    tracing::debug!(?after, "config server busy; polling again later");
+                    if self.pause(jittered(after.max(BACKOFF_START))).await {
+                        return;
+                    }
+                }
                 Ok(Fetched::Changed { etag, body }) => {
                     backoff = BACKOFF_START;
                     let no_etag = etag.is_none();
@@ -189,7 +231,7 @@ impl LongPoll {
                 Err(e) => {
                     self.publisher
                         .set_error(Some(format!("config server {}: {e}", self.uri)));
-                    if self.pause(backoff).await {
+                    if self.pause(jittered(backoff)).await {
                         return;
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -227,6 +269,27 @@ impl LongPoll {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::RETRY_AFTER, v.parse().expect("value"));
+            m
+        };
+        assert_eq!(retry_after(&h("7")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&h("86400")), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(&h("Fri, 04 Dec 2026 18:00:00 GMT")), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn backoff_is_jittered_within_its_bounds() {
+        let d = Duration::from_secs(4);
+        let draws: Vec<Duration> = (0..64).map(|_| jittered(d)).collect();
+        assert!(draws.iter().all(|p| *p >= d / 2 && *p <= d), "{draws:?}");
+        assert!(draws.iter().any(|p| *p != draws[0]), "not all the same");
+    }
     use crate::watch::testing::wait_for;
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
