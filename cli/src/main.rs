@@ -19,12 +19,13 @@
 #![forbid(unsafe_code)]
 
 mod backend;
-mod certs;
 mod config;
 mod demo;
 mod install;
 mod local;
+mod manifests;
 mod namespace;
+mod uninstall;
 
 use backend::kube::KubeBackend;
 use backend::state_dir::StateDirBackend;
@@ -87,8 +88,10 @@ enum Command {
     /// Show, change and check the MeshConfig
     #[command(subcommand)]
     Config(config::Command),
-    /// Print the manifests that install the mesh (pipe to `kubectl apply -f -`)
+    /// Print the manifests that install or upgrade the mesh (pipe to `kubectl apply -f -`)
     Install(install::Args),
+    /// Print what removes the mesh (pipe to `kubectl delete -f -`)
+    Uninstall(uninstall::Args),
     /// Run a workload with a sidecar on this machine (local backend)
     Run(local::Args),
     /// Run the whole mesh on this machine: services, sidecars, collector, traces
@@ -164,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Install(args) => install::run(&args, &mut out),
+        Command::Uninstall(args) => uninstall::run(&args, &mut out, &mut std::io::stderr()),
         Command::Run(args) => local::run(args, &global).await,
         Command::Demo(args) => demo::run(args, &global).await,
         Command::Collector(args) => tracemesh_collector::cli::run(args).await,

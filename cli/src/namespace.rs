@@ -46,7 +46,7 @@ pub struct AddArgs {
     #[arg(value_name = "NAMESPACE", required = true)]
     pub namespaces: Vec<String>,
     /// Name of the mesh
-    #[arg(long, default_value = DEFAULT_MESH_NAME)]
+    #[arg(long, default_value = DEFAULT_MESH_NAME, value_parser = parse_mesh_name)]
     pub mesh_name: String,
     /// Enrol without automatic sidecar injection
     #[arg(long)]
@@ -59,14 +59,14 @@ pub struct RemoveArgs {
     #[arg(value_name = "NAMESPACE")]
     pub namespace: String,
     /// Name of the mesh the namespace belongs to
-    #[arg(long, default_value = DEFAULT_MESH_NAME)]
+    #[arg(long, default_value = DEFAULT_MESH_NAME, value_parser = parse_mesh_name)]
     pub mesh_name: String,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     /// Only namespaces of this mesh (default: every mesh)
-    #[arg(long)]
+    #[arg(long, value_parser = parse_mesh_name)]
     pub mesh_name: Option<String>,
 }
 
@@ -92,6 +92,29 @@ pub fn is_dns1123_label(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes.first() != Some(&b'-')
         && bytes.last() != Some(&b'-')
+}
+
+/// A mesh name is the value of the enrolment label, so it follows Kubernetes' label value rule:
+/// at most 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit. An
+/// empty value is a valid label but names no mesh. Used as a clap value parser, so a bad name is
+/// a usage error (exit 2) before anything is read or written.
+pub fn parse_mesh_name(name: &str) -> Result<String, String> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "invalid mesh name {name:?}: a mesh name is a Kubernetes label value, at most 63 \
+             letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        ))
+    }
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {
@@ -653,6 +676,17 @@ mod tests {
         )
         .await;
         assert_eq!(out, "No namespaces in mesh [other]\n");
+    }
+
+    #[test]
+    fn mesh_names_are_label_values() {
+        for good in ["tracemesh", "blue", "mesh_1.prod", "A", &"a".repeat(63)] {
+            assert!(parse_mesh_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a.", "a b", "a/b", "é", &"a".repeat(64)] {
+            let err = parse_mesh_name(bad).expect_err(bad);
+            assert!(err.contains("label value"), "{err}");
+        }
     }
 
     #[test]
