@@ -255,3 +255,58 @@ fn reapplying_the_whole_stream_patches_no_object() {
         );
     }
 }
+
+/// The webhooks list keyed by name: how a strategic merge patch sees it (`MutatingWebhook` is
+/// `patchStrategy: merge, patchMergeKey: name` in k8s.io/api), so the JSON three-way merge on
+/// this form gives what kubectl's strategic three-way merge gives for the list.
+fn webhooks_by_name(object: &Value) -> Value {
+    let mut keyed = object.clone();
+    let hooks: Map<String, Value> = object["webhooks"]
+        .as_array()
+        .expect("webhooks")
+        .iter()
+        .map(|hook| {
+            (
+                hook["name"].as_str().expect("name").to_string(),
+                hook.clone(),
+            )
+        })
+        .collect();
+    keyed["webhooks"] = Value::Object(hooks);
+    keyed
+}
+
+#[test]
+fn reapplying_keeps_the_ca_bundle_the_injector_patched_into_the_webhook() {
+    let stream = install(&[]);
+    let webhook = stream
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("webhook")
+        .clone();
+    let (mut live, _) = kubectl_apply(None, &webhook);
+    // The injector patches its CA into every webhook of its configuration.
+    for hook in live["webhooks"].as_array_mut().expect("webhooks") {
+        hook["clientConfig"]["caBundle"] = json!("LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==");
+    }
+    let original: Value = serde_json::from_str(
+        live["metadata"]["annotations"][LAST_APPLIED]
+            .as_str()
+            .expect("annotation"),
+    )
+    .expect("JSON");
+    let mut modified = webhook.clone();
+    modified["metadata"]["annotations"] = json!({LAST_APPLIED: webhook.to_string()});
+
+    let patch = three_way_merge_patch(
+        &webhooks_by_name(&original),
+        &webhooks_by_name(&modified),
+        &webhooks_by_name(&live),
+    );
+    assert_eq!(patch, json!({}), "a re-apply leaves the caBundle alone");
+
+    // Without the merge key (lists replaced whole, as a JSON merge patch does) the same re-apply
+    // would send the manifest's list and drop the bundle: the merge key is what keeps it.
+    let as_json = three_way_merge_patch(&original, &modified, &live);
+    assert!(as_json.get("webhooks").is_some(), "{as_json}");
+}
