@@ -2,6 +2,7 @@
 //! every backend (a patch is merged and validated before anything is written).
 
 use crate::backend::Backend;
+use crate::output::{self, Format};
 use anyhow::{bail, Context as _};
 use mesh_config::MeshConfig;
 use std::io::{Read as _, Write};
@@ -21,13 +22,15 @@ Examples:
   mesh config patch -p '{\"spec\":{\"sidecar\":{\"logLevel\":null}}}'")]
     Patch(PatchArgs),
     /// Check a MeshConfig file; unknown fields are errors (use - for stdin)
-    Validate(ValidateArgs),
-}
+    #[command(after_help = "\
+Examples:
+  mesh config validate mesh-config.yaml
+  kubectl get meshconfig -n mesh-system mesh-config -o yaml | mesh config validate -
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Format {
-    Yaml,
-    Json,
+A whole object as kubectl prints it is accepted: what the API server and the injector add
+(status, managedFields, resourceVersion, uid, annotations...) is not part of the settings.
+A List (kubectl get meshconfig -o yaml) has each item checked.")]
+    Validate(ValidateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,10 +78,16 @@ pub async fn run(
         }
         Command::Patch(args) => {
             let patch = parse_patch(&args)?;
-            backend.patch_mesh_config(&patch).await?;
+            let patched = backend.patch_mesh_config(&patch).await?;
+            // kubectl's words, so scripts that read `kubectl patch` read this too.
+            let outcome = if patched.changed {
+                "patched"
+            } else {
+                "patched (no change)"
+            };
             writeln!(
                 out,
-                "meshconfig.config.tracemesh.dev/{} patched",
+                "meshconfig.config.tracemesh.dev/{} {outcome}",
                 mesh_config::DEFAULT_NAME
             )?;
             Ok(())
@@ -106,10 +115,41 @@ fn parse_patch(args: &PatchArgs) -> anyhow::Result<serde_json::Value> {
 }
 
 pub fn render(config: &MeshConfig, format: Format) -> anyhow::Result<String> {
-    Ok(match format {
-        Format::Yaml => serde_yaml::to_string(config)?,
-        Format::Json => serde_json::to_string_pretty(config)? + "\n",
-    })
+    if let Some(text) = output::serialized(config, format)? {
+        return Ok(text);
+    }
+    let mut rows = vec![["FIELD".to_string(), "VALUE".to_string()]];
+    flatten(&config.to_json_value()["spec"], "spec", &mut rows);
+    let mut table = Vec::new();
+    output::write_table(&mut table, &rows)?;
+    Ok(String::from_utf8(table)?)
+}
+
+/// One row per setting, by its field path (the path `mesh config patch` and the errors use);
+/// lists on one line, comma-separated.
+fn flatten(value: &serde_json::Value, path: &str, rows: &mut Vec<[String; 2]>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                flatten(item, &format!("{path}.{key}"), rows);
+            }
+        }
+        Value::Array(items) if items.is_empty() => rows.push([path.into(), "-".into()]),
+        Value::Array(items) => {
+            let cells: Vec<String> = items.iter().map(cell).collect();
+            rows.push([path.into(), cells.join(",")]);
+        }
+        other => rows.push([path.into(), cell(other)]),
+    }
+}
+
+fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) if text.is_empty() => "\"\"".into(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn validate(args: &ValidateArgs, out: &mut impl Write) -> anyhow::Result<()> {
@@ -125,20 +165,80 @@ fn validate(args: &ValidateArgs, out: &mut impl Write) -> anyhow::Result<()> {
             std::fs::read_to_string(&args.file).with_context(|| format!("reading {name}"))?;
         (name, text)
     };
-    match mesh_config::parse_strict(&text) {
-        Ok(_) => {
-            writeln!(out, "{name}: valid")?;
-            Ok(())
-        }
-        Err(err) => {
-            let problems = crate::backend::problem_lines(&err);
-            Err(Invalid {
-                file: name,
-                problems,
-            }
-            .into())
+    let documents = settings_documents(&text);
+    if documents.is_empty() {
+        bail!("{name}: the List holds no MeshConfig");
+    }
+    let mut problems = Vec::new();
+    for (prefix, document) in documents {
+        if let Err(err) = mesh_config::parse_strict(&document) {
+            let lines = crate::backend::problem_lines(&err);
+            problems.push(match prefix {
+                Some(prefix) => format!("  {prefix}:\n{}", indent(&lines)),
+                None => lines,
+            });
         }
     }
+    if problems.is_empty() {
+        writeln!(out, "{name}: valid")?;
+        Ok(())
+    } else {
+        Err(Invalid {
+            file: name,
+            problems: problems.join("\n"),
+        }
+        .into())
+    }
+}
+
+/// Fields of an object as the API server returns it that are the server's or the injector's
+/// bookkeeping, not settings. (`metadata`'s own bookkeeping is accepted by the document's
+/// schema.)
+const SERVER_FIELDS: [&str; 1] = ["status"];
+
+/// The document(s) to check: the text as it is, without the server's fields when it is an
+/// object as kubectl prints it, and each item of a `List` (`kubectl get meshconfig -o yaml`),
+/// named `items[N]`. Text that does not parse goes through as it is, for the document parser's
+/// own syntax message.
+fn settings_documents(text: &str) -> Vec<(Option<String>, String)> {
+    let Ok(mut value) = serde_yaml::from_str::<serde_json::Value>(text) else {
+        return vec![(None, text.to_string())];
+    };
+    let strip = |object: &mut serde_json::Value| {
+        if let Some(map) = object.as_object_mut() {
+            for field in SERVER_FIELDS {
+                map.remove(field);
+            }
+        }
+    };
+    let is_list = value["kind"] == "List" && value["items"].is_array();
+    if !is_list {
+        if value.get("status").is_none() {
+            return vec![(None, text.to_string())];
+        }
+        strip(&mut value);
+        return vec![(None, value.to_string())];
+    }
+    let items = value["items"]
+        .as_array_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut item)| {
+            strip(&mut item);
+            (Some(format!("items[{index}]")), item.to_string())
+        })
+        .collect()
+}
+
+fn indent(lines: &str) -> String {
+    lines
+        .lines()
+        .map(|line| format!("  {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -228,6 +328,167 @@ mod tests {
             value["metadata"],
             json!({"name": "mesh-config", "namespace": "mesh-system"})
         );
+        let (backend, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            let (_, send) = expect(&mut handle, "GET", MESH_CONFIG_PATH).await;
+            reply(
+                send,
+                200,
+                mesh_config_object("7", json!({"sidecar": {"logLevel": "warn"}})),
+            );
+        });
+        let mut table = Vec::new();
+        run(
+            Command::Get(GetArgs {
+                output: Format::Table,
+            }),
+            &backend,
+            &mut table,
+        )
+        .await
+        .expect("table");
+        server.await.expect("server");
+        let table = String::from_utf8(table).expect("utf-8");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().eq(["spec.sidecar.logLevel", "warn"])),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn validate_accepts_the_object_as_kubectl_prints_it_and_each_item_of_a_list() {
+        let object = r#"apiVersion: config.tracemesh.dev/v1alpha1
+kind: MeshConfig
+metadata:
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: |
+      {"apiVersion":"config.tracemesh.dev/v1alpha1","kind":"MeshConfig","metadata":{"name":"mesh-config","namespace":"mesh-system"},"spec":{}}
+  creationTimestamp: "2026-12-01T10:00:00Z"
+  generation: 2
+  managedFields:
+  - apiVersion: config.tracemesh.dev/v1alpha1
+    fieldsType: FieldsV1
+    fieldsV1: {f:spec: {f:observability: {}}}
+    manager: mesh
+    operation: Update
+    time: "2026-12-01T10:05:00Z"
+  name: mesh-config
+  namespace: mesh-system
+  resourceVersion: "81234"
+  uid: 0b0c0d0e-1111-2222-3333-444455556666
+spec:
+  observability:
+    tracing:
+      enable: true
+      address: zipkin.tracing
+status:
+  valid: true
+  observedGeneration: 2
+"#;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let check = |text: &str| {
+            let file = dir.path().join("object.yaml");
+            std::fs::write(&file, text).expect("write");
+            let mut out = Vec::new();
+            validate(&ValidateArgs { file }, &mut out).map(|()| String::from_utf8(out).unwrap())
+        };
+        assert!(check(object).expect("valid").ends_with(": valid\n"));
+
+        let indented: String = object.lines().map(|l| format!("  {l}\n")).collect();
+        let list = format!(
+            "apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n- {}",
+            indented.trim_start()
+        );
+        check(&list).expect("a List of one valid item");
+
+        // The settings are still checked, inside a List too, and named by item.
+        let bad = list.replace(
+            "address: zipkin.tracing",
+            "address: zipkin.tracing\n        bogus: 1",
+        );
+        let err = check(&bad).expect_err("unknown field").to_string();
+        assert!(err.contains("items[0]"), "{err}");
+        assert!(err.contains("spec.observability.tracing.bogus"), "{err}");
+        let empty = check("apiVersion: v1\nkind: List\nitems: []\n").expect_err("empty");
+        assert!(empty.to_string().contains("no MeshConfig"), "{empty}");
+    }
+
+    #[test]
+    fn config_get_as_a_table_lists_every_setting_by_path() {
+        let config = mesh_config::merge_patch(
+            &MeshConfig::default(),
+            &json!({"spec": {"traffic": {"opaquePorts": [25, 3306]}}}),
+        )
+        .expect("valid");
+        let table = render(&config, Format::Table).expect("table");
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        assert_eq!(header, ["FIELD", "VALUE"]);
+        let rows: std::collections::BTreeMap<&str, &str> = lines
+            .map(|line| {
+                let (field, value) = line.split_once(' ').expect("two columns");
+                (field, value.trim())
+            })
+            .collect();
+        assert_eq!(rows["spec.observability.tracing.enable"], "false");
+        assert_eq!(rows["spec.traffic.opaquePorts"], "25,3306");
+        assert_eq!(rows["spec.traffic.inboundPortExclusionList"], "-");
+        assert_eq!(rows["spec.sidecar.logLevel"], "info");
+    }
+
+    #[tokio::test]
+    async fn kube_config_patch_that_changes_nothing_says_so_and_sends_nothing() {
+        let (backend, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            let (_, send) = expect(&mut handle, "GET", MESH_CONFIG_PATH).await;
+            reply(
+                send,
+                200,
+                mesh_config_object("7", json!({"sidecar": {"logLevel": "warn"}})),
+            );
+            // The mock ends here: a PATCH would find no server and fail the command.
+        });
+        let mut out = Vec::new();
+        let args = patch_args(r#"{"spec":{"sidecar":{"logLevel":"warn"}}}"#, "merge");
+        run(Command::Patch(args), &backend, &mut out)
+            .await
+            .expect("no error");
+        server.await.expect("server");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "meshconfig.config.tracemesh.dev/mesh-config patched (no change)\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn local_config_patch_that_changes_nothing_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = crate::backend::state_dir::StateDirBackend::new(dir.path());
+        let patch = || patch_args(r#"{"spec":{"sidecar":{"logLevel":"warn"}}}"#, "merge");
+        let mut out = Vec::new();
+        run(Command::Patch(patch()), &backend, &mut out)
+            .await
+            .expect("first");
+        let file = backend.mesh_config_path();
+        let written = std::fs::metadata(&file)
+            .expect("written")
+            .modified()
+            .expect("mtime");
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).unwrap());
+        let mut again = Vec::new();
+        run(Command::Patch(patch()), &backend, &mut again)
+            .await
+            .expect("second");
+        assert_eq!(
+            String::from_utf8(again).expect("utf-8"),
+            "meshconfig.config.tracemesh.dev/mesh-config patched (no change)\n"
+        );
+        // Every write renames a new file into place: the same inode means no write.
+        let after = std::fs::metadata(&file).expect("still there");
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&after), inode);
+        assert_eq!(after.modified().expect("mtime"), written);
     }
 
     #[tokio::test]
@@ -236,7 +497,12 @@ mod tests {
         let server = tokio::spawn(async move {
             let (_, send) = expect(&mut handle, "GET", MESH_CONFIG_PATH).await;
             reply(send, 200, mesh_config_object("7", json!({})));
-            let (body, send) = expect(&mut handle, "PATCH", &format!("{MESH_CONFIG_PATH}?")).await;
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{MESH_CONFIG_PATH}?&fieldManager=mesh"),
+            )
+            .await;
             assert_eq!(
                 body["spec"],
                 json!({"observability": {"tracing": {"enable": true}}})

@@ -14,19 +14,23 @@
 //! tracemesh_collector    mesh collector  tracemesh_collector::cli::{Args, run(args)}
 //! ```
 //!
-//! `Global` carries the resolved `--backend` and `--state-dir`.
+//! `Global` carries the resolved `--backend`, `--state-dir`, `--kubeconfig` and `--context`.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 mod backend;
-mod certs;
+mod check;
 mod config;
 mod demo;
 mod install;
 mod local;
+mod manifests;
 mod namespace;
+mod output;
+mod uninstall;
+mod version;
 
-use backend::kube::KubeBackend;
+use backend::kube::{KubeBackend, KubeOptions};
 use backend::state_dir::StateDirBackend;
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -38,7 +42,9 @@ use std::process::ExitCode;
 #[command(name = "mesh", version, propagate_version = true, max_term_width = 100)]
 #[command(after_help = "\
 Examples:
-  mesh install | kubectl apply -f -          install the control plane in a cluster
+  mesh check --pre                           is the cluster ready for the mesh?
+  mesh install | kubectl apply -f -          install (or upgrade) the control plane
+  mesh check                                 is the installed mesh healthy?
   mesh namespace add shop                    enrol a namespace; new pods get sidecars
   mesh config patch -p '{\"spec\":{\"observability\":{\"tracing\":{\"enable\":true}}}}'
   mesh --backend local demo --requests 5     the whole mesh on this machine")]
@@ -64,6 +70,12 @@ struct GlobalArgs {
     /// State dir of the local backend [default: $HOME/.tracemesh]
     #[arg(long, global = true, env = "MESH_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Kubeconfig file of the kube backend [default: $KUBECONFIG, ~/.kube/config]
+    #[arg(long, global = true, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context of the kube backend [default: the current context]
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +89,7 @@ pub enum BackendKind {
 pub struct Global {
     pub backend: BackendKind,
     pub state_dir: PathBuf,
+    pub kube: KubeOptions,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,8 +100,14 @@ enum Command {
     /// Show, change and check the MeshConfig
     #[command(subcommand)]
     Config(config::Command),
-    /// Print the manifests that install the mesh (pipe to `kubectl apply -f -`)
+    /// Print the manifests that install or upgrade the mesh (pipe to `kubectl apply -f -`)
     Install(install::Args),
+    /// Print what removes the mesh (pipe to `kubectl delete -f -`)
+    Uninstall(uninstall::Args),
+    /// Print the client's version and the control plane's
+    Version(version::Args),
+    /// Check the cluster before an install (--pre), or the installed mesh
+    Check(check::Args),
     /// Run a workload with a sidecar on this machine (local backend)
     Run(local::Args),
     /// Run the whole mesh on this machine: services, sidecars, collector, traces
@@ -121,6 +140,10 @@ impl GlobalArgs {
         Ok(Global {
             backend: self.backend,
             state_dir,
+            kube: KubeOptions {
+                kubeconfig: self.kubeconfig,
+                context: self.context,
+            },
         })
     }
 }
@@ -145,7 +168,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Namespace(command) => match global.backend {
             BackendKind::Kube => {
-                namespace::run(command, &KubeBackend::connect().await?, &mut out).await
+                namespace::run(
+                    command,
+                    &KubeBackend::connect(&global.kube).await?,
+                    &mut out,
+                )
+                .await
             }
             BackendKind::Local => {
                 namespace::run(command, &StateDirBackend::new(&global.state_dir), &mut out).await
@@ -157,13 +185,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config(command) => match global.backend {
             BackendKind::Kube => {
-                config::run(command, &KubeBackend::connect().await?, &mut out).await
+                config::run(
+                    command,
+                    &KubeBackend::connect(&global.kube).await?,
+                    &mut out,
+                )
+                .await
             }
             BackendKind::Local => {
                 config::run(command, &StateDirBackend::new(&global.state_dir), &mut out).await
             }
         },
         Command::Install(args) => install::run(&args, &mut out),
+        Command::Uninstall(args) => uninstall::run(&args, &mut out, &mut std::io::stderr()),
+        Command::Version(args) => {
+            let client = match global.backend {
+                BackendKind::Kube => backend::kube::client(&global.kube)
+                    .await
+                    .map_err(|err| format!("{err:#}")),
+                BackendKind::Local => Err("the local backend has no control plane to ask".into()),
+            };
+            version::run(&args, client, &mut out).await
+        }
+        Command::Check(args) => {
+            if global.backend == BackendKind::Local {
+                anyhow::bail!(
+                    "mesh check checks a cluster; it has nothing to check with --backend local"
+                );
+            }
+            let client = backend::kube::client(&global.kube).await?;
+            check::run(&args, client, &mut out).await
+        }
         Command::Run(args) => local::run(args, &global).await,
         Command::Demo(args) => demo::run(args, &global).await,
         Command::Collector(args) => tracemesh_collector::cli::run(args).await,

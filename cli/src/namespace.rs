@@ -3,6 +3,7 @@
 //! namespace from another mesh, this refuses and says how to move it.
 
 use crate::backend::{Backend, BackendError};
+use crate::output::{self, Format};
 use anyhow::{anyhow, bail, Context as _};
 use k8s_openapi::api::core::v1::Namespace;
 use serde_json::{json, Value};
@@ -46,7 +47,7 @@ pub struct AddArgs {
     #[arg(value_name = "NAMESPACE", required = true)]
     pub namespaces: Vec<String>,
     /// Name of the mesh
-    #[arg(long, default_value = DEFAULT_MESH_NAME)]
+    #[arg(long, default_value = DEFAULT_MESH_NAME, value_parser = parse_mesh_name)]
     pub mesh_name: String,
     /// Enrol without automatic sidecar injection
     #[arg(long)]
@@ -59,15 +60,30 @@ pub struct RemoveArgs {
     #[arg(value_name = "NAMESPACE")]
     pub namespace: String,
     /// Name of the mesh the namespace belongs to
-    #[arg(long, default_value = DEFAULT_MESH_NAME)]
+    #[arg(long, default_value = DEFAULT_MESH_NAME, value_parser = parse_mesh_name)]
     pub mesh_name: String,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     /// Only namespaces of this mesh (default: every mesh)
-    #[arg(long)]
+    #[arg(long, value_parser = parse_mesh_name)]
     pub mesh_name: Option<String>,
+    /// Output format
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+/// One enrolled namespace as `-o json|yaml` prints it.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Enrolled {
+    name: String,
+    mesh: String,
+    /// `enabled`, `disabled`, or `-` when the annotation is missing.
+    sidecar_injection: String,
+    /// Labelled tracemesh.dev/ignore: the injector leaves it alone whatever the annotation says.
+    ignored: bool,
 }
 
 pub async fn run(
@@ -92,6 +108,29 @@ pub fn is_dns1123_label(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes.first() != Some(&b'-')
         && bytes.last() != Some(&b'-')
+}
+
+/// A mesh name is the value of the enrolment label, so it follows Kubernetes' label value rule:
+/// at most 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit. An
+/// empty value is a valid label but names no mesh. Used as a clap value parser, so a bad name is
+/// a usage error (exit 2) before anything is read or written.
+pub fn parse_mesh_name(name: &str) -> Result<String, String> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "invalid mesh name {name:?}: a mesh name is a Kubernetes label value, at most 63 \
+             letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        ))
+    }
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {
@@ -244,56 +283,46 @@ async fn list(args: ListArgs, backend: &impl Backend, out: &mut impl Write) -> a
             mesh.unwrap_or_default()
         )
     })?;
-    if namespaces.is_empty() {
+    namespaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let enrolled: Vec<Enrolled> = namespaces
+        .iter()
+        .map(|namespace| Enrolled {
+            name: namespace.metadata.name.clone().unwrap_or_default(),
+            mesh: label(namespace, MONITORED_BY_LABEL)
+                .unwrap_or_default()
+                .to_string(),
+            sidecar_injection: annotation(namespace, SIDECAR_INJECTION_ANNOTATION)
+                .unwrap_or("-")
+                .to_string(),
+            ignored: label(namespace, IGNORE_LABEL).is_some(),
+        })
+        .collect();
+    // Scripts get an empty list, people a sentence.
+    if let Some(text) = output::serialized(&enrolled, args.output)? {
+        out.write_all(text.as_bytes())?;
+        return Ok(());
+    }
+    if enrolled.is_empty() {
         match mesh {
             Some(mesh) => writeln!(out, "No namespaces in mesh [{mesh}]")?,
             None => writeln!(out, "No namespaces in any mesh")?,
         }
         return Ok(());
     }
-    namespaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut rows = vec![[
         "NAMESPACE".to_string(),
         "MESH".to_string(),
         "SIDECAR-INJECTION".to_string(),
     ]];
-    for namespace in &namespaces {
-        let injection = if label(namespace, IGNORE_LABEL).is_some() {
-            "disabled (ignored)"
+    for namespace in enrolled {
+        let injection = if namespace.ignored {
+            "disabled (ignored)".to_string()
         } else {
-            annotation(namespace, SIDECAR_INJECTION_ANNOTATION).unwrap_or("-")
+            namespace.sidecar_injection
         };
-        rows.push([
-            namespace.metadata.name.clone().unwrap_or_default(),
-            label(namespace, MONITORED_BY_LABEL)
-                .unwrap_or_default()
-                .to_string(),
-            injection.to_string(),
-        ]);
+        rows.push([namespace.name, namespace.mesh, injection]);
     }
-    write_table(out, &rows)?;
-    Ok(())
-}
-
-/// Columns padded to their widest cell plus three spaces, as kubectl prints.
-fn write_table<const N: usize>(out: &mut impl Write, rows: &[[String; N]]) -> std::io::Result<()> {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == N {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
-            }
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
+    output::write_table(out, &rows)?;
     Ok(())
 }
 
@@ -361,7 +390,12 @@ mod tests {
                 200,
                 ns_object("shop", json!({"team": "a"}), json!({})),
             );
-            let (body, send) = expect(&mut handle, "PATCH", "/api/v1/namespaces/shop?").await;
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                "/api/v1/namespaces/shop?&fieldManager=mesh",
+            )
+            .await;
             assert_eq!(
                 body,
                 json!({"metadata": {
@@ -393,7 +427,12 @@ mod tests {
         let server = tokio::spawn(async move {
             let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/batch").await;
             reply(send, 200, ns_object("batch", json!({}), json!({})));
-            let (body, send) = expect(&mut handle, "PATCH", "/api/v1/namespaces/batch?").await;
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                "/api/v1/namespaces/batch?&fieldManager=mesh",
+            )
+            .await;
             assert_eq!(
                 body["metadata"]["annotations"]["tracemesh.dev/sidecar-injection"],
                 "disabled"
@@ -520,7 +559,12 @@ mod tests {
                     json!({}),
                 ),
             );
-            let (body, send) = expect(&mut handle, "PATCH", "/api/v1/namespaces/shop?").await;
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                "/api/v1/namespaces/shop?&fieldManager=mesh",
+            )
+            .await;
             assert_eq!(
                 body,
                 json!({"metadata": {
@@ -600,6 +644,7 @@ mod tests {
         });
         let args = ListArgs {
             mesh_name: Some(MESH.into()),
+            output: Format::Table,
         };
         let (result, out) = run_to_string(Command::List(args), &backend).await;
         server.await.expect("server");
@@ -610,6 +655,39 @@ mod tests {
              batch       tracemesh   disabled\n\
              shop        tracemesh   enabled\n"
         );
+    }
+
+    #[tokio::test]
+    async fn list_as_json_and_yaml_parses_and_an_empty_list_is_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = StateDirBackend::new(dir.path());
+        let list = |output| {
+            Command::List(ListArgs {
+                mesh_name: None,
+                output,
+            })
+        };
+        let (_, out) = run_to_string(list(Format::Json), &backend).await;
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).expect("json"),
+            json!([])
+        );
+        run_to_string(Command::Add(add_args(&["shop"], false)), &backend)
+            .await
+            .0
+            .expect("added");
+        run_to_string(Command::Add(add_args(&["batch"], true)), &backend)
+            .await
+            .0
+            .expect("added");
+        let (_, out) = run_to_string(list(Format::Json), &backend).await;
+        let expected = json!([
+            {"name": "batch", "mesh": "tracemesh", "sidecarInjection": "disabled", "ignored": false},
+            {"name": "shop", "mesh": "tracemesh", "sidecarInjection": "enabled", "ignored": false},
+        ]);
+        assert_eq!(serde_json::from_str::<Value>(&out).expect("json"), expected);
+        let (_, out) = run_to_string(list(Format::Yaml), &backend).await;
+        assert_eq!(serde_yaml::from_str::<Value>(&out).expect("yaml"), expected);
     }
 
     #[tokio::test]
@@ -628,8 +706,14 @@ mod tests {
                 json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": []}),
             );
         });
-        let (result, out) =
-            run_to_string(Command::List(ListArgs { mesh_name: None }), &backend).await;
+        let (result, out) = run_to_string(
+            Command::List(ListArgs {
+                mesh_name: None,
+                output: Format::Table,
+            }),
+            &backend,
+        )
+        .await;
         server.await.expect("server");
         result.expect("listed");
         assert_eq!(out, "No namespaces in any mesh\n");
@@ -654,7 +738,14 @@ mod tests {
         );
         let (_, out) = run_to_string(Command::Add(add_args(&["shop"], true)), &backend).await;
         assert!(out.contains("sidecar injection is now disabled"), "{out}");
-        let (_, out) = run_to_string(Command::List(ListArgs { mesh_name: None }), &backend).await;
+        let (_, out) = run_to_string(
+            Command::List(ListArgs {
+                mesh_name: None,
+                output: Format::Table,
+            }),
+            &backend,
+        )
+        .await;
         assert!(out.contains("shop        tracemesh   disabled"), "{out}");
         let (result, out) = run_to_string(Command::Remove(remove_args("shop")), &backend).await;
         result.expect("removed");
@@ -671,11 +762,23 @@ mod tests {
         let (_, out) = run_to_string(
             Command::List(ListArgs {
                 mesh_name: Some("other".into()),
+                output: Format::Table,
             }),
             &backend,
         )
         .await;
         assert_eq!(out, "No namespaces in mesh [other]\n");
+    }
+
+    #[test]
+    fn mesh_names_are_label_values() {
+        for good in ["tracemesh", "blue", "mesh_1.prod", "A", &"a".repeat(63)] {
+            assert!(parse_mesh_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a.", "a b", "a/b", "é", &"a".repeat(64)] {
+            let err = parse_mesh_name(bad).expect_err(bad);
+            assert!(err.contains("label value"), "{err}");
+        }
     }
 
     #[test]
@@ -721,7 +824,12 @@ mod tests {
             let labels = json!({"pod-security.kubernetes.io/enforce": "restricted"});
             let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/shop").await;
             reply(send, 200, ns_object("shop", labels.clone(), json!({})));
-            let (_, send) = expect(&mut handle, "PATCH", "/api/v1/namespaces/shop?").await;
+            let (_, send) = expect(
+                &mut handle,
+                "PATCH",
+                "/api/v1/namespaces/shop?&fieldManager=mesh",
+            )
+            .await;
             reply(send, 200, ns_object("shop", labels, json!({})));
         });
         let (result, out) = run_to_string(Command::Add(add_args(&["shop"], false)), &backend).await;

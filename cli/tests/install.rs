@@ -1,24 +1,23 @@
-//! `mesh install` as `kubectl apply -f -` would receive it: every document parses, the expected
-//! objects are there, the webhook trusts exactly the CA that signed the injector's serving
-//! certificate, and the Kubernetes objects pass the `kubernetes-validate` schema check (with the
-//! MeshConfig checked against the CRD's own OpenAPI schema).
+//! `mesh install` and `mesh uninstall` as kubectl would receive them: every document parses, the
+//! same flags print the same bytes, the expected objects come in a safe order, the Kubernetes
+//! objects pass the `kubernetes-validate` schema check (with the MeshConfig checked against the
+//! CRD's own OpenAPI schema), and `kubectl kustomize manifests` renders the same objects.
 
-use base64::Engine as _;
-use rustls::client::danger::ServerCertVerifier;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use std::process::Command;
-use std::sync::Arc;
+use std::path::Path;
+use std::process::{Command, Output};
 
 /// The Kubernetes version the schemas are checked against (k8s-openapi's feature in Cargo.toml).
 const KUBERNETES_VERSION: &str = "1.33.0";
 
-fn install(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .arg("install")
+fn mesh(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(args)
         .output()
-        .expect("run mesh install");
+        .expect("run mesh")
+}
+
+fn install(args: &[&str]) -> String {
+    let output = mesh(&[&["install"], args].concat());
     assert!(
         output.status.success(),
         "mesh install failed: {}",
@@ -41,123 +40,109 @@ fn documents(stream: &str) -> Vec<serde_yaml::Value> {
 fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in the install stream"))
+        .unwrap_or_else(|| panic!("no {kind} {name} in the stream"))
 }
 
-fn decode(value: &serde_yaml::Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(value.as_str().expect("a base64 string"))
-        .expect("valid base64")
+/// (kind, namespace, name): what identifies an object to the API server.
+fn key(doc: &serde_yaml::Value) -> (String, String, String) {
+    let text = |v: &serde_yaml::Value| v.as_str().unwrap_or_default().to_string();
+    (
+        text(&doc["kind"]),
+        text(&doc["metadata"]["namespace"]),
+        text(&doc["metadata"]["name"]),
+    )
 }
 
-fn verify(ca_pem: &[u8], cert_pem: &[u8], name: &str) -> Result<(), rustls::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem).expect("CA PEM"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .expect("verifier");
-    let cert = CertificateDer::from_pem_slice(cert_pem).expect("certificate PEM");
-    let name = ServerName::try_from(name.to_string()).expect("name");
-    verifier
-        .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
-        .map(|_| ())
+const FLAGS: &[&str] = &[
+    "--mesh-name",
+    "blue",
+    "--registry",
+    "registry.example.com/mesh",
+    "--tag",
+    "v2.0.0",
+    "--replicas",
+    "3",
+    "--injector-memory-limit",
+    "256Mi",
+    "--sidecar-mode",
+    "container",
+    "--enable-tracing",
+    "--tracing-address",
+    "zipkin.tracing.svc.cluster.local",
+    "--tracing-port",
+    "9411",
+];
+
+#[test]
+fn the_same_flags_print_the_same_bytes() {
+    assert_eq!(install(&[]), install(&[]));
+    assert_eq!(install(FLAGS), install(FLAGS));
 }
 
 #[test]
-fn stream_has_the_whole_control_plane() {
+fn stream_has_the_whole_control_plane_crds_first_and_no_certificate() {
     let stream = install(&[]);
-    assert!(
-        !stream.contains("${CA_BUNDLE}"),
-        "placeholder left in the stream"
-    );
+    assert!(!stream.contains("${"), "placeholder left in the stream");
     let docs = documents(&stream);
     find(&docs, "Namespace", "mesh-system");
-    find(
-        &docs,
-        "CustomResourceDefinition",
-        "meshconfigs.config.tracemesh.dev",
-    );
     find(&docs, "MeshConfig", "mesh-config");
     find(&docs, "Deployment", "mesh-injector");
     find(&docs, "Service", "mesh-injector");
-    assert!(docs.iter().any(|d| d["kind"] == "ServiceAccount"));
-    assert!(docs
-        .iter()
-        .any(|d| d["kind"] == "MutatingWebhookConfiguration"));
-    let secret = find(&docs, "Secret", "mesh-injector-tls");
-    assert_eq!(secret["type"], "kubernetes.io/tls");
-    assert_eq!(secret["metadata"]["namespace"], "mesh-system");
-    // Namespace and CRD come before the objects that need them.
-    let position = |kind: &str| docs.iter().position(|d| d["kind"] == kind).expect(kind);
-    assert!(position("Namespace") < position("Secret"));
-    assert!(position("CustomResourceDefinition") < position("MeshConfig"));
-}
-
-#[test]
-fn webhook_trusts_the_ca_that_signed_the_serving_certificate() {
-    let docs = documents(&install(&[]));
-    let secret = find(&docs, "Secret", "mesh-injector-tls");
-    let cert = decode(&secret["data"]["tls.crt"]);
-    let ca = decode(&secret["data"]["ca.crt"]);
-    let webhook = docs
-        .iter()
-        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
-        .expect("webhook");
-    let hooks = webhook["webhooks"].as_sequence().expect("webhooks");
-    assert!(!hooks.is_empty());
-    for hook in hooks {
-        let bundle = decode(&hook["clientConfig"]["caBundle"]);
-        assert_eq!(bundle, ca, "caBundle differs from the Secret's ca.crt");
-        let service = &hook["clientConfig"]["service"];
-        let host = format!(
-            "{}.{}.svc",
-            service["name"].as_str().expect("service name"),
-            service["namespace"].as_str().expect("service namespace")
+    let webhook = find(&docs, "MutatingWebhookConfiguration", "mesh-injector");
+    for hook in webhook["webhooks"].as_sequence().expect("webhooks") {
+        assert!(
+            hook["clientConfig"].get("caBundle").is_none(),
+            "the injector owns the caBundle"
         );
-        verify(&bundle, &cert, &host).expect("the serving certificate verifies for the Service");
     }
-    // A second install is a second CA: the first one's bundle does not trust it.
-    let other = documents(&install(&[]));
-    let other_cert = decode(&find(&other, "Secret", "mesh-injector-tls")["data"]["tls.crt"]);
-    assert!(verify(&ca, &other_cert, "mesh-injector.mesh-system.svc").is_err());
+    assert!(docs.iter().any(|d| d["kind"] == "ServiceAccount"));
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "Secret"),
+        "no key material in the stream"
+    );
+    let kinds: Vec<&str> = docs
+        .iter()
+        .map(|d| d["kind"].as_str().expect("kind"))
+        .collect();
+    let position = |kind: &str| kinds.iter().position(|k| *k == kind).expect(kind);
+    assert_eq!(kinds[0], "CustomResourceDefinition");
+    assert!(position("Namespace") < position("ServiceAccount"));
+    assert!(position("RoleBinding") < position("Deployment"));
+    assert!(position("Deployment") < position("Service"));
+    assert!(position("Service") < position("MutatingWebhookConfiguration"));
+    assert_eq!(kinds.last(), Some(&"MeshConfig"));
 }
 
 #[test]
-fn flags_reach_the_mesh_config_and_the_webhook() {
-    let docs = documents(&install(&[
-        "--mesh-name",
-        "blue",
-        "--enable-tracing",
-        "--tracing-address",
-        "zipkin.tracing.svc.cluster.local",
-        "--tracing-port",
-        "9411",
-        "--tracing-endpoint",
-        "/api/v2/spans",
-    ]));
+fn flags_reach_the_mesh_config_the_injector_and_the_webhook() {
+    let docs = documents(&install(FLAGS));
     let tracing = &find(&docs, "MeshConfig", "mesh-config")["spec"]["observability"]["tracing"];
     assert_eq!(tracing["enable"], true);
     assert_eq!(tracing["address"], "zipkin.tracing.svc.cluster.local");
     assert_eq!(tracing["port"], 9411);
-    let webhook = docs
-        .iter()
-        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
-        .expect("webhook");
-    let text = serde_yaml::to_string(&webhook["webhooks"][0]["namespaceSelector"]).expect("yaml");
+    let deployment = find(&docs, "Deployment", "mesh-injector");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        "registry.example.com/mesh/mesh-injector:v2.0.0"
+    );
+    let args = serde_yaml::to_string(&container["args"]).expect("yaml");
     assert!(
-        text.contains("blue"),
-        "selector does not name the mesh: {text}"
+        args.contains("registry.example.com/mesh/mesh-proxy:v2.0.0"),
+        "{args}"
+    );
+    assert!(args.contains("container"), "{args}");
+    let webhook = find(&docs, "MutatingWebhookConfiguration", "mesh-injector");
+    assert_eq!(
+        webhook["webhooks"][0]["namespaceSelector"]["matchLabels"]["tracemesh.dev/monitored-by"],
+        "blue"
     );
 }
 
 #[test]
 fn invalid_tracing_flags_are_refused() {
-    let output = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["install", "--enable-tracing", "--tracing-address", ""])
-        .output()
-        .expect("run mesh install");
+    let output = mesh(&["install", "--enable-tracing", "--tracing-address", ""]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -170,22 +155,107 @@ fn invalid_tracing_flags_are_refused() {
     );
 }
 
-/// Runs a Python validator; a missing validator is a setup problem, said as such.
-fn python(args: &[&str], what: &str) -> std::process::Output {
+#[test]
+fn bad_flag_values_are_usage_errors() {
+    for args in [
+        &["install", "--mesh-name", "no spaces"][..],
+        &["install", "--mesh-name=-dash"],
+        &["uninstall", "--mesh-name", &"m".repeat(64)],
+        &["install", "--replicas", "0"],
+        &["install", "--tag", "v1:2"],
+        &["install", "--injector-cpu-request", "fast"],
+    ] {
+        let output = mesh(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(output.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("invalid value"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn uninstall_deletes_what_install_made_webhook_first_and_names_the_labels_left() {
+    let output = mesh(&["uninstall", "--mesh-name", "blue"]);
+    assert!(output.status.success());
+    let deleted = documents(&String::from_utf8(output.stdout).expect("utf-8"));
+    let installed = documents(&install(&["--mesh-name", "blue"]));
+    let mut deleted_keys: Vec<_> = deleted.iter().map(key).collect();
+    let mut installed_keys: Vec<_> = installed.iter().map(key).collect();
+    assert_eq!(deleted[0]["kind"], "MutatingWebhookConfiguration");
+    let position = |kind: &str| {
+        deleted
+            .iter()
+            .position(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("{kind} not deleted"))
+    };
+    assert!(
+        position("Deployment") < position("ClusterRole"),
+        "the injector goes before its rights"
+    );
+    assert!(position("Namespace") > position("Service"));
+    deleted_keys.sort();
+    installed_keys.sort();
+    assert_eq!(deleted_keys, installed_keys);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tracemesh.dev/monitored-by=blue"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("kubectl label namespace"), "{stderr}");
+}
+
+/// Runs a third-party tool the test needs; a missing one is a setup problem, said as such.
+fn tool(args: &[&str], what: &str) -> Output {
     Command::new(args[0])
         .args(&args[1..])
         .output()
         .unwrap_or_else(|err| {
-            panic!("{what}: cannot run {} ({err}); run scripts/setup to install tests/requirements.txt", args[0])
+            panic!(
+                "{what}: cannot run {} ({err}); run scripts/setup to install it",
+                args[0]
+            )
         })
 }
 
+fn kustomize() -> String {
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let output = tool(
+        &["kubectl", "kustomize", manifests.to_str().expect("utf-8")],
+        "kubectl kustomize",
+    );
+    assert!(
+        output.status.success(),
+        "kubectl kustomize manifests failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
 #[test]
-fn objects_pass_kubernetes_validate() {
+fn kustomize_renders_the_objects_mesh_install_prints() {
+    let kustomized = kustomize();
+    assert!(
+        !kustomized.contains("${"),
+        "placeholder in the kustomize output"
+    );
+    let mut from_kustomize = documents(&kustomized);
+    let mut from_install = documents(&install(&[]));
+    from_kustomize.sort_by_key(key);
+    from_install.sort_by_key(key);
+    assert_eq!(
+        from_kustomize.iter().map(key).collect::<Vec<_>>(),
+        from_install.iter().map(key).collect::<Vec<_>>()
+    );
+    for (kustomized, installed) in from_kustomize.iter().zip(&from_install) {
+        assert_eq!(kustomized, installed, "{:?} differs", key(installed));
+    }
+}
+
+fn kubernetes_validate(stream: &str, what: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("install.yaml");
-    std::fs::write(&file, install(&["--enable-tracing"])).expect("write");
-    let output = python(
+    let file = dir.path().join("stream.yaml");
+    std::fs::write(&file, stream).expect("write");
+    let output = tool(
         &[
             "kubernetes-validate",
             "--strict",
@@ -202,20 +272,26 @@ fn objects_pass_kubernetes_validate() {
     );
     assert!(
         output.status.success(),
-        "kubernetes-validate failed:\n{report}"
+        "{what}: kubernetes-validate failed:\n{report}"
     );
-    assert!(!report.contains("ERROR"), "{report}");
+    assert!(!report.contains("ERROR"), "{what}: {report}");
     // Every built-in object was checked (only the custom MeshConfig has no built-in schema).
-    let stream = std::fs::read_to_string(&file).expect("read");
-    let built_in = documents(&stream)
+    let built_in = documents(stream)
         .iter()
         .filter(|d| d["kind"] != "MeshConfig")
         .count();
     assert_eq!(
         report.matches("passed for resource").count(),
         built_in,
-        "{report}"
+        "{what}: {report}"
     );
+}
+
+#[test]
+fn install_and_kustomize_outputs_pass_kubernetes_validate() {
+    kubernetes_validate(&install(&[]), "mesh install");
+    kubernetes_validate(&install(FLAGS), "mesh install with every flag");
+    kubernetes_validate(&kustomize(), "kubectl kustomize manifests");
 }
 
 #[test]
@@ -245,13 +321,13 @@ fn mesh_config_matches_the_crd_schema() {
     let mut broken = find(&docs, "MeshConfig", "mesh-config").clone();
     broken["spec"]["observability"]["tracing"]["port"] = serde_yaml::Value::from(70000);
     let broken = serde_json::to_string(&broken).expect("object");
-    let output = python(&["python3", "-c", script, &schema, &broken], "jsonschema");
+    let output = tool(&["python3", "-c", script, &schema, &broken], "jsonschema");
     assert!(
         !output.status.success(),
         "the CRD schema accepts port 70000"
     );
 
-    let output = python(&["python3", "-c", script, &schema, &object], "jsonschema");
+    let output = tool(&["python3", "-c", script, &schema, &object], "jsonschema");
     assert!(
         output.status.success(),
         "MeshConfig does not match the CRD schema:\n{}{}",

@@ -1,14 +1,17 @@
 //! The Kubernetes backend: namespaces through `Api<Namespace>`, the MeshConfig custom resource
 //! through `Api<DynamicObject>` (no generated type, so the CLI does not need the CRD's Rust
 //! binding). Patches are sent as `application/merge-patch+json`, the same request as
-//! `kubectl patch --type=merge`.
+//! `kubectl patch --type=merge`, each naming the field manager `mesh`.
 
-use super::{mesh_config_from_object, Backend, BackendError};
+use super::{mesh_config_from_object, Backend, BackendError, Patched};
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
-use mesh_config::MeshConfig;
 use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// The enrolment label; a namespace carrying it is watched by the mesh named in its value.
 use crate::namespace::MONITORED_BY_LABEL;
@@ -17,28 +20,87 @@ use crate::namespace::MONITORED_BY_LABEL;
 /// read and our write. Each round re-validates against the newer document, so a retry is safe.
 const PATCH_ATTEMPTS: usize = 5;
 
+/// The name every write to the API is recorded under in `metadata.managedFields`, so that
+/// `kubectl get -o yaml --show-managed-fields` and server-side apply conflicts say who set a field.
+pub const FIELD_MANAGER: &str = "mesh";
+
+/// How long to wait for the API server to accept a connection. kube's default (30 s) is made for
+/// controllers; a user at a terminal should hear about an unreachable cluster sooner.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Parameters of every PATCH the CLI sends.
+pub fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// Parameters of every create the CLI sends.
+pub fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    }
+}
+
+/// Which cluster the kube backend talks to: `--kubeconfig` and `--context`, as kubectl reads them.
+#[derive(Debug, Clone, Default)]
+pub struct KubeOptions {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+/// A client for the cluster the options select: the named kubeconfig file (else `KUBECONFIG`,
+/// `~/.kube/config`) with its current or the named context, or the in-cluster account when
+/// neither a file nor a context is given.
+pub async fn client(options: &KubeOptions) -> anyhow::Result<Client> {
+    let context = KubeConfigOptions {
+        context: options.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let mut config = match &options.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &context)
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None if options.context.is_some() => kube::Config::from_kubeconfig(&context)
+            .await
+            .context("--context: reading the kubeconfig (KUBECONFIG or ~/.kube/config)")?,
+        None => kube::Config::infer().await.map_err(|err| {
+            anyhow::anyhow!(
+                "no Kubernetes cluster is configured (--kubeconfig, KUBECONFIG, ~/.kube/config or \
+                 an in-cluster service account); to manage a mesh on this machine, use \
+                 --backend local (or MESH_BACKEND=local)\n  details: {err}"
+            )
+        })?,
+    };
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    Client::try_from(config).map_err(|err| {
+        anyhow::anyhow!("Could not access Kubernetes cluster, check kubeconfig: {err}")
+    })
+}
+
 pub struct KubeBackend {
     client: Client,
 }
 
 impl KubeBackend {
-    /// Connects from the kubeconfig (`KUBECONFIG`, `~/.kube/config`) or the in-cluster account.
-    pub async fn connect() -> anyhow::Result<Self> {
-        let config = kube::Config::infer().await.map_err(|err| {
-            anyhow::anyhow!(
-                "no Kubernetes cluster is configured (KUBECONFIG, ~/.kube/config or an in-cluster \
-                 service account); to manage a mesh on this machine, use --backend local \
-                 (or MESH_BACKEND=local)\n  details: {err}"
-            )
-        })?;
-        let client = Client::try_from(config).map_err(|err| {
-            anyhow::anyhow!("Could not access Kubernetes cluster, check kubeconfig: {err}")
-        })?;
-        Ok(Self::new(client))
+    /// Connects to the cluster the options select.
+    pub async fn connect(options: &KubeOptions) -> anyhow::Result<Self> {
+        Ok(Self::new(client(options).await?))
     }
 
     pub fn new(client: Client) -> Self {
         Self { client }
+    }
+
+    #[cfg(test)]
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     fn namespaces(&self) -> Api<Namespace> {
@@ -78,7 +140,7 @@ impl Backend for KubeBackend {
     async fn patch_namespace(&self, name: &str, patch: &Value) -> Result<(), BackendError> {
         match self
             .namespaces()
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(name, &patch_params(), &Patch::Merge(patch))
             .await
         {
             Ok(_) => Ok(()),
@@ -89,7 +151,7 @@ impl Backend for KubeBackend {
         }
     }
 
-    async fn get_mesh_config(&self) -> Result<MeshConfig, BackendError> {
+    async fn get_mesh_config(&self) -> Result<mesh_config::MeshConfig, BackendError> {
         let object = self
             .mesh_configs()
             .get_opt(mesh_config::DEFAULT_NAME)
@@ -100,8 +162,9 @@ impl Backend for KubeBackend {
 
     /// Validates the merged document locally, then sends the user's patch with the
     /// resourceVersion that was validated: the API server refuses it (409) if the resource changed
-    /// in between, so what is stored is exactly what was checked.
-    async fn patch_mesh_config(&self, patch: &Value) -> Result<MeshConfig, BackendError> {
+    /// in between, so what is stored is exactly what was checked. A patch that leaves the
+    /// document as it is sends nothing.
+    async fn patch_mesh_config(&self, patch: &Value) -> Result<Patched, BackendError> {
         let api = self.mesh_configs();
         for _ in 0..PATCH_ATTEMPTS {
             let object = api
@@ -112,16 +175,27 @@ impl Backend for KubeBackend {
             let current = mesh_config_from_object(to_json(&object)?)?;
             let merged =
                 mesh_config::merge_patch(&current, patch).map_err(BackendError::InvalidPatch)?;
+            if merged == current {
+                return Ok(Patched {
+                    config: merged,
+                    changed: false,
+                });
+            }
             let body = with_resource_version(patch, version);
             match api
                 .patch(
                     mesh_config::DEFAULT_NAME,
-                    &PatchParams::default(),
+                    &patch_params(),
                     &Patch::Merge(&body),
                 )
                 .await
             {
-                Ok(_) => return Ok(merged),
+                Ok(_) => {
+                    return Ok(Patched {
+                        config: merged,
+                        changed: true,
+                    })
+                }
                 Err(kube::Error::Api(status)) if status.is_conflict() => continue,
                 Err(kube::Error::Api(status)) if status.is_not_found() => {
                     return Err(BackendError::MeshConfigNotFound)
@@ -188,6 +262,14 @@ pub(crate) mod tests {
                 .unwrap_or(""),
             path_and_query
         );
+        if matches!(method, "PATCH" | "POST" | "PUT") {
+            let query = request.uri().query().unwrap_or_default();
+            assert!(
+                query.split('&').any(|pair| pair == "fieldManager=mesh"),
+                "a write without the field manager: {method} {}",
+                request.uri()
+            );
+        }
         if method == "PATCH" {
             assert_eq!(
                 request.headers().get("content-type").map(|v| v.as_bytes()),
@@ -293,7 +375,12 @@ pub(crate) mod tests {
         let server = tokio::spawn(async move {
             let (_, send) = expect(&mut handle, "GET", MESH_CONFIG_PATH).await;
             reply(send, 200, mesh_config_object("41", json!({})));
-            let (body, send) = expect(&mut handle, "PATCH", &format!("{MESH_CONFIG_PATH}?")).await;
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{MESH_CONFIG_PATH}?&fieldManager=mesh"),
+            )
+            .await;
             assert_eq!(
                 body,
                 json!({"metadata": {"resourceVersion": "41"},
@@ -310,7 +397,11 @@ pub(crate) mod tests {
             .await
             .expect("patched");
         server.await.expect("server");
-        assert_eq!(patched.spec.sidecar.log_level, mesh_config::LogLevel::Debug);
+        assert!(patched.changed);
+        assert_eq!(
+            patched.config.spec.sidecar.log_level,
+            mesh_config::LogLevel::Debug
+        );
     }
 
     #[tokio::test]
@@ -319,11 +410,21 @@ pub(crate) mod tests {
         let server = tokio::spawn(async move {
             let (_, send) = expect(&mut handle, "GET", MESH_CONFIG_PATH).await;
             reply(send, 200, mesh_config_object("41", json!({})));
-            let (_, send) = expect(&mut handle, "PATCH", &format!("{MESH_CONFIG_PATH}?")).await;
+            let (_, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{MESH_CONFIG_PATH}?&fieldManager=mesh"),
+            )
+            .await;
             reply(send, 409, conflict());
             let (_, send) = expect(&mut handle, "GET", MESH_CONFIG_PATH).await;
             reply(send, 200, mesh_config_object("43", json!({})));
-            let (body, send) = expect(&mut handle, "PATCH", &format!("{MESH_CONFIG_PATH}?")).await;
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{MESH_CONFIG_PATH}?&fieldManager=mesh"),
+            )
+            .await;
             assert_eq!(body["metadata"]["resourceVersion"], "43");
             reply(send, 200, mesh_config_object("44", json!({})));
         });
@@ -332,6 +433,26 @@ pub(crate) mod tests {
             .await
             .expect("patched");
         server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_patch_that_changes_nothing_is_not_sent() {
+        let (backend, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            let (_, send) = expect(&mut handle, "GET", MESH_CONFIG_PATH).await;
+            reply(
+                send,
+                200,
+                mesh_config_object("41", json!({"sidecar": {"logLevel": "debug"}})),
+            );
+            // No PATCH may follow: the mock ends here, so a request would find no server.
+        });
+        let patched = backend
+            .patch_mesh_config(&json!({"spec": {"sidecar": {"logLevel": "debug"}}}))
+            .await
+            .expect("no error");
+        server.await.expect("server");
+        assert!(!patched.changed);
     }
 
     #[tokio::test]

@@ -71,15 +71,22 @@ pub trait Backend {
 
     async fn get_mesh_config(&self) -> Result<MeshConfig, BackendError>;
 
-    /// Applies an RFC 7386 merge patch to the MeshConfig, refusing to store an invalid result.
-    async fn patch_mesh_config(
-        &self,
-        patch: &serde_json::Value,
-    ) -> Result<MeshConfig, BackendError>;
+    /// Applies an RFC 7386 merge patch to the MeshConfig, refusing to store an invalid result
+    /// and writing nothing when the result is the document already stored.
+    async fn patch_mesh_config(&self, patch: &serde_json::Value) -> Result<Patched, BackendError>;
+}
+
+/// The MeshConfig after a patch, and whether anything was written (`kubectl patch` says
+/// "(no change)" when not, and so does `mesh config patch`).
+#[derive(Debug)]
+pub struct Patched {
+    pub config: MeshConfig,
+    pub changed: bool,
 }
 
 /// Reads the MeshConfig out of a stored JSON object, keeping only what the document defines of its
-/// metadata (the API server adds uid, resourceVersion, managedFields...).
+/// metadata (the API server adds uid, resourceVersion, managedFields...) and dropping the
+/// `status` the injector writes.
 pub fn mesh_config_from_object(mut object: serde_json::Value) -> Result<MeshConfig, BackendError> {
     if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         metadata.retain(|key, _| key == "name" || key == "namespace");

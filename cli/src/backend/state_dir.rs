@@ -12,7 +12,7 @@
 //! `.lock` (not on the document itself: the rename replaces the document's inode, and a lock on a
 //! replaced inode would no longer exclude anyone).
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, Patched};
 use k8s_openapi::api::core::v1::Namespace;
 use mesh_config::MeshConfig;
 use serde_json::Value;
@@ -160,15 +160,35 @@ impl StateDirBackend {
         &self,
         make_patch: impl FnOnce(&MeshConfig) -> Value,
     ) -> Result<MeshConfig, BackendError> {
+        self.update(make_patch, WriteWhen::Always)
+            .map(|patched| patched.config)
+    }
+
+    fn update(
+        &self,
+        make_patch: impl FnOnce(&MeshConfig) -> Value,
+        write: WriteWhen,
+    ) -> Result<Patched, BackendError> {
         let _lock = self.lock()?;
         let current = self.read_mesh_config()?;
         let patch = make_patch(&current);
         let merged =
             mesh_config::merge_patch(&current, &patch).map_err(BackendError::InvalidPatch)?;
         let path = self.mesh_config_path();
+        // A missing file reads as the defaults but is not stored: it must be written, since
+        // local sidecars watch the file.
+        if write == WriteWhen::IfChanged && merged == current && path.exists() {
+            return Ok(Patched {
+                config: merged,
+                changed: false,
+            });
+        }
         let text = serde_yaml::to_string(&merged).map_err(|err| corrupt(&path, err))?;
         write_atomic(&path, text.as_bytes())?;
-        Ok(merged)
+        Ok(Patched {
+            config: merged,
+            changed: true,
+        })
     }
 }
 
@@ -206,9 +226,17 @@ impl Backend for StateDirBackend {
         self.read_mesh_config()
     }
 
-    async fn patch_mesh_config(&self, patch: &Value) -> Result<MeshConfig, BackendError> {
-        self.patch_mesh_config_blocking(patch)
+    async fn patch_mesh_config(&self, patch: &Value) -> Result<Patched, BackendError> {
+        self.update(|_| patch.clone(), WriteWhen::IfChanged)
     }
+}
+
+/// Whether a patch that changes nothing still rewrites the file (to create it, for the local
+/// mesh's sidecars) or leaves it alone (a user's no-op patch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteWhen {
+    Always,
+    IfChanged,
 }
 
 fn corrupt(path: &Path, err: impl std::fmt::Display) -> BackendError {

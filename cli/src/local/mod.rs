@@ -187,6 +187,7 @@ mod tests {
         Global {
             backend: BackendKind::Local,
             state_dir: dir.to_path_buf(),
+            kube: Default::default(),
         }
     }
 
