@@ -27,7 +27,7 @@ use tracemesh_tests::{binaries, WAIT};
 
 const NAMESPACE: &str = "migration";
 
-/// One hop of a chain: a request enters at `entry` and reaches the app behind it.
+/// Sidecars in a row in front of an app: a request enters at `entry` and reaches the app.
 struct Chain {
     entry: SocketAddr,
     _procs: Vec<Spawned>,
