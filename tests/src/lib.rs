@@ -23,6 +23,7 @@
 //! - [`Mesh::new`]: the usual client pod + server pod, both initialised, both with sidecars.
 //! - [`Sidecar::admin`] / [`Sidecar::metrics`] / [`Sidecar::metric_sum`] read the admin server;
 //!   `sidecar.mesh_config` is the watched MeshConfig file (rewrite it to reload).
+//! - [`envoy::start`] runs an Envoy sidecar configured as Istio configures it (Zipkin tracer).
 //! - [`binaries::path`] finds any workspace binary (`mesh`, `mesh-proxy`, ...) of the same build.
 //!
 //! Everything cleans up on drop, also while a test panics: processes are killed, namespaces
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binaries;
+pub mod envoy;
 pub mod loopback;
 pub mod mesh;
 pub mod net;

@@ -173,10 +173,13 @@ impl<'a> Wanted<'a> {
             Slot::SpanId => self.span_id.as_ref().map(|h| Want::Bytes(h.as_bytes())),
             Slot::ParentSpanId => self.parent_id.as_ref().map(|h| Want::Bytes(h.as_bytes())),
             Slot::Sampled => match ctx.sampling {
-                Sampling::Sampled => Some(Want::Static("1")),
+                // Debug implies sampled, and the B3 spec says not to send both. Envoy's Zipkin
+                // tracer (Istio's sidecar) reads no `x-b3-flags`, only `x-b3-sampled`: without
+                // it, an Envoy downstream falls back to its own sampling rate (1% in Istio) and
+                // drops the debug trace. Every B3 reader takes the flag first, so both go.
+                Sampling::Sampled | Sampling::Debug => Some(Want::Static("1")),
                 Sampling::NotSampled => Some(Want::Static("0")),
-                // The spec: debug implies sampled, so x-b3-sampled is not sent with it.
-                Sampling::Deferred | Sampling::Debug => None,
+                Sampling::Deferred => None,
             },
             Slot::Flags => (ctx.sampling == Sampling::Debug).then_some(Want::Static("1")),
             Slot::B3 => self

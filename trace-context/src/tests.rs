@@ -228,7 +228,28 @@ fn debug_flag_wins_over_sampled_zero() {
     assert_eq!(e.context.sampling, Sampling::Debug);
     assert_eq!(e.context.sampling.decision(), Some(true));
     assert_eq!(get(&out, "x-b3-flags"), Some("1"));
-    assert_eq!(get(&out, "x-b3-sampled"), None);
+    // Sent along for Envoy, which reads only `x-b3-sampled`.
+    assert_eq!(get(&out, "x-b3-sampled"), Some("1"));
+}
+
+#[test]
+fn debug_is_sent_as_sampled_too_for_readers_without_flags() {
+    for incoming in [
+        &[("x-b3-flags", "1")][..],
+        &[("b3", "d")][..],
+        &[
+            ("x-b3-traceid", T128),
+            ("x-b3-spanid", S),
+            ("x-b3-flags", "1"),
+        ][..],
+    ] {
+        let (e, _, out) = downstream(&map(incoming), false);
+        assert_eq!(e.context.sampling, Sampling::Debug, "{incoming:?}");
+        assert_eq!(get(&out, "x-b3-flags"), Some("1"), "{incoming:?}");
+        assert_eq!(get(&out, "x-b3-sampled"), Some("1"), "{incoming:?}");
+        // Read back, it is still a debug decision: the flag wins over sampled.
+        assert_eq!(extract(&out).context.sampling, Sampling::Debug);
+    }
 }
 
 #[test]
@@ -618,7 +639,10 @@ fn reference_inject(
         match ctx.sampling {
             Sampling::Sampled => put("x-b3-sampled", "1".into()),
             Sampling::NotSampled => put("x-b3-sampled", "0".into()),
-            Sampling::Debug => put("x-b3-flags", "1".into()),
+            Sampling::Debug => {
+                put("x-b3-sampled", "1".into());
+                put("x-b3-flags", "1".into());
+            }
             Sampling::Deferred => {}
         }
     }
