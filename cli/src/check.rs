@@ -282,7 +282,7 @@ async fn pod_security(client: &Client) -> Result<String, (String, String)> {
                 .labels
                 .as_ref()?
                 .get(POD_SECURITY_ENFORCE)?;
-            matches!(level.as_str(), "baseline" | "restricted").then(|| {
+            crate::namespace::refuses_mesh_init(level).then(|| {
                 format!(
                     "{} ({level})",
                     namespace.metadata.name.as_deref().unwrap_or_default()

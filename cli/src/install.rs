@@ -17,17 +17,17 @@ use serde_yaml::Value;
 use std::io::Write;
 
 /// Where release images are published; `--registry` points at a mirror or a private build.
-pub const DEFAULT_REGISTRY: &str = "ghcr.io/tracemesh";
+pub const DEFAULT_REGISTRY: &str = mesh_config::images::REGISTRY;
 /// The injector's Deployment, the one object the image, replica and resource flags change.
 const INJECTOR_DEPLOYMENT: &str = "mesh-injector";
-const INJECTOR_IMAGE: &str = "mesh-injector";
-const PROXY_IMAGE: &str = "mesh-proxy";
+const INJECTOR_IMAGE: &str = mesh_config::images::INJECTOR;
+const PROXY_IMAGE: &str = mesh_config::images::PROXY;
 /// The sidecar mode the injector uses when its `--sidecar-mode` is not given.
 const DEFAULT_SIDECAR_MODE: SidecarMode = SidecarMode::Native;
 
 /// The image tag of this release: images are tagged `v<crate version>`.
 pub fn default_tag() -> String {
-    format!("v{}", env!("CARGO_PKG_VERSION"))
+    mesh_config::images::release_tag()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -172,9 +172,10 @@ fn shape_injector(deployment: &mut Value, args: &Args) {
         if !is_injector {
             continue;
         }
-        container["image"] = Value::from(format!("{}/{INJECTOR_IMAGE}:{tag}", args.registry));
-        let proxy_image = format!("{}/{PROXY_IMAGE}:{tag}", args.registry);
-        let default_proxy_image = format!("{DEFAULT_REGISTRY}/{PROXY_IMAGE}:{}", default_tag());
+        let reference = mesh_config::images::reference;
+        container["image"] = Value::from(reference(&args.registry, INJECTOR_IMAGE, &tag));
+        let proxy_image = reference(&args.registry, PROXY_IMAGE, &tag);
+        let default_proxy_image = reference(DEFAULT_REGISTRY, PROXY_IMAGE, &default_tag());
         set_arg(
             container,
             "--proxy-image",

@@ -333,9 +333,15 @@ const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// container: `baseline` and `restricted` both refuse the NET_ADMIN and NET_RAW capabilities
 /// that writing the pod's iptables rules needs, so every injected pod would be rejected there.
 /// Enrolment still goes ahead (the label may be about to change); the user is told what to do.
+/// Whether a Pod Security level (`pod-security.kubernetes.io/enforce`) refuses the injected
+/// `mesh-init` container: `baseline` and `restricted` refuse its NET_ADMIN and NET_RAW.
+pub(crate) fn refuses_mesh_init(level: &str) -> bool {
+    matches!(level, "baseline" | "restricted")
+}
+
 fn pod_security_warning(name: &str, namespace: &Namespace, injection: &str) -> Option<String> {
     let level = label(namespace, POD_SECURITY_ENFORCE)?;
-    if injection != "enabled" || !matches!(level, "baseline" | "restricted") {
+    if injection != "enabled" || !refuses_mesh_init(level) {
         return None;
     }
     Some(format!(

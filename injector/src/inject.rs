@@ -77,10 +77,8 @@ impl Settings {
 }
 
 pub fn default_proxy_image() -> String {
-    format!(
-        "ghcr.io/tracemesh/mesh-proxy:v{}",
-        env!("CARGO_PKG_VERSION")
-    )
+    use mesh_config::images;
+    images::reference(images::REGISTRY, images::PROXY, &images::release_tag())
 }
 
 /// The namespace as the injector sees it.

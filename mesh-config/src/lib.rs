@@ -6,6 +6,7 @@
 mod document;
 mod duration;
 mod error;
+pub mod images;
 mod parse;
 pub mod resource;
 mod schema;
