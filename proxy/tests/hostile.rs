@@ -143,7 +143,11 @@ impl Sidecar {
                 d.filter_map(|e| e.ok())
                     .map(|e| {
                         let target = std::fs::read_link(e.path()).unwrap_or_default();
-                        format!("{} -> {}", e.file_name().to_string_lossy(), target.display())
+                        format!(
+                            "{} -> {}",
+                            e.file_name().to_string_lossy(),
+                            target.display()
+                        )
                     })
                     .collect()
             })
@@ -372,7 +376,8 @@ async fn app(hooks: Arc<AppHooks>) -> SocketAddr {
                     let hooks = hooks.clone();
                     async move { Ok::<_, Infallible>(answer(&hooks, req.uri().path()).await) }
                 });
-                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder.http1().keep_alive(false);
                 let _ = builder.serve_connection(TokioIo::new(s), svc).await;
             });
@@ -634,7 +639,10 @@ async fn refused_upstream_gives_502_over_both_http_versions_and_leaks_nothing() 
     let refused: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut sidecar = Sidecar::start("  sidecar: {}", &[refused, good]).await;
     // Warm up both protocols on the good route: the pooled HTTP/2 connection is baseline.
-    assert_eq!(h2_request(sidecar.route(1), "/fast").await.0, StatusCode::OK);
+    assert_eq!(
+        h2_request(sidecar.route(1), "/fast").await.0,
+        StatusCode::OK
+    );
     sidecar.assert_serves(1).await;
     let baseline = sidecar.usage().await;
 
@@ -646,7 +654,9 @@ async fn refused_upstream_gives_502_over_both_http_versions_and_leaks_nothing() 
         assert_eq!(status, StatusCode::BAD_GATEWAY);
     }
     assert_eq!(
-        sidecar.metric("mesh_proxy_upstream_connect_errors_total").await,
+        sidecar
+            .metric("mesh_proxy_upstream_connect_errors_total")
+            .await,
         20
     );
     sidecar.assert_serves(1).await;
@@ -669,7 +679,10 @@ async fn upstream_reset_mid_response_reaches_the_client_as_a_broken_body() {
     )
     .await;
     let mut sidecar = Sidecar::start("  sidecar: {}", &[sized, chunked, good]).await;
-    assert_eq!(h2_request(sidecar.route(2), "/fast").await.0, StatusCode::OK);
+    assert_eq!(
+        h2_request(sidecar.route(2), "/fast").await.0,
+        StatusCode::OK
+    );
     sidecar.assert_serves(2).await;
     let baseline = sidecar.usage().await;
 
@@ -688,7 +701,10 @@ async fn upstream_reset_mid_response_reaches_the_client_as_a_broken_body() {
         .await;
         let text = String::from_utf8_lossy(&raw);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        assert!(!text.ends_with("0\r\n\r\n"), "clean end of a broken body: {text}");
+        assert!(
+            !text.ends_with("0\r\n\r\n"),
+            "clean end of a broken body: {text}"
+        );
         let head_end = text.find("\r\n\r\n").unwrap() + 4;
         if text.contains("content-length: 1000") {
             assert!(raw.len() - head_end < 1000, "{text}");
@@ -708,12 +724,12 @@ async fn stalled_upstream_gets_504_at_the_response_timeout_and_is_let_go() {
     let (hooks, mut dropped) = hooks();
     let h2_app = app(hooks.clone()).await;
     let (stalled, mut closed) = stalled_upstream().await;
-    let mut sidecar = Sidecar::start(
-        "  sidecar:\n    responseTimeout: 500ms",
-        &[stalled, h2_app],
-    )
-    .await;
-    assert_eq!(h2_request(sidecar.route(1), "/fast").await.0, StatusCode::OK);
+    let mut sidecar =
+        Sidecar::start("  sidecar:\n    responseTimeout: 500ms", &[stalled, h2_app]).await;
+    assert_eq!(
+        h2_request(sidecar.route(1), "/fast").await.0,
+        StatusCode::OK
+    );
     sidecar.assert_serves(1).await;
     let baseline = sidecar.usage().await;
 
@@ -742,7 +758,10 @@ async fn slow_response_headers_are_awaited_while_others_are_served() {
     // A response timeout far longer than the test: it must not cut a slow answer short.
     let mut sidecar = Sidecar::start("  sidecar:\n    responseTimeout: 1m", &[backend]).await;
     sidecar.assert_serves(0).await;
-    assert_eq!(h2_request(sidecar.route(0), "/fast").await.0, StatusCode::OK);
+    assert_eq!(
+        h2_request(sidecar.route(0), "/fast").await.0,
+        StatusCode::OK
+    );
     let baseline = sidecar.usage().await;
 
     let route = sidecar.route(0);
@@ -800,8 +819,7 @@ async fn client_closing_while_the_upstream_stalls_releases_the_upstream_request(
 async fn slowloris_is_cut_at_the_header_read_timeout_while_others_are_served() {
     let (hooks, _) = hooks();
     let backend = app(hooks).await;
-    let mut sidecar =
-        Sidecar::start("  sidecar:\n    headerReadTimeout: 1s", &[backend]).await;
+    let mut sidecar = Sidecar::start("  sidecar:\n    headerReadTimeout: 1s", &[backend]).await;
     sidecar.assert_serves(0).await;
     let baseline = sidecar.usage().await;
 
@@ -837,9 +855,17 @@ async fn slowloris_is_cut_at_the_header_read_timeout_while_others_are_served() {
     for l in loris {
         let got = within(l).await.unwrap();
         // Closed without an answer, never served.
-        assert!(matches!(&got, Ok(b) if b.is_empty()) || got.is_err(), "{got:?}");
+        assert!(
+            matches!(&got, Ok(b) if b.is_empty()) || got.is_err(),
+            "{got:?}"
+        );
     }
-    assert_eq!(sidecar.metric("mesh_proxy_header_read_timeouts_total").await, 10);
+    assert_eq!(
+        sidecar
+            .metric("mesh_proxy_header_read_timeouts_total")
+            .await,
+        10
+    );
     sidecar.assert_serves(0).await;
     sidecar.settles_to(baseline).await;
 }
@@ -876,7 +902,12 @@ async fn oversized_heads_and_too_many_headers_get_431() {
     fine.push_str(&format!("X-Big: {}\r\n\r\n", "a".repeat(50 * 1024)));
     let got = exchange(sidecar.route(1), fine.as_bytes()).await;
     assert_eq!(statuses(&got), [200]);
-    let paths: Vec<String> = seen.lock().unwrap().iter().map(|s| s.path.clone()).collect();
+    let paths: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
     assert_eq!(paths, ["/fine"], "refused heads reached the upstream");
 
     sidecar.assert_serves(0).await;
@@ -997,6 +1028,7 @@ async fn smuggling_patterns_are_refused_or_forwarded_as_exactly_one_request() {
     let (recorder, seen) = recording_upstream().await;
     let mut sidecar = Sidecar::start("  sidecar: {}", &[backend, recorder]).await;
     sidecar.assert_serves(0).await;
+    let baseline = sidecar.usage().await;
 
     for (name, attack, verdict) in smuggling_cases() {
         seen.lock().unwrap().clear();
@@ -1038,6 +1070,7 @@ async fn smuggling_patterns_are_refused_or_forwarded_as_exactly_one_request() {
         }
     }
     sidecar.assert_alive();
+    sidecar.settles_to(baseline).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1098,12 +1131,17 @@ async fn frames_to_close(s: &mut tokio::net::tcp::OwnedReadHalf) -> H2Seen {
             if s.read_exact(&mut head).await.is_err() {
                 return;
             }
-            let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
             let mut payload = vec![0u8; len];
             if s.read_exact(&mut payload).await.is_err() {
                 return;
             }
-            let code = |at: usize| payload.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().unwrap()));
+            let code = |at: usize| {
+                payload
+                    .get(at..at + 4)
+                    .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+            };
             match head[3] {
                 GOAWAY => seen.goaway = seen.goaway.or(code(4)),
                 RST_STREAM => seen.resets.extend(code(0)),
@@ -1138,7 +1176,10 @@ async fn invalid_http2_frames_get_goaway_and_a_close() {
     let (hooks, _) = hooks();
     let backend = app(hooks).await;
     let mut sidecar = Sidecar::start("  sidecar: {}", &[backend]).await;
-    assert_eq!(h2_request(sidecar.route(0), "/fast").await.0, StatusCode::OK);
+    assert_eq!(
+        h2_request(sidecar.route(0), "/fast").await.0,
+        StatusCode::OK
+    );
     let baseline = sidecar.usage().await;
 
     // The control: the same hand-written client, well-behaved, is answered and then closed
@@ -1154,8 +1195,16 @@ async fn invalid_http2_frames_get_goaway_and_a_close() {
     let too_big = vec![0u8; 16_385];
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
         ("DATA on stream 0", frame(DATA, 0, 0, b"x"), PROTOCOL_ERROR),
-        ("SETTINGS of 5 bytes", frame(SETTINGS, 0, 0, &[0; 5]), PROTOCOL_ERROR),
-        ("PING of 7 bytes", frame(PING, 0, 0, &[0; 7]), PROTOCOL_ERROR),
+        (
+            "SETTINGS of 5 bytes",
+            frame(SETTINGS, 0, 0, &[0; 5]),
+            PROTOCOL_ERROR,
+        ),
+        (
+            "PING of 7 bytes",
+            frame(PING, 0, 0, &[0; 7]),
+            PROTOCOL_ERROR,
+        ),
         (
             "WINDOW_UPDATE of 0",
             frame(WINDOW_UPDATE, 0, 0, &0u32.to_be_bytes()),
@@ -1187,7 +1236,10 @@ async fn invalid_http2_frames_get_goaway_and_a_close() {
         assert_eq!(seen.goaway, Some(code), "{name}: {seen:?}");
         assert_eq!(seen.responses, 0, "{name}: {seen:?}");
         // Others are served in between.
-        assert_eq!(h2_request(sidecar.route(0), "/fast").await.0, StatusCode::OK);
+        assert_eq!(
+            h2_request(sidecar.route(0), "/fast").await.0,
+            StatusCode::OK
+        );
     }
     sidecar.assert_serves(0).await;
     sidecar.settles_to(baseline).await;
@@ -1198,7 +1250,10 @@ async fn rapid_reset_flood_gets_goaway_while_others_are_served() {
     let (hooks, _) = hooks();
     let backend = app(hooks).await;
     let mut sidecar = Sidecar::start("  sidecar: {}", &[backend]).await;
-    assert_eq!(h2_request(sidecar.route(0), "/fast").await.0, StatusCode::OK);
+    assert_eq!(
+        h2_request(sidecar.route(0), "/fast").await.0,
+        StatusCode::OK
+    );
     let baseline = sidecar.usage().await;
 
     // CVE-2023-44487: open a stream and cancel it at once, a thousand times.
@@ -1224,7 +1279,10 @@ async fn stream_flood_beyond_the_concurrency_limit_is_refused_then_goaway() {
     let (hooks, _) = hooks();
     let backend = app(hooks.clone()).await;
     let mut sidecar = Sidecar::start("  sidecar: {}", &[backend]).await;
-    assert_eq!(h2_request(sidecar.route(0), "/fast").await.0, StatusCode::OK);
+    assert_eq!(
+        h2_request(sidecar.route(0), "/fast").await.0,
+        StatusCode::OK
+    );
     let baseline = sidecar.usage().await;
 
     // 1500 streams held open (no END_STREAM), far beyond what one connection may hold.
@@ -1253,8 +1311,7 @@ async fn stream_flood_beyond_the_concurrency_limit_is_refused_then_goaway() {
 async fn connection_flood_beyond_the_cap_is_refused_while_admin_answers() {
     let (hooks, _) = hooks();
     let backend = app(hooks).await;
-    let mut sidecar =
-        Sidecar::start("  sidecar:\n    maxConnections: 10", &[backend]).await;
+    let mut sidecar = Sidecar::start("  sidecar:\n    maxConnections: 10", &[backend]).await;
     sidecar.assert_serves(0).await;
     let baseline = sidecar.usage().await;
     let route = sidecar.route(0);
@@ -1285,7 +1342,10 @@ async fn connection_flood_beyond_the_cap_is_refused_while_admin_answers() {
     // The admin port still answers the kubelet and the scraper.
     let live = within(get(sidecar.admin, "/live")).await.unwrap();
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
-    assert_eq!(sidecar.metric("mesh_proxy_connections_refused_total").await, 50);
+    assert_eq!(
+        sidecar.metric("mesh_proxy_connections_refused_total").await,
+        50
+    );
     // The held clients are still served on their connections.
     for send in &mut held {
         let req = Request::get("/fast")
@@ -1362,11 +1422,26 @@ async fn garbage_on_opaque_detected_and_admin_ports_is_closed_without_harm() {
         ("random", garbage(8 * 1024, 2)),
         ("NUL bytes", vec![0; 4096]),
         ("0xff", vec![0xff; 4096]),
-        ("TLS record header then noise", [&[0x16, 3, 1, 0x40, 0][..], &garbage(4096, 3)].concat()),
-        ("request line then binary", [&b"GET / HTTP/1.1\r\n"[..], &garbage(4096, 4)].concat()),
-        ("method then binary", [&b"GET "[..], &garbage(4096, 5)].concat()),
-        ("HTTP/2 preface then noise", [PREFACE, &garbage(4096, 6)].concat()),
-        ("request line with NULs", b"GET /\0\0 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+        (
+            "TLS record header then noise",
+            [&[0x16, 3, 1, 0x40, 0][..], &garbage(4096, 3)].concat(),
+        ),
+        (
+            "request line then binary",
+            [&b"GET / HTTP/1.1\r\n"[..], &garbage(4096, 4)].concat(),
+        ),
+        (
+            "method then binary",
+            [&b"GET "[..], &garbage(4096, 5)].concat(),
+        ),
+        (
+            "HTTP/2 preface then noise",
+            [PREFACE, &garbage(4096, 6)].concat(),
+        ),
+        (
+            "request line with NULs",
+            b"GET /\0\0 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+        ),
     ];
     cases.push(("half a preface", PREFACE[..10].to_vec()));
     for (name, bytes) in &cases {
@@ -1393,6 +1468,58 @@ async fn garbage_on_opaque_detected_and_admin_ports_is_closed_without_harm() {
     let live = within(get(sidecar.admin, "/live")).await.unwrap();
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
 
+    sidecar.assert_serves(0).await;
+    sidecar.settles_to(baseline).await;
+}
+
+#[tokio::test]
+async fn oversized_http2_header_blocks_are_refused() {
+    let (hooks, _) = hooks();
+    let backend = app(hooks.clone()).await;
+    let mut sidecar = Sidecar::start("  sidecar: {}", &[backend]).await;
+    let route = sidecar.route(0);
+    assert_eq!(h2_request(route, "/fast").await.0, StatusCode::OK);
+    let baseline = sidecar.usage().await;
+
+    // One request over the 60 KiB header list limit: 431 for it, the connection lives on.
+    let stream = within(TcpStream::connect(route)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let big = Request::get("http://app.test/big")
+        .header("x-big", "a".repeat(70 * 1024))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = within(send.send_request(big)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    drop(resp);
+    let next = Request::get("http://app.test/fast")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = within(send.send_request(next)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        within(resp.into_body().collect()).await.unwrap().to_bytes(),
+        "ok"
+    );
+    drop(send);
+
+    // CONTINUATION flood (CVE-2024-27316): a header block that never ends must not be
+    // buffered for ever.
+    // Its one header's value announces ~1 MiB, then comes 16 bytes per CONTINUATION.
+    let mut block = GET_BLOCK.to_vec();
+    block.extend([0x00, 0x01, b'x', 0x7f, 0xff, 0xff, 0x3f]);
+    let mut flood = frame(HEADERS, 0, 1, &block);
+    for _ in 0..1000 {
+        flood.extend(frame(CONTINUATION, 0, 1, &[b'a'; 16]));
+    }
+    let seen = h2_attack(route, flood).await;
+    assert_eq!(seen.goaway, Some(ENHANCE_YOUR_CALM), "{seen:?}");
+    assert_eq!(seen.responses, 0, "{seen:?}");
+
+    assert_eq!(h2_request(route, "/fast").await.0, StatusCode::OK);
     sidecar.assert_serves(0).await;
     sidecar.settles_to(baseline).await;
 }
