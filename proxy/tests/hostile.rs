@@ -789,6 +789,92 @@ async fn slow_response_headers_are_awaited_while_others_are_served() {
     sidecar.settles_to(baseline).await;
 }
 
+/// An HTTP/1 upstream that answers with a head trickled one byte every 20 ms; `short` heads
+/// complete in about a second (and are not kept alive, so no pooled connection blurs the
+/// count), the others never do. Reports each connection the sidecar closes.
+async fn trickling_upstream(short: bool) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let (mut read, mut write) = s.into_split();
+                let mut buf = [0u8; 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = if short {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nX-Slow: {}\r\nConnection: close\r\nContent-Length: 4\r\n\r\nslow",
+                        "a".repeat(40)
+                    )
+                } else {
+                    format!("HTTP/1.1 200 OK\r\nX-Slow: {}", "a".repeat(100_000))
+                };
+                let trickle = async {
+                    for byte in head.as_bytes() {
+                        if write.write_all(&[*byte]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    std::future::pending::<()>().await
+                };
+                let gone = async {
+                    while let Ok(n) = read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = trickle => {}
+                    _ = gone => {}
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test]
+async fn trickled_response_head_is_awaited_within_the_response_timeout_and_cut_beyond_it() {
+    let (hooks, _) = hooks();
+    let good = app(hooks).await;
+    let (short, _) = trickling_upstream(true).await;
+    let (endless, mut closed) = trickling_upstream(false).await;
+    let mut sidecar = Sidecar::start(
+        "  sidecar:\n    responseTimeout: 3s",
+        &[short, endless, good],
+    )
+    .await;
+    sidecar.assert_serves(2).await;
+    let baseline = sidecar.usage().await;
+
+    // A head that takes a second to arrive, byte by byte, is still an answer.
+    let slow = tokio::spawn(h1_request(sidecar.route(0), "/"));
+    // One that never completes is cut at the response timeout, and its upstream let go.
+    let endless_route = sidecar.route(1);
+    let cut = tokio::spawn(h1_request(endless_route, "/"));
+    sidecar.assert_serves(2).await;
+    let (status, body) = within(slow).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.unwrap(), "slow");
+    let (status, _) = within(cut).await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    within(closed.recv()).await.unwrap();
+
+    sidecar.assert_serves(2).await;
+    sidecar.settles_to(baseline).await;
+}
+
 #[tokio::test]
 #[ignore = "a client that closes while the upstream stalls (no response timeout) is not noticed: \
             serve_http1 keeps hyper's half_close(true) so half-closing clients get their answer; \
