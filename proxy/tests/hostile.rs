@@ -1011,6 +1011,9 @@ enum Verdict {
     /// Forwarded as one request `/attack`; the connection stays usable (the marker request
     /// pipelined behind it is served).
     OnceKeptAlive,
+    /// The head went upstream before the body turned out malformed: the upstream never gets a
+    /// complete request, the client an error status or a close, and nothing behind it is read.
+    BodyRefused,
 }
 
 /// The request pipelined behind every attack: served only if the sidecar kept reading.
@@ -1097,6 +1100,23 @@ fn smuggling_cases() -> Vec<(&'static str, String, Verdict)> {
             Verdict::OnceKeptAlive,
         ),
         (
+            // A chunk size line ended by a bare LF: hyper's chunked decoder wants CRLF.
+            "bare LF after a chunk size",
+            format!(
+                "POST /attack HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\n{SMUGGLED}\r\n0\r\n\r\n",
+                SMUGGLED.len()
+            ),
+            Verdict::BodyRefused,
+        ),
+        (
+            "chunk size overflowing 64 bits",
+            format!(
+                "POST /attack HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1{}\r\n{SMUGGLED}",
+                "0".repeat(16)
+            ),
+            Verdict::BodyRefused,
+        ),
+        (
             "bare CR in a header",
             format!(
                 "POST /attack HTTP/1.1\r\nHost: a\r\nX-A: b\rContent-Length: {}\r\n\r\n{SMUGGLED}",
@@ -1144,6 +1164,13 @@ async fn smuggling_patterns_are_refused_or_forwarded_as_exactly_one_request() {
             Verdict::OnceKeptAlive => {
                 assert_eq!(statuses(&got), [200, 200], "{name}: {text}");
                 assert_eq!(paths, ["/attack", "/marker"], "{name}");
+            }
+            Verdict::BodyRefused => {
+                // 502 today: the upstream request fails on the client's body. 400 would say
+                // whose fault it is, and is accepted too.
+                let st = statuses(&got);
+                assert!(matches!(st[..], [400] | [502]), "{name}: {text}");
+                assert!(paths.is_empty(), "{name}: forwarded {paths:?}");
             }
         }
         if name == "transfer-encoding then content-length" || verdict == Verdict::OnceKeptAlive {
