@@ -61,6 +61,10 @@ struct Sidecar {
     child: tokio::process::Child,
     pid: u32,
     admin: SocketAddr,
+    /// The outbound listener: a forward proxy for loopback clients in explicit mode.
+    outbound: SocketAddr,
+    /// The transparent inbound listener, reached directly (not redirected).
+    inbound: SocketAddr,
     routes: Vec<SocketAddr>,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -82,7 +86,8 @@ impl Sidecar {
         let config = dir.path().join("mesh-config.yaml");
         std::fs::write(&config, format!("spec:\n{spec}\n")).unwrap();
         let log = dir.path().join("stderr.log");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let port = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+        let (admin, outbound, inbound) = (port(), port(), port());
         let routes: Vec<SocketAddr> = targets
             .iter()
             .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
@@ -92,7 +97,8 @@ impl Sidecar {
             .arg("--mesh-config")
             .arg(&config)
             .args(["--bind", "127.0.0.1", "--threads", "1"])
-            .args(["--inbound-port", "0", "--outbound-port", "0"])
+            .args(["--inbound-port", &inbound.port().to_string()])
+            .args(["--outbound-port", &outbound.port().to_string()])
             .args(["--admin-port", &admin.port().to_string()]);
         for (listen, target) in routes.iter().zip(targets) {
             cmd.args(["--inbound", &format!("{listen}={target}")]);
@@ -113,6 +119,8 @@ impl Sidecar {
             child,
             pid,
             admin,
+            outbound,
+            inbound,
             routes,
             log,
             _dir: dir,
@@ -1557,8 +1565,16 @@ async fn garbage_on_opaque_detected_and_admin_ports_is_closed_without_harm() {
         ),
     ];
     cases.push(("half a preface", PREFACE[..10].to_vec()));
-    for (name, bytes) in &cases {
-        let mut s = TcpStream::connect(sidecar.route(0)).await.unwrap();
+    let ports = [
+        ("route", sidecar.route(0)),
+        ("outbound listener", sidecar.outbound),
+        ("inbound listener", sidecar.inbound),
+    ];
+    for ((name, bytes), (port, addr)) in
+        cases.iter().flat_map(|c| ports.iter().map(move |p| (c, p)))
+    {
+        let name = format!("{name} on the {port}");
+        let mut s = TcpStream::connect(*addr).await.unwrap();
         let _ = s.write_all(bytes).await;
         // The client says no more (as a scanner does): the connection must then end, whether
         // the sidecar refused the bytes or relayed them to the app as opaque TCP.
