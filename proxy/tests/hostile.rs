@@ -1425,6 +1425,44 @@ async fn stream_flood_beyond_the_concurrency_limit_is_refused_then_goaway() {
     sidecar.settles_to(baseline).await;
 }
 
+#[tokio::test]
+async fn http2_client_that_goes_silent_after_the_preface_is_cut_by_unanswered_pings() {
+    let (hooks, _) = hooks();
+    let backend = app(hooks).await;
+    let mut sidecar = Sidecar::start(
+        "  sidecar:\n    http2KeepaliveInterval: 300ms\n    http2KeepaliveTimeout: 300ms",
+        &[backend],
+    )
+    .await;
+    let route = sidecar.route(0);
+    assert_eq!(h2_request(route, "/fast").await.0, StatusCode::OK);
+    let baseline = sidecar.usage().await;
+
+    // Ten clients send the preface and SETTINGS, then never read or write again: no stream,
+    // no PING answered. Pre-connecting gRPC channels look the same until the first PING, so
+    // the PING, not a clock on the first stream, is what tells them apart.
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        let mut s = within(TcpStream::connect(route)).await.unwrap();
+        s.write_all(&hello()).await.unwrap();
+        silent.push(s);
+    }
+    until("all ten held", || async {
+        sidecar.usage().await.open >= 10
+    })
+    .await;
+    // While they are held, others are served.
+    assert_eq!(h2_request(route, "/fast").await.0, StatusCode::OK);
+    // Then each is closed: its socket reaches EOF (or a reset) once read.
+    for mut s in silent {
+        let rest = read_to_close(&mut s).await;
+        assert!(!rest.is_empty(), "closed without a word");
+    }
+    assert_eq!(h2_request(route, "/fast").await.0, StatusCode::OK);
+    sidecar.assert_serves(0).await;
+    sidecar.settles_to(baseline).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Floods and garbage
 
