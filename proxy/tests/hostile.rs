@@ -189,9 +189,6 @@ async fn slow_response_headers_are_awaited_while_others_are_served() {
     sidecar.settles_to(baseline).await;
 }
 
-/// An HTTP/1 upstream that answers with a head trickled one byte every 20 ms; `short` heads
-/// complete in about a second (and are not kept alive, so no pooled connection blurs the
-/// count), the others never do. Reports each connection the sidecar closes.
 #[tokio::test]
 async fn trickled_response_head_is_awaited_within_the_response_timeout_and_cut_beyond_it() {
     let (hooks, _) = hooks();
@@ -199,7 +196,7 @@ async fn trickled_response_head_is_awaited_within_the_response_timeout_and_cut_b
     let (short, _) = trickling_upstream(true).await;
     let (endless, mut closed) = trickling_upstream(false).await;
     let mut sidecar = Sidecar::start(
-        "  sidecar:\n    responseTimeout: 3s",
+        "  sidecar:\n    responseTimeout: 5s",
         &[short, endless, good],
     )
     .await;
@@ -253,7 +250,7 @@ async fn client_closing_while_the_upstream_stalls_releases_the_upstream_request(
 async fn slowloris_is_cut_at_the_header_read_timeout_while_others_are_served() {
     let (hooks, _) = hooks();
     let backend = app(hooks).await;
-    let mut sidecar = Sidecar::start("  sidecar:\n    headerReadTimeout: 1s", &[backend]).await;
+    let mut sidecar = Sidecar::start("  sidecar:\n    headerReadTimeout: 2s", &[backend]).await;
     sidecar.assert_serves(0).await;
     let baseline = sidecar.usage().await;
 
@@ -675,7 +672,7 @@ async fn http2_client_that_goes_silent_after_the_preface_is_cut_by_unanswered_pi
     let (hooks, _) = hooks();
     let backend = app(hooks).await;
     let mut sidecar = Sidecar::start(
-        "  sidecar:\n    http2KeepaliveInterval: 300ms\n    http2KeepaliveTimeout: 300ms",
+        "  sidecar:\n    http2KeepaliveInterval: 1s\n    http2KeepaliveTimeout: 1s",
         &[backend],
     )
     .await;
