@@ -315,9 +315,30 @@ fn client_error(e: &hyper_util::client::legacy::Error) -> (StatusCode, &'static 
     }
     if e.is_connect() {
         (StatusCode::BAD_GATEWAY, "upstream connect error\n")
+    } else if request_body_failed(e) {
+        (StatusCode::BAD_REQUEST, BAD_REQUEST_BODY)
     } else {
         (StatusCode::BAD_GATEWAY, "upstream connection closed\n")
     }
+}
+
+const BAD_REQUEST_BODY: &str = "malformed or incomplete request body\n";
+
+/// Whether the upstream request failed on the client's body (chunking hyper refused, a client
+/// gone mid-body) rather than on the upstream: hyper reports the body it was given failing as
+/// a user error. The client is answered 400, as Envoy does, not a 502 that blames the upstream.
+fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Maps an HTTP/2 upstream failure like [`client_error`] does; the flag says whether the
@@ -326,6 +347,9 @@ fn h2_error(e: &H2Error) -> (StatusCode, &'static str, bool) {
     match e {
         H2Error::Connect(ce) => (ce.status(), connect_message(ce), true),
         H2Error::Handshake(_) => (StatusCode::BAD_GATEWAY, "upstream connect error\n", true),
+        H2Error::Request(e) if request_body_failed(&**e) => {
+            (StatusCode::BAD_REQUEST, BAD_REQUEST_BODY, false)
+        }
         H2Error::Request(_) => (
             StatusCode::BAD_GATEWAY,
             "upstream connection closed\n",

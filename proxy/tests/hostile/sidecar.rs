@@ -65,6 +65,45 @@ pub struct Usage {
     pub open: i64,
 }
 
+/// The addresses the sidecar logged as it bound them.
+struct Listening {
+    admin: SocketAddr,
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+    /// Static routes, in flag order (the order they are bound and logged in).
+    routes: Vec<SocketAddr>,
+}
+
+impl Listening {
+    fn read(log: &str) -> Self {
+        let value = |line: &str, key: &str| -> Option<SocketAddr> {
+            let rest = &line[line.find(key)? + key.len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        };
+        let mut found = (None, None, None, Vec::new());
+        for line in log.lines() {
+            if let Some(addr) = value(line, "admin_addr=") {
+                found.0 = Some(addr);
+            } else if let Some(addr) = value(line, " listening addr=") {
+                if line.contains("route=Static") {
+                    found.3.push(addr);
+                } else if line.contains("direction=Outbound") {
+                    found.1 = Some(addr);
+                } else {
+                    found.2 = Some(addr);
+                }
+            }
+        }
+        let missing = |what: &str| format!("no {what} address in the log:\n{log}");
+        Listening {
+            admin: found.0.unwrap_or_else(|| panic!("{}", missing("admin"))),
+            outbound: found.1.unwrap_or_else(|| panic!("{}", missing("outbound"))),
+            inbound: found.2.unwrap_or_else(|| panic!("{}", missing("inbound"))),
+            routes: found.3,
+        }
+    }
+}
+
 impl Sidecar {
     /// Starts the sidecar with `spec` (YAML lines under `spec:`, indented by two) and waits
     /// until it reports ready.
@@ -73,28 +112,28 @@ impl Sidecar {
         let config = dir.path().join("mesh-config.yaml");
         std::fs::write(&config, format!("spec:\n{spec}\n")).unwrap();
         let log = dir.path().join("stderr.log");
-        let port = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
-        let (admin, outbound, inbound) = (port(), port(), port());
-        let routes: Vec<SocketAddr> = targets
-            .iter()
-            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
-            .collect();
+        // Every listener on port 0, read back from the log: ports picked beforehand could be
+        // taken meanwhile by one of the many client sockets the tests open.
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"));
         cmd.arg("run")
             .arg("--mesh-config")
             .arg(&config)
             .args(["--bind", "127.0.0.1", "--threads", "1"])
-            .args(["--inbound-port", &inbound.port().to_string()])
-            .args(["--outbound-port", &outbound.port().to_string()])
-            .args(["--admin-port", &admin.port().to_string()]);
-        for (listen, target) in routes.iter().zip(targets) {
-            cmd.args(["--inbound", &format!("{listen}={target}")]);
+            .args([
+                "--inbound-port",
+                "0",
+                "--outbound-port",
+                "0",
+                "--admin-port",
+                "0",
+            ]);
+        for target in targets {
+            cmd.args(["--inbound", &format!("127.0.0.1:0={target}")]);
         }
-        let child = cmd
-            .env(
-                "RUST_LOG",
-                std::env::var("SIDECAR_LOG").unwrap_or_else(|_| "info".into()),
-            )
+        let level = std::env::var("SIDECAR_LOG").unwrap_or_else(|_| "info".into());
+        let mut child = cmd
+            .env("RUST_LOG", level)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -102,16 +141,34 @@ impl Sidecar {
             .spawn()
             .expect("mesh-proxy");
         let pid = child.id().unwrap();
+        let mut text = String::new();
+        let started = tokio::time::timeout(WAIT, async {
+            loop {
+                text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("admin listening") {
+                    return;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("mesh-proxy exited: {status}\n{text}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(started.is_ok(), "mesh-proxy never listened:\n{text}");
+        let listening = Listening::read(&text);
+        assert_eq!(listening.routes.len(), targets.len(), "{text}");
         let sidecar = Sidecar {
             child,
             pid,
-            admin,
-            outbound,
-            inbound,
-            routes,
+            admin: listening.admin,
+            outbound: listening.outbound,
+            inbound: listening.inbound,
+            routes: listening.routes,
             log,
             _dir: dir,
         };
+        let admin = sidecar.admin;
         until("sidecar ready", || async {
             get(admin, "/ready")
                 .await
