@@ -133,7 +133,7 @@ enum Next {
 
 /// The text a span carries beyond its fixed size, for [`QUEUE_BYTES`].
 fn footprint(span: &SpanRecord) -> usize {
-    span.url_host_path_bytes().0.len() + span.outcome.error.as_ref().map_or(0, String::len)
+    span.url_host_path_bytes().0.len()
 }
 
 impl Default for SpanQueue {
