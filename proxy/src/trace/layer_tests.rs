@@ -16,6 +16,7 @@ use crate::trace::{Identity, TraceMetrics};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A response body that yields its frames, then ends, or hangs when `hang` is set.
+#[derive(Debug)]
 struct Scripted {
     frames: VecDeque<Result<Frame<Bytes>, std::io::Error>>,
     hang: bool,
