@@ -12,21 +12,27 @@
 //! [`HalfClose`] sits between the socket and hyper (run with `half_close(false)`): a read EOF
 //! while a request is in flight whose body has been read completely is hidden from hyper until
 //! that request's response has gone out, so the half-closed client gets its answer; any other
-//! EOF (an idle connection, a request body cut short) is shown at once. While it hides an EOF
-//! it watches the socket for a pending error: a peer that is fully gone answers with a reset
-//! (its close with unread data, its abort, or the first bytes of the response), and that error
-//! reaches hyper, which drops the request, so the upstream request is cancelled and the span
-//! ends as `downstream_cancelled`. A reset that arrives before any EOF is a read error that
-//! hyper sees directly.
+//! EOF (an idle connection, a request body cut short) is shown at once.
 //!
-//! What remains undecidable: a client that closed with a plain FIN and left while the
-//! upstream stalls looks exactly like a half-closed one until something is written to it; its
-//! request ends with the response (or the response timeout), whose write then fails.
+//! A closed socket and a half-closed one differ in one way only: new data sent to a socket
+//! its owner closed is answered with a reset. So when it hides an EOF before any byte of the
+//! response was written, the wrapper sends the first byte of the response ahead: every
+//! HTTP/1 response (a status line, or an interim `1xx`) starts with `H`, and the byte it owes
+//! is dropped from the start of hyper's first write. A half-closed client just receives its
+//! response in two pieces; a client that is gone answers with a reset. The wrapper then
+//! watches the socket's pending error, and a reset reaches hyper as a read error: hyper drops
+//! the request, the upstream request is cancelled and the span ends as
+//! `downstream_cancelled`. A reset that arrives before any EOF is a read error hyper sees
+//! directly.
+//!
+//! What remains undecidable: a client that leaves after part of the response was written,
+//! while the upstream stalls mid-body: no byte can be sent ahead then, so its request ends
+//! when the next bytes of the body are written to it and fail.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -42,11 +48,16 @@ use crate::tcp::Downstream;
 /// well below any client timeout a cancellation would be measured against.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The first byte of every HTTP/1 response: `HTTP/1.x` of a status line.
+const STATUS_LINE_START: u8 = b'H';
+
 /// The requests of one connection, as the EOF decision needs them.
 #[derive(Debug, Default)]
 pub struct InFlight {
     /// Requests whose response has not ended.
     requests: AtomicUsize,
+    /// A byte of the current request's response has been written.
+    responding: AtomicBool,
     /// Requests whose body is still being read from the client.
     bodies: AtomicUsize,
     /// The reader parked on a hidden EOF, woken when the last request ends.
@@ -61,6 +72,7 @@ impl InFlight {
     /// Marks a request in flight until the guard drops (when its response body ends).
     pub fn request(self: &Arc<Self>) -> RequestGuard {
         self.requests.fetch_add(1, Ordering::AcqRel);
+        self.responding.store(false, Ordering::Release);
         RequestGuard(self.clone())
     }
 
@@ -124,7 +136,21 @@ pin_project_lite::pin_project! {
         in_flight: Arc<InFlight>,
         eof: bool,
         probe: Option<Pin<Box<Sleep>>>,
+        ahead: Ahead,
+        // The last write did not take all it was given: hyper may hold unwritten bytes.
+        write_blocked: bool,
     }
+}
+
+/// The response byte sent ahead of hyper (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ahead {
+    /// Not sent (yet).
+    No,
+    /// Sent: dropped from the start of hyper's next write.
+    Owed,
+    /// Sent and accounted for: never again on this connection.
+    Done,
 }
 
 impl<I> HalfClose<I> {
@@ -134,6 +160,8 @@ impl<I> HalfClose<I> {
             in_flight,
             eof: false,
             probe: None,
+            ahead: Ahead::No,
+            write_blocked: false,
         }
     }
 }
@@ -163,6 +191,18 @@ impl<I: Downstream> AsyncRead for HalfClose<I> {
         if !this.in_flight.hides_eof() {
             return Poll::Ready(Ok(()));
         }
+        if *this.ahead == Ahead::No
+            && !*this.write_blocked
+            && !this.in_flight.responding.load(Ordering::Acquire)
+        {
+            // Nothing of the response is written or buffered: the byte can go ahead. A
+            // write that cannot go now is simply not tried again.
+            *this.ahead = Ahead::Done;
+            if let Poll::Ready(Ok(1)) = this.inner.as_mut().poll_write(cx, &[STATUS_LINE_START]) {
+                *this.ahead = Ahead::Owed;
+                let _ = this.inner.as_mut().poll_flush(cx);
+            }
+        }
         let probe = this
             .probe
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(PROBE_INTERVAL)));
@@ -185,7 +225,33 @@ impl<I: AsyncWrite> AsyncWrite for HalfClose<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        if buf.is_empty() {
+            return this.inner.poll_write(cx, buf);
+        }
+        this.in_flight.responding.store(true, Ordering::Release);
+        let mut skip = 0;
+        if *this.ahead == Ahead::Owed {
+            if buf[0] != STATUS_LINE_START {
+                // Cannot happen with hyper's HTTP/1 encoder; refusing beats a garbled answer.
+                return Poll::Ready(Err(io::Error::other(
+                    "response does not start with the byte sent ahead",
+                )));
+            }
+            *this.ahead = Ahead::Done;
+            skip = 1;
+            if buf.len() == 1 {
+                return Poll::Ready(Ok(1));
+            }
+        }
+        let polled = this.inner.poll_write(cx, &buf[skip..]);
+        *this.write_blocked = !matches!(polled, Poll::Ready(Ok(n)) if n == buf.len() - skip);
+        match polled {
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n + skip)),
+            // The owed byte was consumed from `buf` already: report it written.
+            Poll::Pending if skip == 1 => Poll::Ready(Ok(1)),
+            other => other,
+        }
     }
 
     fn poll_write_vectored(
@@ -193,7 +259,19 @@ impl<I: AsyncWrite> AsyncWrite for HalfClose<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        if self.ahead == Ahead::Owed {
+            // Rare (once per connection at most): the first non-empty buffer alone.
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
+        let this = self.project();
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if want > 0 {
+            this.in_flight.responding.store(true, Ordering::Release);
+        }
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        *this.write_blocked = !matches!(polled, Poll::Ready(Ok(n)) if n == want);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -303,6 +381,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_byte_sent_ahead_is_not_sent_twice() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let in_flight = InFlight::new();
+        let req = in_flight.request();
+        let mut io = HalfClose::new(server, in_flight);
+        client.shutdown().await.unwrap();
+        assert!(!read_eof(&mut io).await, "hidden");
+        let mut first = [0u8; 1];
+        client.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"H", "sent ahead");
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        drop(req);
+        drop(io);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"TTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[tokio::test]
     async fn a_reset_under_a_hidden_eof_reaches_the_reader() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -312,10 +411,7 @@ mod tests {
         let mut io = HalfClose::new(server, in_flight);
         client.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(!read_eof(&mut io).await, "a half-close is hidden");
-        // The client goes for good, with a reset.
-        socket2::SockRef::from(&client)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
+        // The client goes for good, with a plain close: the byte sent ahead draws a reset.
         drop(client);
         let mut buf = [0u8; 16];
         let got = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf))
