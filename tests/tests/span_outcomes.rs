@@ -163,7 +163,8 @@ async fn upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                     buf.drain(..end + 4);
-                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let target = head.split(' ').nth(1).unwrap_or("");
+                    let path = target.split('?').next().unwrap_or("").to_owned();
                     let _ = tx.send(Seen::Request(path.clone()));
                     match path.as_str() {
                         "/stall" => {
