@@ -38,7 +38,11 @@ impl RequestBody {
     /// Holds `open` until the body is read to its end or fails, so a client's EOF in the
     /// middle of the body is not taken for a half-close.
     pub fn holding(mut self, open: Option<BodyOpen>) -> Self {
-        self.open = if self.inner.is_end_stream() { None } else { open };
+        self.open = if self.inner.is_end_stream() {
+            None
+        } else {
+            open
+        };
         self
     }
 }

@@ -89,11 +89,7 @@ impl InFlight {
     }
 
     fn wake_reader(&self) {
-        let waker = self
-            .reader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let waker = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(w) = waker {
             w.wake();
         }
@@ -187,7 +183,11 @@ impl<I: Downstream> AsyncRead for HalfClose<I> {
             return Poll::Ready(Ok(()));
         }
         // Parked: woken when the last request ends or a body opens, or by the probe timer.
-        *this.in_flight.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        *this
+            .in_flight
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
         if !this.in_flight.hides_eof() {
             return Poll::Ready(Ok(()));
         }
@@ -261,7 +261,10 @@ impl<I: AsyncWrite> AsyncWrite for HalfClose<I> {
     ) -> Poll<io::Result<usize>> {
         if self.ahead == Ahead::Owed {
             // Rare (once per connection at most): the first non-empty buffer alone.
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
             return self.poll_write(cx, first);
         }
         let this = self.project();

@@ -20,9 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::ConfigRx;
 use crate::half_close::{HalfClose, Held, InFlight};
-use crate::tcp::Downstream;
 use crate::idle::{Activity, Expired, Tracked, Watched};
 use crate::shutdown::Watch;
+use crate::tcp::Downstream;
 
 /// Largest request head accepted. Envoy's default limit (60 KiB): beyond it the client gets
 /// 431 from hyper rather than the proxy holding arbitrary amounts of header memory.
@@ -165,7 +165,14 @@ where
         .serve_connection(TokioIo::new(Watched::new(io, activity.clone())), svc)
         .with_upgrades();
     let header = Some(limits.header_read_timeout.get());
-    drive(conn, activity, limits.http_idle_timeout.get(), header, watch).await
+    drive(
+        conn,
+        activity,
+        limits.http_idle_timeout.get(),
+        header,
+        watch,
+    )
+    .await
 }
 
 /// [`serve_http1`] for the proxied data path, where a client that leaves must cancel its
@@ -206,7 +213,14 @@ where
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     let header = Some(limits.header_read_timeout.get());
-    drive(conn, activity, limits.http_idle_timeout.get(), header, watch).await
+    drive(
+        conn,
+        activity,
+        limits.http_idle_timeout.get(),
+        header,
+        watch,
+    )
+    .await
 }
 
 /// The HTTP/1 server settings every listener shares. `half_close`: whether hyper itself

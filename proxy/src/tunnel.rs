@@ -131,7 +131,12 @@ pub async fn relay(
         parts.headers.append(header::PROXY_AUTHENTICATE, v);
     }
     let sent = shared.metrics.bytes(ctx.direction).sent.clone();
-    let body = SpanBody::new(crate::body::ResponseBody::new(body, sent), span, status, None);
+    let body = SpanBody::new(
+        crate::body::ResponseBody::new(body, sent),
+        span,
+        status,
+        None,
+    );
     Response::from_parts(parts, Either::Left(body))
 }
 

@@ -34,7 +34,12 @@ async fn collector() -> RunningCollector {
 
 /// A MeshConfig exporting every request to `c` over `protocol`, with `sidecar` (YAML lines
 /// under `spec.sidecar`, already indented) when given.
-fn write_config(dir: &Path, c: &RunningCollector, protocol: &str, sidecar: &str) -> std::path::PathBuf {
+fn write_config(
+    dir: &Path,
+    c: &RunningCollector,
+    protocol: &str,
+    sidecar: &str,
+) -> std::path::PathBuf {
     let (port, endpoint) = match protocol {
         "zipkin" => (c.zipkin.expect("zipkin").port(), "/api/v2/spans"),
         _ => (c.otlp_http.expect("otlp").port(), "/v1/traces"),
@@ -177,7 +182,9 @@ async fn upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
                         }
                         "/reset" => {
                             let _ = tcp
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+                                )
                                 .await;
                             let _ = tcp.flush().await;
                             // Let the 10 bytes reach the proxy before the reset.
@@ -239,7 +246,10 @@ async fn a_half_closed_client_gets_its_answer_and_a_gone_one_cancels() {
     let mut answer = Vec::new();
     let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer);
-    assert!(read.is_ok(), "the half-closed client got no end: {answer:?}");
+    assert!(
+        read.is_ok(),
+        "the half-closed client got no end: {answer:?}"
+    );
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
     assert!(answer.ends_with("\r\n\r\nok"), "{answer:?}");
     assert_eq!(next(&mut seen).await, Seen::Request("/half".into()));
@@ -262,7 +272,11 @@ async fn a_half_closed_client_gets_its_answer_and_a_gone_one_cancels() {
     assert_eq!(half.tag("http.status_code"), Some("200"));
     let stall = span_for(&spans, "/stall");
     assert_eq!(stall.kind.map(|k| k.as_str()), Some("SERVER"));
-    assert_eq!(stall.tag("error"), Some("downstream_cancelled"), "{stall:?}");
+    assert_eq!(
+        stall.tag("error"),
+        Some("downstream_cancelled"),
+        "{stall:?}"
+    );
     // Ended when the client left, not when the test ended.
     assert!(stall.duration.expect("duration") < WAIT.as_micros() as u64);
     sidecar.balanced(2).await;
@@ -279,7 +293,15 @@ async fn timeouts_and_resets_end_their_spans_with_the_reason() {
     // A real client's own timeout on a stalled upstream (curl closes its socket).
     let started = Instant::now();
     let curl = tokio::process::Command::new("curl")
-        .args(["-s", "--noproxy", "*", "--max-time", "0.5", "-o", "/dev/null"])
+        .args([
+            "-s",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "0.5",
+            "-o",
+            "/dev/null",
+        ])
         .arg(format!("http://{}/stall?by=client", sidecar.entry))
         .status()
         .await
@@ -288,7 +310,11 @@ async fn timeouts_and_resets_end_their_spans_with_the_reason() {
     assert_eq!(next(&mut seen).await, Seen::Request("/stall".into()));
     assert_eq!(next(&mut seen).await, Seen::Abandoned("/stall".into()));
     // Cancelled by the client leaving, well before the sidecar's own 2 s timeout.
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The sidecar's response timeout: the client gets 504 and the span says `timeout`.
     let mut tcp = TcpStream::connect(sidecar.entry).await.expect("connect");
@@ -316,12 +342,19 @@ async fn timeouts_and_resets_end_their_spans_with_the_reason() {
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     let body = got.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    assert_eq!(body, "0123456789", "cut short after the bytes the upstream sent");
+    assert_eq!(
+        body, "0123456789",
+        "cut short after the bytes the upstream sent"
+    );
     assert_eq!(next(&mut seen).await, Seen::Request("/reset".into()));
 
     let spans = c.wait_for_spans(3, WAIT).await.expect("three spans");
     let client = span_for(&spans, "/stall?by=client");
-    assert_eq!(client.tag("error"), Some("downstream_cancelled"), "{client:?}");
+    assert_eq!(
+        client.tag("error"),
+        Some("downstream_cancelled"),
+        "{client:?}"
+    );
     let timeout = span_for(&spans, "/stall?by=sidecar");
     assert_eq!(timeout.tag("error"), Some("timeout"), "{timeout:?}");
     assert_eq!(timeout.tag("http.status_code"), Some("504"));
@@ -403,12 +436,20 @@ async fn grpc_failures_are_read_from_trailers_and_trailers_only_answers() {
             .await
             .expect("grpc client");
         let printed = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{printed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(printed, "Find NOT_FOUND\nList INTERNAL 1\n");
         total += 2;
         let spans = c.wait_for_spans(total, WAIT).await.expect("spans");
         // Zipkin spans carry Envoy's tag names, OTLP ones OpenTelemetry's.
-        let marker = if protocol == "zipkin" { "http.method" } else { "http.request.method" };
+        let marker = if protocol == "zipkin" {
+            "http.method"
+        } else {
+            "http.request.method"
+        };
         let mine: Vec<Span> = spans
             .iter()
             .filter(|s| s.tag(marker).is_some())
@@ -418,7 +459,11 @@ async fn grpc_failures_are_read_from_trailers_and_trailers_only_answers() {
         let list = span_for(&mine, "/demo.Items/List");
         for s in [find, list] {
             assert_eq!(s.kind.map(|k| k.as_str()), Some("SERVER"));
-            assert_eq!(s.tag("http.status_code").or(s.tag("http.response.status_code")), Some("200"));
+            assert_eq!(
+                s.tag("http.status_code")
+                    .or(s.tag("http.response.status_code")),
+                Some("200")
+            );
         }
         if protocol == "zipkin" {
             assert_eq!(find.tag("grpc.status_code"), Some("5"), "{find:?}");

@@ -87,9 +87,15 @@ mod tests {
     #[test]
     fn grpc_is_told_by_content_type() {
         assert!(is_grpc(&headers(&[("content-type", "application/grpc")])));
-        assert!(is_grpc(&headers(&[("content-type", "application/grpc+proto")])));
+        assert!(is_grpc(&headers(&[(
+            "content-type",
+            "application/grpc+proto"
+        )])));
         assert!(is_grpc(&headers(&[("content-type", "Application/GRPC")])));
-        assert!(!is_grpc(&headers(&[("content-type", "application/grpc-web")])));
+        assert!(!is_grpc(&headers(&[(
+            "content-type",
+            "application/grpc-web"
+        )])));
         assert!(!is_grpc(&headers(&[("content-type", "application/json")])));
         assert!(!is_grpc(&HeaderMap::new()));
     }

@@ -82,7 +82,12 @@ pub struct TraceLayer {
 
 impl TraceLayer {
     /// `peer` is the downstream client, `upstream` the address requests are forwarded to.
-    pub fn new(tracer: Tracer, direction: Direction, peer: SocketAddr, upstream: SocketAddr) -> Self {
+    pub fn new(
+        tracer: Tracer,
+        direction: Direction,
+        peer: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Self {
         Self {
             tracer,
             direction,
@@ -127,9 +132,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, mut body) = req.into_parts();
         let l = &self.layer;
-        let span = l
-            .tracer
-            .start(l.direction, &mut parts, l.peer, l.upstream);
+        let span = l.tracer.start(l.direction, &mut parts, l.peer, l.upstream);
         let meter = span.is_recording().then(|| {
             let meter = Arc::new(Meter::default());
             body.measure(meter.clone());

@@ -204,7 +204,10 @@ async fn a_dropped_body_or_future_is_a_cancelled_request() {
     for s in &s {
         assert_eq!(s.tag("error"), Some("downstream_cancelled"), "{s:?}");
     }
-    let a = s.iter().find(|s| s.tag("http.url").unwrap().ends_with("/a")).unwrap();
+    let a = s
+        .iter()
+        .find(|s| s.tag("http.url").unwrap().ends_with("/a"))
+        .unwrap();
     assert_eq!(a.tag("response_size"), Some("4"));
     assert_eq!(a.tag("http.status_code"), Some("200"));
 }
@@ -279,10 +282,7 @@ async fn grpc_status_comes_from_trailers_or_a_trailers_only_answer() {
     .await
     .unwrap();
     resp.into_body().collect().await.unwrap();
-    let trailers_only = [
-        ("content-type", "application/grpc"),
-        ("grpc-status", "5"),
-    ];
+    let trailers_only = [("content-type", "application/grpc"), ("grpc-status", "5")];
     let resp = call(
         &tracer,
         request("/helloworld.Greeter/Find", true),

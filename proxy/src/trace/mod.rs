@@ -43,8 +43,8 @@ use serde::Serialize;
 
 pub use layer::TraceLayer;
 pub use metrics::TraceMetrics;
-pub use reason::ErrorReason;
 use pipeline::Pipeline;
+pub use reason::ErrorReason;
 use span::SpanRecord;
 
 /// Which side of the sidecar the request crossed.

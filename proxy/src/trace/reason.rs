@@ -74,7 +74,10 @@ mod tests {
         assert_eq!(names.len(), ErrorReason::ALL.len());
         for n in names {
             assert!(n.len() <= 24, "{n}");
-            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{n}");
+            assert!(
+                n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{n}"
+            );
         }
     }
 }

@@ -421,8 +421,7 @@ pub(crate) mod tests {
                 .unwrap()
                 .into_parts();
             let f = record(direction, 200);
-            let mut r =
-                SpanRecord::begin(direction, &parts, f.ids, false, f.peer, f.upstream);
+            let mut r = SpanRecord::begin(direction, &parts, f.ids, false, f.peer, f.upstream);
             r.outcome.status = Some(http::StatusCode::OK);
             r.outcome.grpc_status = Some(code);
             r
