@@ -21,8 +21,8 @@ use super::{Direction, Outcome};
 ///
 /// Memory per queued span, whatever the request carried: `size_of::<SpanRecord>()` (424
 /// bytes today, at most 512 by a test), plus the URL on the heap only when it is longer than
-/// [`INLINE_TEXT`] (at most `maxUrlTagLength`: 1 KiB by default, 8 KiB at most), plus the
-/// outcome's short error reason: at most about 1.6 KiB with the defaults, so a full queue of
+/// [`INLINE_TEXT`] (at most `maxUrlTagLength`: 1 KiB by default, 8 KiB at most; the error
+/// reason is a `Copy` enum, no text): at most about 1.6 KiB with the defaults, so a full queue of
 /// 4 096 spans holds at most about 6.5 MiB (34 MiB with an 8 KiB bound).
 #[derive(Debug)]
 pub struct SpanRecord {
