@@ -1,7 +1,8 @@
 //! Every request that reached the sidecar leaves its span, whatever happened to it: a client
 //! that leaves while the upstream stalls, a client's own timeout, the sidecar's response
 //! timeout, an upstream that resets mid-body, gRPC failures in trailers and trailers-only
-//! answers; and a client that half-closes still gets its answer. Each case is read from what
+//! answers, a gRPC call the client cancels (RST_STREAM); and a client that half-closes still
+//! gets its answer. Each case is read from what
 //! a real collector decoded (Zipkin v2 JSON or OTLP protobuf), and after each the sidecar's
 //! counters balance: spans started = exported + dropped.
 //!
@@ -364,11 +365,13 @@ async fn timeouts_and_resets_end_their_spans_with_the_reason() {
     sidecar.balanced(3).await;
 }
 
-/// A gRPC server with two failing methods: `Find` aborts at once with NOT_FOUND (a
-/// trailers-only answer), `List` sends one message and then fails with INTERNAL (the status
-/// in the trailers). `call` is the client: it prints the code each call ended with.
+/// A gRPC server with three methods: `Find` aborts at once with NOT_FOUND (a trailers-only
+/// answer), `List` sends one message and then fails with INTERNAL (the status in the
+/// trailers), `Slow` sends one message and then waits until the call is cancelled. `call` is
+/// the client: it prints the code each call ended with; it cancels `Slow` (an HTTP/2
+/// RST_STREAM) once its first message has arrived.
 const GRPC_PEER: &str = r#"
-import sys, grpc
+import sys, time, grpc
 from concurrent import futures
 
 OPTIONS = [("grpc.enable_http_proxy", 0)]
@@ -380,11 +383,18 @@ def items(request, context):
     yield b"\x08\x01"
     context.abort(grpc.StatusCode.INTERNAL, "broke after data")
 
+def slow(request, context):
+    yield b"\x08\x01"
+    deadline = time.time() + 30
+    while context.is_active() and time.time() < deadline:
+        time.sleep(0.02)
+
 if sys.argv[1] == "serve":
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=OPTIONS)
     handlers = {
         "Find": grpc.unary_unary_rpc_method_handler(find),
         "List": grpc.unary_stream_rpc_method_handler(items),
+        "Slow": grpc.unary_stream_rpc_method_handler(slow),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("demo.Items", handlers),))
     server.add_insecure_port(sys.argv[2])
@@ -405,6 +415,10 @@ else:
             print("List OK")
         except grpc.RpcError as e:
             print("List", e.code().name, got)
+        call = channel.unary_stream("/demo.Items/Slow")(b"", timeout=60)
+        next(call)
+        call.cancel()
+        print("Slow", call.code().name)
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,8 +455,8 @@ async fn grpc_failures_are_read_from_trailers_and_trailers_only_answers() {
             "{printed}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(printed, "Find NOT_FOUND\nList INTERNAL 1\n");
-        total += 2;
+        assert_eq!(printed, "Find NOT_FOUND\nList INTERNAL 1\nSlow CANCELLED\n");
+        total += 3;
         let spans = c.wait_for_spans(total, WAIT).await.expect("spans");
         // Zipkin spans carry Envoy's tag names, OTLP ones OpenTelemetry's.
         let marker = if protocol == "zipkin" {
@@ -481,6 +495,10 @@ async fn grpc_failures_are_read_from_trailers_and_trailers_only_answers() {
         // On a SERVER span NOT_FOUND is the caller's problem; INTERNAL is the server's.
         assert_eq!(find.tag("error"), None, "{find:?}");
         assert_eq!(list.tag("error"), Some("INTERNAL"), "{list:?}");
-        sidecar.balanced(2).await;
+        // The client's RST_STREAM: the span ends when the client left, with its reason.
+        let slow = span_for(&mine, "/demo.Items/Slow");
+        assert_eq!(slow.tag("error"), Some("downstream_cancelled"), "{slow:?}");
+        assert!(slow.duration.expect("duration") < WAIT.as_micros() as u64);
+        sidecar.balanced(3).await;
     }
 }
