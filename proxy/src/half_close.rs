@@ -79,7 +79,9 @@ impl InFlight {
     /// Marks a request body as still being read until the last clone drops.
     pub fn body(self: &Arc<Self>) -> BodyOpen {
         self.bodies.fetch_add(1, Ordering::AcqRel);
-        BodyOpen(Arc::new(BodyToken(self.clone())))
+        BodyOpen {
+            _token: Arc::new(BodyToken(self.clone())),
+        }
     }
 
     /// An EOF now is a half-close to hide: a request waits for its response and no request
@@ -111,7 +113,9 @@ impl Drop for RequestGuard {
 /// A request body not yet read to its end; carried in the request's extensions to the body
 /// that streams it (cloneable, as extensions must be: the clones share one mark).
 #[derive(Clone, Debug)]
-pub struct BodyOpen(#[allow(dead_code)] Arc<BodyToken>);
+pub struct BodyOpen {
+    _token: Arc<BodyToken>,
+}
 
 #[derive(Debug)]
 struct BodyToken(Arc<InFlight>);

@@ -147,6 +147,8 @@ enum Seen {
 /// An HTTP/1 upstream whose behaviour is chosen by the request path:
 /// `/stall`: never answers (and reports when the proxy gives the connection up);
 /// `/reset`: sends the head and 10 of 100 body bytes, then resets the connection;
+/// `/upload`: reads the request body without answering (and reports when the proxy gives the
+/// connection up);
 /// anything else: `200 ok`.
 async fn upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -173,7 +175,7 @@ async fn upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
                     let path = target.split('?').next().unwrap_or("").to_owned();
                     let _ = tx.send(Seen::Request(path.clone()));
                     match path.as_str() {
-                        "/stall" => {
+                        "/stall" | "/upload" => {
                             // Held until the proxy closes the connection: that is the oracle
                             // that the upstream request was cancelled.
                             let mut rest = [0u8; 1024];
@@ -267,7 +269,25 @@ async fn a_half_closed_client_gets_its_answer_and_a_gone_one_cancels() {
     assert_eq!(next(&mut seen).await, Seen::Abandoned("/stall".into()));
     assert!(left.elapsed() < WAIT);
 
-    let spans = c.wait_for_spans(2, WAIT).await.expect("two spans");
+    // A client that closes in the middle of its request body: the upstream request is
+    // cancelled too, and the span says the client left.
+    let mut tcp = TcpStream::connect(sidecar.entry).await.expect("connect");
+    tcp.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: b.demo\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .expect("write");
+    assert_eq!(next(&mut seen).await, Seen::Request("/upload".into()));
+    drop(tcp);
+    assert_eq!(next(&mut seen).await, Seen::Abandoned("/upload".into()));
+
+    let spans = c.wait_for_spans(3, WAIT).await.expect("three spans");
+    let upload = span_for(&spans, "/upload");
+    assert_eq!(
+        upload.tag("error"),
+        Some("downstream_cancelled"),
+        "{upload:?}"
+    );
     let half = span_for(&spans, "/half");
     assert_eq!(half.tag("error"), None, "{half:?}");
     assert_eq!(half.tag("http.status_code"), Some("200"));
@@ -280,7 +300,37 @@ async fn a_half_closed_client_gets_its_answer_and_a_gone_one_cancels() {
     );
     // Ended when the client left, not when the test ended.
     assert!(stall.duration.expect("duration") < WAIT.as_micros() as u64);
-    sidecar.balanced(2).await;
+    sidecar.balanced(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_refuses_gives_a_connect_failed_span() {
+    let c = collector().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &c, "otlp-http", "");
+    // A port nobody listens on: bound, then closed.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let sidecar = sidecar(dir.path(), &config, closed);
+    let mut tcp = TcpStream::connect(sidecar.entry).await.expect("connect");
+    tcp.write_all(b"GET /refused HTTP/1.1\r\nhost: b.demo\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let spans = c.wait_for_spans(1, WAIT).await.expect("one span");
+    let s = span_for(&spans, "/refused");
+    // OTLP: the status message and `error.type` both carry the reason.
+    assert_eq!(s.tag("error"), Some("connect_failed"), "{s:?}");
+    assert_eq!(s.tag("error.type"), Some("connect_failed"), "{s:?}");
+    assert_eq!(s.tag("otel.status_code"), Some("ERROR"));
+    sidecar.balanced(1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
