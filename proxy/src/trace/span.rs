@@ -19,7 +19,7 @@ use super::{Direction, Outcome};
 /// A finished (or running) span. Kept compact and protocol-neutral; attribute names are chosen
 /// at export time.
 ///
-/// Memory per queued span, whatever the request carried: `size_of::<SpanRecord>()` (424
+/// Memory per queued span, whatever the request carried: `size_of::<SpanRecord>()` (408
 /// bytes today, at most 512 by a test), plus the URL on the heap only when it is longer than
 /// [`INLINE_TEXT`] (at most `maxUrlTagLength`: 1 KiB by default, 8 KiB at most; the error
 /// reason is a `Copy` enum, no text): at most about 1.6 KiB with the defaults, so a full queue of
