@@ -38,8 +38,15 @@ dir=$(mktemp -d)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.2
+    # A sidecar drains before it exits: give it a few seconds, then SIGKILL what is left.
+    for _ in $(seq 50); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
     rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -121,3 +128,8 @@ for p in "${levels[@]}"; do
     printf '%-8s %9.2f Gb/s %7.2f Gb/s %7.2fx %14.2f\n' "$p" "$d" "$m" \
         "$(awk -v m="$m" -v d="$d" 'BEGIN {print m / d}')" "$c"
 done
+# The transfers through the sidecars must have taken the opaque path (no detection at all).
+skipped=$(curl -s "http://127.0.0.1:${ports[8]}/metrics" \
+    | awk -F'} ' '/protocol_detections_total\{direction="outbound",outcome="skipped"\}/ {print $2}')
+[ "${skipped:-0}" -gt 0 ] || { echo "sidecar A detected protocols: the route was not opaque" >&2; exit 1; }
+echo "sidecar A: $skipped connections proxied as opaque (detection skipped)"
