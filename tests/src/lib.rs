@@ -29,8 +29,6 @@
 //! Everything cleans up on drop, also while a test panics: processes are killed, namespaces
 //! deleted, and the logs of every process of a pod are printed when the test is failing.
 //! Tests using this need root; mark them `#[ignore = "needs root: network namespaces and iptables"]`.
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
 
 pub mod binaries;
 pub mod envoy;
