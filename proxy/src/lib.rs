@@ -19,6 +19,7 @@ pub mod detect;
 pub mod error;
 pub mod forward;
 pub mod h2_pool;
+pub mod half_close;
 pub mod headers;
 pub mod http;
 pub mod idle;
