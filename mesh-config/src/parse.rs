@@ -30,6 +30,14 @@ pub fn parse_strict(text: &str) -> Result<MeshConfig, ConfigError> {
 pub fn merge_patch(doc: &MeshConfig, patch: &Value) -> Result<MeshConfig, ConfigError> {
     let mut value = doc.to_json_value();
     json_patch::merge(&mut value, patch);
+    if value.is_null() {
+        // A null patch replaces the whole document with null (RFC 7386), which is no MeshConfig;
+        // read as an empty document it would silently reset every setting to its default.
+        return Err(ConfigError::Invalid(vec![FieldError::new(
+            "",
+            "the patched document must be a mapping, not null",
+        )]));
+    }
     from_value(value, true).map(|p| p.config)
 }
 
@@ -405,41 +413,98 @@ spec:
         assert_eq!(patched.spec.traffic.inbound_port_exclusion_list, [4]);
     }
 
+    /// RFC 7386 appendix A, row by row, through our `merge_patch`. The appendix's `a`, `b`, `c`
+    /// become MeshConfig fields of the same shape, and its result (the oracle) becomes the
+    /// document we expect, with a removed member back at its default. Rows whose result is not a
+    /// MeshConfig (the whole document replaced by an array, a string or null; a list turned into
+    /// a string or an object) must be refused with the field path, never stored. The two rows
+    /// about nulls kept in the target and members it lacks have no counterpart: a MeshConfig is
+    /// always written out in full, with no nulls.
     #[test]
     fn merge_patch_rfc7386_appendix_semantics() {
-        // The appendix cases on plain JSON, as json_patch::merge implements them.
-        let cases = [
-            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
-            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
-            (json!({"a":"b"}), json!({"a":null}), json!({})),
+        let defaults = MeshConfig::default().to_json_value();
+        let default_address = defaults["spec"]["observability"]["tracing"]["address"].clone();
+        let default_port = defaults["spec"]["observability"]["tracing"]["port"].clone();
+        // `fields` of spec.observability.tracing set in the target, then `patch` under it, then
+        // the RFC's result as the tracing object we expect.
+        let tracing = |fields: Value| {
+            let mut doc = defaults.clone();
+            for (k, v) in fields.as_object().unwrap() {
+                doc["spec"]["observability"]["tracing"][k] = v.clone();
+            }
+            doc
+        };
+        let under_tracing = |patch: Value| json!({"spec": {"observability": {"tracing": patch}}});
+        let rows = [
+            // {"a":"b"} + {"a":"c"} = {"a":"c"}
             (
-                json!({"a":"b","b":"c"}),
-                json!({"a":null}),
-                json!({"b":"c"}),
+                tracing(json!({"address": "b.example"})),
+                under_tracing(json!({"address": "c.example"})),
+                tracing(json!({"address": "c.example"})),
             ),
-            (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
-            (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
+            // {"a":"b"} + {"b":"c"} = {"a":"b","b":"c"}
             (
-                json!({"a":{"b":"c"}}),
-                json!({"a":{"b":"d","c":null}}),
-                json!({"a":{"b":"d"}}),
+                tracing(json!({"address": "b.example"})),
+                under_tracing(json!({"endpoint": "/c"})),
+                tracing(json!({"address": "b.example", "endpoint": "/c"})),
             ),
-            (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
-            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
-            (json!({"a":"b"}), json!(["c"]), json!(["c"])),
-            (json!({"a":"foo"}), json!(null), json!(null)),
-            (json!({"a":"foo"}), json!("bar"), json!("bar")),
-            (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
-            (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
+            // {"a":"b"} + {"a":null} = {}
             (
-                json!({}),
-                json!({"a":{"bb":{"ccc":null}}}),
-                json!({"a":{"bb":{}}}),
+                tracing(json!({"address": "b.example"})),
+                under_tracing(json!({"address": null})),
+                tracing(json!({"address": default_address})),
+            ),
+            // {"a":"b","b":"c"} + {"a":null} = {"b":"c"}
+            (
+                tracing(json!({"address": "b.example", "endpoint": "/c"})),
+                under_tracing(json!({"address": null})),
+                tracing(json!({"address": default_address, "endpoint": "/c"})),
+            ),
+            // {"a":{"b":"c"}} + {"a":{"b":"d","c":null}} = {"a":{"b":"d"}}
+            (
+                tracing(json!({"address": "c.example", "port": 9999})),
+                under_tracing(json!({"address": "d.example", "port": null})),
+                tracing(json!({"address": "d.example", "port": default_port})),
+            ),
+            // {"a":[{"b":"c"}]} + {"a":[1]} = {"a":[1]}: arrays are replaced, never merged.
+            (
+                tracing(json!({"propagation": ["b3multi", "tracecontext"]})),
+                under_tracing(json!({"propagation": ["tracecontext"]})),
+                tracing(json!({"propagation": ["tracecontext"]})),
             ),
         ];
-        for (mut target, patch, want) in cases {
-            json_patch::merge(&mut target, &patch);
-            assert_eq!(target, want, "patch {patch}");
+        for (target, patch, want) in rows {
+            let doc = from_value(target.clone(), true).expect("target").config;
+            let got = merge_patch(&doc, &patch).expect("a valid result");
+            assert_eq!(got.to_json_value(), want, "{target} + {patch}");
+        }
+        let doc = from_value(tracing(json!({"address": "b.example"})), true)
+            .unwrap()
+            .config;
+        // {"a":["b"]} + {"a":"c"} = {"a":"c"}, and {"a":"c"} + {"a":["b"]} = {"a":["b"]}: the
+        // result's types are wrong for the schema.
+        for (patch, path) in [
+            (
+                under_tracing(json!({"propagation": "b3multi"})),
+                "spec.observability.tracing.propagation",
+            ),
+            (
+                under_tracing(json!({"address": ["b.example"]})),
+                "spec.observability.tracing.address",
+            ),
+            // [1,2] + {"a":"b","c":null} = {"a":"b"}: a list replaced by an object.
+            (
+                json!({"spec": {"traffic": {"opaquePorts": {"a": "b", "c": null}}}}),
+                "spec.traffic.opaquePorts",
+            ),
+        ] {
+            let got = messages(merge_patch(&doc, &patch).expect_err("a schema error"));
+            assert!(got.iter().any(|m| m.starts_with(path)), "{patch}: {got:?}");
+        }
+        // ["a","b"] + ["c","d"] = ["c","d"], {"a":"b"} + ["c"] = ["c"], {"a":"foo"} + "bar" =
+        // "bar", {"a":"foo"} + null = null: the result is not a document at all.
+        for patch in [json!(["c", "d"]), json!(["c"]), json!("bar"), json!(null)] {
+            assert!(merge_patch(&doc, &patch).is_err(), "{patch}");
         }
     }
 
