@@ -3,10 +3,12 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod crd;
 mod document;
 mod duration;
 mod error;
 pub mod images;
+pub mod openapi;
 mod parse;
 pub mod resource;
 mod schema;
@@ -16,5 +18,5 @@ pub use document::*;
 pub use duration::{parse as parse_duration, Duration};
 pub use error::{ConfigError, FieldError};
 pub use parse::{merge_patch, parse, parse_strict, Parsed};
-pub use validate::parse_cidr;
+pub use validate::{parse_cidr, parse_prefixed_cidr};
 pub mod watch;

@@ -142,7 +142,7 @@ spec:
   traffic:
     inboundPortExclusionList: [22]
     outboundPortExclusionList: []
-    outboundIPRangeExclusionList: ["10.0.0.0/8", "fd00::/8", "169.254.169.254"]
+    outboundIPRangeExclusionList: ["10.0.0.0/8", "fd00::/8", "169.254.169.254/32"]
     opaquePorts: [3306]
   sidecar:
     logLevel: debug

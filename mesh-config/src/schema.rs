@@ -10,7 +10,8 @@ use serde_json::{Map, Number, Value};
 
 use crate::validate::PORT_RANGE;
 use crate::{
-    FieldError, LogLevel, PropagationFormat, Protocol, API_VERSION, KIND, MAX_URL_TAG_LENGTH_RANGE,
+    FieldError, LogLevel, PropagationFormat, Protocol, Stitching, API_VERSION, KIND,
+    MAX_URL_TAG_LENGTH_RANGE,
 };
 
 enum Field {
@@ -46,6 +47,11 @@ const PROTOCOLS: &[&str] = &[
 const PROPAGATION_FORMATS: &[&str] = &[
     PropagationFormat::B3multi.as_str(),
     PropagationFormat::Tracecontext.as_str(),
+];
+const STITCHING: &[&str] = &[
+    Stitching::Off.as_str(),
+    Stitching::RequestId.as_str(),
+    Stitching::InFlight.as_str(),
 ];
 const LOG_LEVELS: &[&str] = &[
     LogLevel::Error.as_str(),
@@ -85,6 +91,7 @@ const TRACING: &[(&str, Field)] = &[
         Field::OneOfList("propagation format", PROPAGATION_FORMATS),
     ),
     ("maxUrlTagLength", Field::UInt(MAX_URL_TAG_LENGTH_RANGE)),
+    ("stitching", Field::OneOf("stitching mode", STITCHING)),
 ];
 
 const TRAFFIC: &[(&str, Field)] = &[
@@ -122,6 +129,8 @@ const DOCUMENT: &[(&str, Field)] = &[
     ("kind", Field::Const(KIND)),
     ("metadata", Field::Object(METADATA)),
     ("spec", Field::Object(SPEC)),
+    // Written by the injector; carried so that an object as kubectl prints it validates.
+    ("status", Field::Any),
 ];
 
 /// What the walk found: hard errors, and unknown fields (errors or warnings, caller's choice).
@@ -342,10 +351,11 @@ fn port(value: Value, path: &str, f: &mut Findings) -> Option<Value> {
 fn fraction(value: Value, path: &str, f: &mut Findings) -> Option<Value> {
     let parsed = match &value {
         Value::Number(n) => n.as_f64(),
-        // FSM writes `sampledFraction: "1.0"`.
-        Value::String(s) => match s.trim().parse::<f64>() {
-            Ok(x) => Some(x),
-            Err(_) => {
+        // FSM writes `sampledFraction: "1.0"`. Plain decimals only (no sign, exponent or
+        // spaces), as the CRD's pattern reads them.
+        Value::String(s) => match s.parse::<f64>() {
+            Ok(x) if is_decimal(s) => Some(x),
+            _ => {
                 f.errors
                     .push(FieldError::new(path, format!("{s:?} is not a number")));
                 return None;
@@ -361,6 +371,83 @@ fn fraction(value: Value, path: &str, f: &mut Findings) -> Option<Value> {
                 format!("{} is not a finite number", describe(&value)),
             ));
             None
+        }
+    }
+}
+
+/// `[0-9]+(\.[0-9]+)?`: the numeric strings `sampledFraction` accepts.
+fn is_decimal(s: &str) -> bool {
+    let (whole, fraction) = match s.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (s, None),
+    };
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    digits(whole) && fraction.is_none_or(digits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk's tables name the fields of the generated schema (the document's types), with
+    /// the same enums and ranges: a field added to a type and not here would be refused as
+    /// unknown, one dropped from a type and kept here would be accepted and ignored.
+    #[test]
+    fn the_walk_covers_the_generated_schema() {
+        fn compare(fields: &[(&str, Field)], schema: &Value, path: &str) {
+            let properties = schema["properties"].as_object().expect(path);
+            let mut want: Vec<&str> = properties.keys().map(String::as_str).collect();
+            let mut have: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+            want.sort_unstable();
+            have.sort_unstable();
+            assert_eq!(have, want, "fields of {path}");
+            for (name, field) in fields {
+                let node = &properties[*name];
+                let path = join(path, name);
+                match field {
+                    Field::Object(inner) => compare(inner, node, &path),
+                    Field::OneOf(_, names) => assert_eq!(node["enum"], json(names), "{path}"),
+                    Field::OneOfList(_, names) => {
+                        assert_eq!(node["items"]["enum"], json(names), "{path}")
+                    }
+                    Field::Port => assert_eq!(range(node), (1, 65535), "{path}"),
+                    Field::PortList => assert_eq!(range(&node["items"]), (1, 65535), "{path}"),
+                    Field::UInt(r) => {
+                        assert_eq!(range(node), (*r.start() as u64, *r.end() as u64), "{path}")
+                    }
+                    Field::Bool => assert_eq!(node["type"], "boolean", "{path}"),
+                    Field::Count => assert_eq!(node["type"], "integer", "{path}"),
+                    Field::Str | Field::Duration => assert_eq!(node["type"], "string", "{path}"),
+                    Field::StrList => assert_eq!(node["items"]["type"], "string", "{path}"),
+                    Field::Fraction => assert_eq!(node["maximum"], 1, "{path}"),
+                    Field::Const(_) | Field::Any => {}
+                }
+            }
+        }
+        fn json(names: &[&str]) -> Value {
+            Value::Array(names.iter().map(|n| Value::from(*n)).collect())
+        }
+        fn range(node: &Value) -> (u64, u64) {
+            (
+                node["minimum"].as_u64().unwrap_or(u64::MAX),
+                node["maximum"].as_u64().unwrap_or(u64::MAX),
+            )
+        }
+        let schema = crate::openapi::schema();
+        compare(SPEC, &schema["properties"]["spec"], "spec");
+        let top: Vec<&str> = DOCUMENT.iter().map(|(name, _)| *name).collect();
+        let generated: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(top.len(), generated.len());
+        assert!(generated.iter().all(|k| top.contains(&k.as_str())));
+    }
+
+    #[test]
+    fn decimals() {
+        for ok in ["0", "1", "0.5", "1.0", "00.25"] {
+            assert!(is_decimal(ok), "{ok}");
+        }
+        for bad in ["", ".5", "1.", "+1", "-0", "1e-1", " 1", "0x1", "NaN", "inf"] {
+            assert!(!is_decimal(bad), "{bad}");
         }
     }
 }
