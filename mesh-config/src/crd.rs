@@ -77,50 +77,5 @@ pub fn yaml() -> String {
 ";
     // Plain strings, numbers, booleans, maps and lists: serialisation cannot fail.
     let body = serde_yaml::to_string(&definition()).unwrap_or_default();
-    format!("{HEADER}{}", quote_yaml11_booleans(&body))
-}
-
-/// The words YAML 1.1 reads as booleans and YAML 1.2 (serde_yaml) as strings, so the
-/// serialiser leaves them bare; `kubectl` and the API server read YAML 1.1, where a bare `off`
-/// (a stitching mode) would become `false`.
-const YAML11_BOOLEANS: &[&str] = &[
-    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
-    "OFF",
-];
-
-/// Quotes every plain scalar that is a YAML 1.1 boolean word, as a list item (`- off`) or a
-/// mapping value (`key: off`). Real booleans are written `true`/`false` and stay as they are.
-fn quote_yaml11_booleans(yaml: &str) -> String {
-    let mut out = String::with_capacity(yaml.len());
-    for line in yaml.lines() {
-        let value_at = line
-            .rfind(": ")
-            .map(|i| i + 2)
-            .or_else(|| {
-                let indent = line.len() - line.trim_start().len();
-                line[indent..].starts_with("- ").then_some(indent + 2)
-            })
-            .unwrap_or(line.len());
-        let (head, value) = line.split_at(value_at);
-        if YAML11_BOOLEANS.contains(&value) {
-            out.push_str(&format!("{head}'{value}'\n"));
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn yaml11_boolean_words_are_quoted() {
-        assert_eq!(
-            quote_yaml11_booleans("a:\n- off\n- on-call\nb: no\nc: true\nd: 'yes'\ne: Offset\n"),
-            "a:\n- 'off'\n- on-call\nb: 'no'\nc: true\nd: 'yes'\ne: Offset\n"
-        );
-    }
+    format!("{HEADER}{}", crate::yaml11::quote_booleans(&body))
 }

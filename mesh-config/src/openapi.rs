@@ -136,9 +136,7 @@ pub fn schema() -> Value {
         })
         .into_generator();
     let mut spec = generator.subschema_for::<Spec>().to_value();
-    let mut status = generator
-        .subschema_for::<crate::crd::Status>()
-        .to_value();
+    let mut status = generator.subschema_for::<crate::crd::Status>().to_value();
     structural(&mut spec);
     structural(&mut status);
     duration_rules(&mut spec);
@@ -157,7 +155,9 @@ pub fn schema() -> Value {
 
 /// Keywords schemars writes that a structural schema must not have, or that Kubernetes does
 /// not read.
-const DROPPED: &[&str] = &["$schema", "title", "default", "format", "examples", "example"];
+const DROPPED: &[&str] = &[
+    "$schema", "title", "default", "format", "examples", "example",
+];
 
 /// Makes a generated schema structural (see the module's doc), depth first.
 fn structural(node: &mut Value) {
@@ -216,14 +216,16 @@ fn constants(map: &Map<String, Value>) -> Option<Value> {
     let variants = map.get("oneOf")?.as_array()?;
     let values: Option<Vec<Value>> = variants
         .iter()
-        .map(|variant| match (variant.get("const"), variant.get("enum")) {
-            (Some(one @ Value::String(_)), _) => Some(one.clone()),
-            (None, Some(Value::Array(values))) => match values.as_slice() {
-                [one @ Value::String(_)] => Some(one.clone()),
+        .map(
+            |variant| match (variant.get("const"), variant.get("enum")) {
+                (Some(one @ Value::String(_)), _) => Some(one.clone()),
+                (None, Some(Value::Array(values))) => match values.as_slice() {
+                    [one @ Value::String(_)] => Some(one.clone()),
+                    _ => None,
+                },
                 _ => None,
             },
-            _ => None,
-        })
+        )
         .collect();
     values.map(Value::Array)
 }

@@ -446,7 +446,9 @@ mod tests {
         for ok in ["0", "1", "0.5", "1.0", "00.25"] {
             assert!(is_decimal(ok), "{ok}");
         }
-        for bad in ["", ".5", "1.", "+1", "-0", "1e-1", " 1", "0x1", "NaN", "inf"] {
+        for bad in [
+            "", ".5", "1.", "+1", "-0", "1e-1", " 1", "0x1", "NaN", "inf",
+        ] {
             assert!(!is_decimal(bad), "{bad}");
         }
     }

@@ -206,9 +206,8 @@ pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = match len_text {
         None => max,
-        Some(len) => prefix_length(len, max).ok_or_else(|| {
-            format!("{text:?} has an invalid prefix length (expected 0..={max})")
-        })?,
+        Some(len) => prefix_length(len, max)
+            .ok_or_else(|| format!("{text:?} has an invalid prefix length (expected 0..={max})"))?,
     };
     Ok((ip, len))
 }
@@ -423,7 +422,10 @@ mod tests {
         ] {
             assert!(parse_cidr(bad).is_err(), "{bad} accepted");
         }
-        assert_eq!(parse_prefixed_cidr("10.0.0.0/0"), Ok(("10.0.0.0".parse().unwrap(), 0)));
+        assert_eq!(
+            parse_prefixed_cidr("10.0.0.0/0"),
+            Ok(("10.0.0.0".parse().unwrap(), 0))
+        );
         for bare in ["192.168.1.7", "::1"] {
             let err = parse_prefixed_cidr(bare).unwrap_err();
             assert!(err.contains("no prefix length"), "{err}");

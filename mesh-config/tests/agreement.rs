@@ -67,7 +67,10 @@ fn cases() -> Vec<Case> {
         cases.extend(values.into_iter().map(|v| at(&path, v)));
     };
 
-    each(tracing("enable"), vec![json!(true), json!(false), json!("true"), json!(1)]);
+    each(
+        tracing("enable"),
+        vec![json!(true), json!(false), json!("true"), json!(1)],
+    );
     let long_label = "a".repeat(63);
     let host_253 = [&*"a".repeat(61); 4].join(".") + ".b"; // 4*61 + 3 dots + 2 = 249
     let host_253 = format!("{host_253}.cc"); // 252
@@ -127,7 +130,13 @@ fn cases() -> Vec<Case> {
     );
     each(
         tracing("endpoint"),
-        vec![json!("/"), json!("/api/v2/spans"), json!("api"), json!(""), json!(5)],
+        vec![
+            json!("/"),
+            json!("/api/v2/spans"),
+            json!("api"),
+            json!(""),
+            json!(5),
+        ],
     );
     each(
         tracing("protocol"),
@@ -265,24 +274,58 @@ fn cases() -> Vec<Case> {
         ]
         .into_iter()
         .map(|cidr| json!([cidr]))
-        .chain([json!([5]), json!("10.0.0.0/8"), json!(["10.0.0.0/8", "10.0.0.1"])])
+        .chain([
+            json!([5]),
+            json!("10.0.0.0/8"),
+            json!(["10.0.0.0/8", "10.0.0.1"]),
+        ])
         .collect(),
     );
     each(
         "sidecar.logLevel".into(),
-        ["error", "warn", "info", "debug", "trace", "verbose", "INFO", ""]
-            .into_iter()
-            .map(Value::from)
-            .chain([json!(1)])
-            .collect(),
+        [
+            "error", "warn", "info", "debug", "trace", "verbose", "INFO", "",
+        ]
+        .into_iter()
+        .map(Value::from)
+        .chain([json!(1)])
+        .collect(),
     );
     for name in DURATIONS {
         each(
             format!("sidecar.{name}"),
             [
-                "0", "0s", "0.5ms", "1ms", "1000us", "1µs", "10s", "1.5h", ".5s", "1.s", "1h",
-                "1h0.001s", "5m", "5m1s", "24h", "24h1ms", "1m30s", "10", "00", "-1s", "+1s",
-                " 1s", "1s ", "10 s", "1e3s", "1x", "s", ".s", "1.2.3s", "", "100000000h",
+                "0",
+                "0s",
+                "0.5ms",
+                "1ms",
+                "1000us",
+                "1µs",
+                "10s",
+                "1.5h",
+                ".5s",
+                "1.s",
+                "1h",
+                "1h0.001s",
+                "5m",
+                "5m1s",
+                "24h",
+                "24h1ms",
+                "1m30s",
+                "10",
+                "00",
+                "-1s",
+                "+1s",
+                " 1s",
+                "1s ",
+                "10 s",
+                "1e3s",
+                "1x",
+                "s",
+                ".s",
+                "1.2.3s",
+                "",
+                "100000000h",
                 "9000h",
             ]
             .into_iter()
@@ -459,8 +502,7 @@ fn validator_and_crd_agree_on_edge_values_of_every_field() {
 
     let mut disagreements = Vec::new();
     let (mut accepted, mut refused) = (0, 0);
-    for ((case, document), (schema_ok, schema_errors)) in
-        cases.iter().zip(&documents).zip(verdicts)
+    for ((case, document), (schema_ok, schema_errors)) in cases.iter().zip(&documents).zip(verdicts)
     {
         let cel = if schema_ok {
             cel_problems(&schema, &case.spec)
@@ -498,7 +540,10 @@ fn validator_and_crd_agree_on_edge_values_of_every_field() {
         disagreements.join("\n")
     );
     // Both sides of every field were exercised.
-    assert!(accepted > 100 && refused > 200, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 100 && refused > 200,
+        "{accepted} accepted, {refused} refused"
+    );
 }
 
 /// The oracle is not blind: the schema it reads refuses what it must, and the rule evaluator
@@ -523,4 +568,55 @@ fn the_oracle_can_refuse() {
     assert!(cel_verdict(both, "1h").is_ok());
     assert!(cel_verdict("duration(self) <= duration('1h')", "0").is_ok());
     assert!(cel_verdict("duration(self) <= duration('1h')", "61m").is_err());
+}
+
+/// YAML text as kubectl reads it (YAML 1.1, here PyYAML's `safe_load`, where a bare `off` is
+/// `false`) and as `mesh config validate` reads it: the same verdicts.
+#[test]
+fn yaml_text_gets_the_verdict_kubectl_would_give() {
+    const SCRIPT: &str = "\
+import json, sys, yaml, jsonschema
+data = json.load(sys.stdin)
+validator = jsonschema.Draft4Validator(data['schema'])
+print(json.dumps([validator.is_valid(yaml.safe_load(t)) for t in data['texts']]))
+";
+    let head = "apiVersion: config.tracemesh.dev/v1alpha1\nkind: MeshConfig\nmetadata:\n  name: mesh-config\n  namespace: mesh-system\nspec:\n  observability:\n    tracing:\n";
+    let texts: Vec<String> = [
+        "      stitching: off\n",
+        "      stitching: 'off'\n",
+        "      stitching: \"off\"\n",
+        "      stitching: in-flight\n",
+        "      stitching: Off  # none\n",
+        "      {stitching: off}\n",
+    ]
+    .iter()
+    .map(|tail| format!("{head}{tail}"))
+    .collect();
+    let mut schema = mesh_config::openapi::schema();
+    strict(&mut schema);
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/setup installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            json!({"schema": schema, "texts": texts})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("write");
+    let output = child.wait_with_output().expect("python3");
+    assert!(output.status.success(), "the oracle failed");
+    let kubectl: Vec<bool> = serde_json::from_slice(&output.stdout).expect("verdicts");
+    let ours: Vec<bool> = texts
+        .iter()
+        .map(|t| mesh_config::parse_strict(t).is_ok())
+        .collect();
+    assert_eq!(ours, kubectl, "{texts:#?}");
+    assert_eq!(ours, [false, true, true, true, false, false]);
 }

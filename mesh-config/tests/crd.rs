@@ -43,5 +43,8 @@ fn generated_yaml_reads_back_as_the_definition() {
     let text = mesh_config::crd::yaml();
     let back: serde_json::Value = serde_yaml::from_str(&text).expect("YAML");
     assert_eq!(back, mesh_config::crd::definition());
-    assert!(text.contains("- 'off'") || text.contains("- \"off\""), "{text}");
+    assert!(
+        text.contains("- 'off'") || text.contains("- \"off\""),
+        "{text}"
+    );
 }
