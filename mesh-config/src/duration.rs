@@ -51,6 +51,10 @@ const UNITS: &[(&str, f64)] = &[
     ("h", 3600.0),
 ];
 
+/// The longest duration text read: far beyond any honest one (`1h2m3s4ms5us6ns` is 15), and
+/// a bound the API server needs to cost the CRD's CEL rules on the field.
+pub(crate) const MAX_TEXT_LEN: usize = 64;
+
 /// Longer than any timeout a sidecar could mean; also keeps the float arithmetic exact enough.
 const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
@@ -67,6 +71,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     }
     if text.is_empty() {
         return Err(expected());
+    }
+    if text.chars().count() > MAX_TEXT_LEN {
+        return Err(format!(
+            "{text:?} is not a duration (longer than {MAX_TEXT_LEN} characters)"
+        ));
     }
     let mut rest = text;
     let mut secs = 0.0f64;

@@ -80,7 +80,11 @@ impl JsonSchema for Duration {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({"type": "string", "pattern": DURATION_PATTERN})
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": crate::duration::MAX_TEXT_LEN
+        })
     }
 }
 

@@ -331,6 +331,13 @@ fn cases() -> Vec<Case> {
             .into_iter()
             .map(Value::from)
             .chain([json!(10), json!(["1s"])])
+            // The length bound (64 characters), at and past it.
+            .chain([
+                json!(format!("0.{}1s", "0".repeat(60))),
+                json!(format!("0.{}1s", "0".repeat(61))),
+                json!(format!("1.{}s", "0".repeat(61))),
+                json!(format!("1.{}s", "0".repeat(62))),
+            ])
             .collect(),
         );
     }

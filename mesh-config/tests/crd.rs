@@ -48,3 +48,126 @@ fn generated_yaml_reads_back_as_the_definition() {
         "{text}"
     );
 }
+
+/// The rules of a structural schema, which the API server enforces on a CRD
+/// (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#specifying-a-structural-schema):
+/// every field and list item has a type (or is explicitly untyped with
+/// `x-kubernetes-preserve-unknown-fields`), junctors (`allOf`, `anyOf`, `oneOf`, `not`) hold
+/// only value checks of fields that are declared outside them, and there is no `$ref`,
+/// `default` (which this project stores none of) or `additionalProperties` beside `properties`.
+#[test]
+fn the_schema_is_structural() {
+    use serde_json::Value;
+
+    fn typed(node: &Value, path: &str, problems: &mut Vec<String>) {
+        let untyped = node["x-kubernetes-preserve-unknown-fields"] == true
+            || node["x-kubernetes-int-or-string"] == true;
+        if node.get("type").is_none() && !untyped {
+            problems.push(format!("{path}: no type"));
+        }
+        check(node, path, problems);
+    }
+
+    fn check(node: &Value, path: &str, problems: &mut Vec<String>) {
+        let Some(map) = node.as_object() else {
+            problems.push(format!("{path}: not a schema"));
+            return;
+        };
+        for forbidden in [
+            "$ref",
+            "default",
+            "const",
+            "oneOf",
+            "$schema",
+            "definitions",
+            "$defs",
+        ] {
+            if map.contains_key(forbidden) {
+                problems.push(format!("{path}: {forbidden}"));
+            }
+        }
+        if map.contains_key("properties") && map.contains_key("additionalProperties") {
+            problems.push(format!("{path}: properties and additionalProperties"));
+        }
+        if let Some(properties) = map.get("properties").and_then(Value::as_object) {
+            for (name, field) in properties {
+                typed(field, &format!("{path}.{name}"), problems);
+            }
+        }
+        if let Some(items) = map.get("items") {
+            typed(items, &format!("{path}[]"), problems);
+        }
+        for junctor in ["allOf", "anyOf", "not"] {
+            let Some(inner) = map.get(junctor) else {
+                continue;
+            };
+            let inner: Vec<&Value> = match inner {
+                Value::Array(items) => items.iter().collect(),
+                one => vec![one],
+            };
+            for (i, branch) in inner.into_iter().enumerate() {
+                junction(branch, node, &format!("{path}.{junctor}[{i}]"), problems);
+            }
+        }
+    }
+
+    /// Inside a junctor: no type, description, default, additionalProperties or nullable, and
+    /// only fields the enclosing node declares.
+    fn junction(branch: &Value, outside: &Value, path: &str, problems: &mut Vec<String>) {
+        let Some(map) = branch.as_object() else {
+            problems.push(format!("{path}: not a schema"));
+            return;
+        };
+        for forbidden in [
+            "type",
+            "description",
+            "default",
+            "additionalProperties",
+            "nullable",
+        ] {
+            if map.contains_key(forbidden) {
+                problems.push(format!("{path}: {forbidden} inside a junctor"));
+            }
+        }
+        for (name, inner) in map
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let declared = &outside["properties"][name];
+            if declared.is_null() {
+                problems.push(format!(
+                    "{path}: {name} is not declared outside the junctor"
+                ));
+            } else {
+                junction(inner, declared, &format!("{path}.{name}"), problems);
+            }
+        }
+        for nested in ["allOf", "anyOf", "oneOf"] {
+            for (i, b) in map
+                .get(nested)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                junction(b, outside, &format!("{path}.{nested}[{i}]"), problems);
+            }
+        }
+    }
+
+    let schema = mesh_config::openapi::schema();
+    let mut problems = Vec::new();
+    typed(&schema, "openAPIV3Schema", &mut problems);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // And the check sees what it must: a $ref, an untyped field, a type inside anyOf.
+    let mut broken = schema.clone();
+    broken["properties"]["spec"]["properties"]["traffic"]["properties"]["opaquePorts"] =
+        serde_json::json!({"$ref": "#/x"});
+    broken["properties"]["spec"]["anyOf"] = serde_json::json!([{"type": "object"}]);
+    let mut problems = Vec::new();
+    typed(&broken, "openAPIV3Schema", &mut problems);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+}
