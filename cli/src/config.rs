@@ -415,6 +415,20 @@ status:
         assert!(empty.to_string().contains("no MeshConfig"), "{empty}");
     }
 
+    /// `mesh config get -o yaml | kubectl apply -f -` keeps `stitching: off` a string: kubectl
+    /// reads YAML 1.1, where a bare `off` is `false`.
+    #[test]
+    fn config_get_as_yaml_quotes_what_kubectl_would_read_as_a_boolean() {
+        let config = mesh_config::merge_patch(
+            &MeshConfig::default(),
+            &json!({"spec": {"observability": {"tracing": {"stitching": "off"}}}}),
+        )
+        .expect("valid");
+        let yaml = render(&config, Format::Yaml).expect("yaml");
+        assert!(yaml.contains("stitching: 'off'"), "{yaml}");
+        assert_eq!(mesh_config::parse_strict(&yaml).expect("valid"), config);
+    }
+
     #[test]
     fn config_get_as_a_table_lists_every_setting_by_path() {
         let config = mesh_config::merge_patch(

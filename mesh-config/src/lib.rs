@@ -13,7 +13,7 @@ mod parse;
 pub mod resource;
 mod schema;
 mod validate;
-mod yaml11;
+pub mod yaml11;
 
 pub use document::*;
 pub use duration::{parse as parse_duration, Duration};

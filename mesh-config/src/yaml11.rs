@@ -16,7 +16,7 @@ const BOOLEAN_WORDS: &[&str] = &[
 /// Quotes every plain scalar that is a YAML 1.1 boolean word, as a list item (`- off`) or a
 /// mapping value (`key: off`), in serde_yaml's block output. Real booleans are written
 /// `true`/`false` and stay as they are.
-pub(crate) fn quote_booleans(yaml: &str) -> String {
+pub fn quote_booleans(yaml: &str) -> String {
     let mut out = String::with_capacity(yaml.len());
     for line in yaml.lines() {
         let value_at = line
