@@ -304,8 +304,8 @@ spec:
             r#"spec.sidecar.httpIdleTimeout: "soon" is not a duration (expected e.g. "10s", "500ms", "1m30s")"#,
             r#"spec.sidecar.tcpIdleTimeout: "-1s" is not a duration (expected e.g. "10s", "500ms", "1m30s")"#,
             r#"spec.sidecar.responseTimeout: expected a duration string such as "10s", found a list"#,
-            "spec.sidecar.maxConnections: -5 is out of range 0..=4294967295",
-            "spec.sidecar.maxConnectionsPerDestination: expected a whole number, found number 1.5",
+            "spec.sidecar.maxConnections: -5 is out of range 1..=1000000",
+            "spec.sidecar.maxConnectionsPerDestination: expected a whole number in 1..=1000000, found number 1.5",
             "spec.sidecar.connectTimeout: 0s is out of range 1ms..=5m",
             "spec.sidecar.terminationDrainDuration: 2h is out of range 0s..=1h",
         ];
