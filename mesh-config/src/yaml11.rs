@@ -47,7 +47,7 @@ const WATCHED: &[(&str, &str)] = &[("stitching", "spec.observability.tracing.sti
 /// Bare YAML 1.1 boolean words as values of the watched keys, block (`stitching: off`) or flow
 /// style (`{stitching: off}`). A line-level look, which is enough for the one enum that has
 /// such a value; quoted values and comments are left alone.
-pub(crate) fn bare_booleans(yaml: &str) -> Vec<FieldError> {
+pub fn bare_booleans(yaml: &str) -> Vec<FieldError> {
     let mut found = Vec::new();
     for line in yaml.lines().map(without_comment) {
         for (key, path) in WATCHED {
