@@ -137,6 +137,11 @@ pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartE
         options.connect_timeout,
     );
 
+    registry.register_collector(Box::new(crate::metrics::Live::new(
+        shared.conn_limit.clone(),
+        tokio::runtime::Handle::current(),
+    )));
+
     let shutdown = Shutdown::new();
     for (listener, direction, route) in listeners {
         if let Ok(addr) = listener.local_addr() {

@@ -312,6 +312,55 @@ impl Metrics {
     }
 }
 
+/// Gauges read at scrape time: what the proxy holds right now. A leak of connections or tasks
+/// shows as one of these climbing under a steady load (the soak bench watches them), which no
+/// counter of events can show.
+#[derive(Debug)]
+pub struct Live {
+    connections: std::sync::Arc<crate::server::ConnLimit>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Live {
+    pub fn new(
+        connections: std::sync::Arc<crate::server::ConnLimit>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            connections,
+            runtime,
+        }
+    }
+}
+
+impl prometheus_client::collector::Collector for Live {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let gauges = [
+            (
+                "mesh_proxy_open_connections",
+                "Downstream connections open now on the proxy listeners (counted against spec.sidecar.maxConnections)",
+                self.connections.open(),
+            ),
+            (
+                "mesh_proxy_runtime_tasks",
+                "Tasks alive now on the proxy's runtime (connections, requests, exporters, watchers)",
+                self.runtime.metrics().num_alive_tasks(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 /// Renders the registry in the Prometheus text format.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::with_capacity(8 * 1024);
@@ -363,5 +412,38 @@ mod tests {
             assert!(text.contains(&series("outbound", d.as_str(), 0)), "{text}");
         }
         assert!(text.contains(&series("inbound", "failed", 0)), "{text}");
+    }
+
+    #[tokio::test]
+    async fn live_gauges_follow_open_connections_and_tasks() {
+        let config = crate::config::fixed(crate::config::Snapshot::default_config());
+        let limit = crate::server::ConnLimit::new(config, Counter::default());
+        let mut reg = Registry::default();
+        reg.register_collector(Box::new(Live::new(
+            limit.clone(),
+            tokio::runtime::Handle::current(),
+        )));
+        let tasks = |text: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("mesh_proxy_runtime_tasks "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no task gauge in {text}"))
+        };
+        let before = encode(&reg);
+        assert!(before.contains("mesh_proxy_open_connections 0"), "{before}");
+        let held = limit.admit().expect("below the default cap");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = stopped.await;
+        });
+        let during = encode(&reg);
+        assert!(during.contains("mesh_proxy_open_connections 1"), "{during}");
+        assert_eq!(tasks(&during), tasks(&before) + 1, "{during}");
+        drop(held);
+        let _ = stop.send(());
+        task.await.unwrap();
+        let after = encode(&reg);
+        assert!(after.contains("mesh_proxy_open_connections 0"), "{after}");
+        assert_eq!(tasks(&after), tasks(&before), "{after}");
     }
 }
