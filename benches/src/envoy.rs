@@ -299,10 +299,16 @@ mod tests {
         assert!(text.contains("port_value: 15000"), "{text}");
         assert!(text.contains("traffic_direction: OUTBOUND"), "{text}");
         assert!(text.contains("random_sampling: {value: 100}"), "{text}");
-        assert!(text.contains("route: {cluster: upstream0, timeout: 0s}"), "{text}");
+        assert!(
+            text.contains("route: {cluster: upstream0, timeout: 0s}"),
+            "{text}"
+        );
         assert!(text.contains("port_value: 8080"), "{text}");
         assert!(text.contains("collector_cluster: zipkin"), "{text}");
         assert!(text.contains("port_value: 9411"), "{text}");
-        assert!(!text.contains("min_flush_spans"), "Envoy's default batching: {text}");
+        assert!(
+            !text.contains("min_flush_spans"),
+            "Envoy's default batching: {text}"
+        );
     }
 }

@@ -19,7 +19,9 @@ use tracemesh_benches::soak::{Series, SpanBalance, Tolerance, Verdict};
 use tracemesh_benches::{echo, load, scrape, sink};
 
 #[derive(Parser, Debug)]
-#[command(about = "Constant load through two tracing sidecars; RSS, fds, connections and tasks must stay flat")]
+#[command(
+    about = "Constant load through two tracing sidecars; RSS, fds, connections and tasks must stay flat"
+)]
 struct Args {
     /// The mesh-proxy binary.
     #[arg(long, default_value = "target/release/mesh-proxy")]
@@ -188,10 +190,7 @@ async fn soak(
     counts: &sink::Counts,
 ) -> anyhow::Result<bool> {
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
-    let warmup = args
-        .warmup_minutes
-        .unwrap_or((args.minutes / 5.0).min(2.0))
-        * 60.0;
+    let warmup = args.warmup_minutes.unwrap_or((args.minutes / 5.0).min(2.0)) * 60.0;
     let requests = (args.rate * duration.as_secs_f64()).round() as usize;
     println!(
         "soak: {:.1} min at {} requests/s ({requests} requests, {} connections, {} B bodies), \

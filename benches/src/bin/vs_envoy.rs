@@ -23,7 +23,9 @@ use tracemesh_benches::stats::Summary;
 use tracemesh_benches::{cpu, echo, load, sink};
 
 #[derive(Parser, Debug)]
-#[command(about = "tracemesh and Envoy sidecars side by side: CPU per request, added latency, idle RSS")]
+#[command(
+    about = "tracemesh and Envoy sidecars side by side: CPU per request, added latency, idle RSS"
+)]
 struct Args {
     /// The mesh-proxy binary.
     #[arg(long, default_value = "target/release/mesh-proxy")]
@@ -322,7 +324,10 @@ async fn compare(args: &Args, server: SocketAddr, pairs: [&Pair; 2]) -> anyhow::
                 let after = pairs[i].cpu()?;
                 sent[i] += w.requests + w.errors + s.requests + s.errors;
                 let sample = Sample {
-                    cpu_us: cpu::micros_per_request_ns(after.0.saturating_sub(before.0), s.requests),
+                    cpu_us: cpu::micros_per_request_ns(
+                        after.0.saturating_sub(before.0),
+                        s.requests,
+                    ),
                     ticks_us: cpu::micros_per_request(after.1.saturating_sub(before.1), s.requests),
                     p50: micros(s.p50),
                     p99: micros(s.p99),
