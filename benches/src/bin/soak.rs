@@ -221,6 +221,11 @@ async fn soak(
             done = &mut load => break done.context("load task")?,
             _ = tick.tick() => {
                 let t = start.elapsed().as_secs_f64();
+                // The schedule is over: the clients are closing their connections, which
+                // is not the steady state being judged.
+                if t >= duration.as_secs_f64() {
+                    continue;
+                }
                 let mut line = format!("t={t:>6.0}s");
                 for w in watched.iter_mut() {
                     let v = w.sample(t).await?;
