@@ -105,6 +105,7 @@ const SIDECAR: &[(&str, Field)] = &[
     ("responseTimeout", Field::Duration),
     ("maxConnections", Field::Count),
     ("maxConnectionsPerDestination", Field::Count),
+    ("http2ConnectionsPerDestination", Field::Count),
     ("terminationDrainDuration", Field::Duration),
 ];
 
