@@ -26,7 +26,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -373,7 +373,10 @@ where
         let may_open = may_open || dest.conns.is_empty();
         let cap = || {
             if may_open {
-                self.inner.connector.limits().http2_connections_per_destination as usize
+                self.inner
+                    .connector
+                    .limits()
+                    .http2_connections_per_destination as usize
             } else {
                 0
             }
@@ -504,13 +507,34 @@ impl Drop for Waiting<'_> {
 }
 
 pin_project_lite::pin_project! {
-    /// An upstream stream that flags the first bytes the peer sends: its SETTINGS frame, which
-    /// a server must send first (RFC 9113 §3.4), so the connection's stream limit is known.
+    /// An upstream stream that reads the peer's stream limit from its first bytes: the
+    /// SETTINGS frame a server must send first (RFC 9113 §3.4). hyper applies it on a task of
+    /// its own and tells nobody, and without it a burst of first requests would all be put on
+    /// the first connection by hyper's guess of 100.
     struct FirstRead<T> {
         #[pin]
         io: T,
-        seen: Option<Arc<AtomicBool>>,
+        first: Option<(Arc<Load>, tokio::sync::oneshot::Sender<()>)>,
     }
+}
+
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` in `bytes` if they open with a SETTINGS frame that sets
+/// it (the last value wins, as the frame's entries apply in order).
+fn preface_max_streams(bytes: &[u8]) -> Option<u32> {
+    const SETTINGS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    let (head, rest) = bytes.split_first_chunk::<9>()?;
+    if head[3] != SETTINGS || head[4] & ACK != 0 {
+        return None;
+    }
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let payload = &rest[..len.min(rest.len())];
+    payload
+        .chunks_exact(6)
+        .filter(|e| u16::from_be_bytes([e[0], e[1]]) == MAX_CONCURRENT_STREAMS)
+        .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+        .last()
 }
 
 impl<T: AsyncRead> AsyncRead for FirstRead<T> {
@@ -522,9 +546,12 @@ impl<T: AsyncRead> AsyncRead for FirstRead<T> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.io.poll_read(cx, buf);
-        if this.seen.is_some() && buf.filled().len() > before {
-            if let Some(seen) = this.seen.take() {
-                seen.store(true, Ordering::Release);
+        if this.first.is_some() && buf.filled().len() > before {
+            if let Some((load, known)) = this.first.take() {
+                if let Some(max) = preface_max_streams(&buf.filled()[before..]) {
+                    load.peer_max.store(max, Ordering::Relaxed);
+                }
+                let _ = known.send(());
             }
         }
         polled
@@ -577,10 +604,10 @@ where
         .dial(dst)
         .await
         .map_err(|e| H2Error::Connect(Arc::new(e)))?;
-    let seen = Arc::new(AtomicBool::new(false));
+    let (known_tx, known) = tokio::sync::oneshot::channel();
     let io = TokioIo::new(FirstRead {
         io: io.into_inner(),
-        seen: Some(seen.clone()),
+        first: Some((load.clone(), known_tx)),
     });
     let limits = connector.limits();
     let mut builder = Builder::new(TokioExecutor::new());
@@ -597,18 +624,18 @@ where
         .handshake(io)
         .await
         .map_err(|e| H2Error::Handshake(Arc::new(e)))?;
-    let (settings_tx, settings_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let mut conn = Box::pin(conn);
-        let mut settings_tx = Some(settings_tx);
+        // Later changes of the limit, as hyper applied them: read whenever the connection
+        // dispatches. Until hyper's value first moves from its initial guess, the preface's
+        // (read above) is the better one.
+        let mut applied = false;
         let ended = poll_fn(|cx| {
             let polled = conn.as_mut().poll(cx);
             let max = u32::try_from(conn.current_max_send_streams()).unwrap_or(u32::MAX);
-            load.peer_max.store(max, Ordering::Relaxed);
-            if settings_tx.is_some() && seen.load(Ordering::Acquire) {
-                if let Some(tx) = settings_tx.take() {
-                    let _ = tx.send(());
-                }
+            applied |= max != STREAM_TARGET;
+            if applied {
+                load.peer_max.store(max, Ordering::Relaxed);
             }
             polled
         })
@@ -622,7 +649,7 @@ where
     });
     // A peer that never sends its SETTINGS is not waited on forever: the first request then
     // finds it out (PINGs, or the connection's end).
-    let _ = tokio::time::timeout(limits.connect_timeout.get(), settings_rx).await;
+    let _ = tokio::time::timeout(limits.connect_timeout.get(), known).await;
     Ok(sender)
 }
 
@@ -678,6 +705,50 @@ mod tests {
         (addr, accepted)
     }
 
+    /// An h2c server allowing `max_streams` concurrent streams per connection, whose
+    /// responses wait for `release`; counts accepted connections and requests arrived.
+    struct Slow {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        arrived: Arc<AtomicUsize>,
+        release: tokio::sync::watch::Sender<bool>,
+    }
+
+    async fn slow_server(max_streams: u32) -> Slow {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let (count, seen) = (accepted.clone(), arrived.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let (seen, released) = (seen.clone(), released.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let mut released = released.clone();
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let _ = released.wait_for(|r| *r).await;
+                            Ok::<_, std::convert::Infallible>(Response::new(Empty::new()))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(max_streams)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Slow {
+            addr,
+            accepted,
+            arrived,
+            release,
+        }
+    }
+
     type Empty = http_body_util::Empty<bytes::Bytes>;
 
     fn pool(idle: Duration) -> H2Pool<Empty> {
@@ -687,6 +758,136 @@ mod tests {
         )
     }
 
+    /// A pool allowing `conns` HTTP/2 connections per destination and `pending` waiters.
+    fn capped_pool(conns: u32, pending: u32) -> H2Pool<Empty> {
+        let mut config = mesh_config::MeshConfig::default();
+        config.spec.sidecar.http2_connections_per_destination = conns;
+        let snapshot = crate::config::Snapshot {
+            config: Arc::new(config),
+            ..crate::config::Snapshot::default_config()
+        };
+        let connector = Connector::with_config(
+            Arc::new(SelfAddrs::default()),
+            Duration::from_secs(5),
+            crate::config::fixed(snapshot),
+        );
+        H2Pool::with_max_pending(connector, Duration::from_secs(30), pending)
+    }
+
+    fn get() -> Request<Empty> {
+        Request::get("http://svc.test/").body(Empty::new()).unwrap()
+    }
+
+    /// Polls `cond` until it holds (or fails the test after a generous bound).
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !cond() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never: {what}"));
+    }
+
+    fn waiting(pool: &H2Pool<Empty>, dst: SocketAddr) -> u32 {
+        pool.inner
+            .lock()
+            .get(&dst)
+            .map_or(0, |d| d.room.waiting.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn the_least_loaded_connection_takes_the_stream() {
+        let no_cap = || panic!("the cap is read only to open a connection");
+        assert_eq!(
+            choose([(5, 100), (2, 100), (3, 100)].into_iter(), false, no_cap),
+            Choice::Use(1)
+        );
+        // A connection at the peer's limit is skipped however few streams it has.
+        assert_eq!(
+            choose([(2, 2), (7, 100)].into_iter(), false, no_cap),
+            Choice::Use(1)
+        );
+        // Ties go to the first (oldest) connection.
+        assert_eq!(
+            choose([(1, 100), (1, 100)].into_iter(), true, no_cap),
+            Choice::Use(0)
+        );
+    }
+
+    #[test]
+    fn a_connection_opens_only_when_every_one_is_at_its_target() {
+        // No connection yet: open one, or wait for the one being opened.
+        assert_eq!(choose([].into_iter(), false, || 4), Choice::Open);
+        assert_eq!(choose([].into_iter(), true, || 4), Choice::AwaitConnect);
+        // Every connection at the peer's limit (2) or the stream target: open another.
+        assert_eq!(
+            choose([(2, 2), (2, 2)].into_iter(), false, || 4),
+            Choice::Open
+        );
+        let target = STREAM_TARGET;
+        assert_eq!(
+            choose([(target, 1000)].into_iter(), false, || 4),
+            Choice::Open
+        );
+        // A peer that allows no streams now (MAX_CONCURRENT_STREAMS 0) is full.
+        assert_eq!(choose([(0, 0)].into_iter(), false, || 4), Choice::Open);
+        // One connection below its target: no new connection.
+        assert_eq!(
+            choose([(2, 2), (1, 2)].into_iter(), false, || 4),
+            Choice::Use(1)
+        );
+    }
+
+    #[test]
+    fn at_the_cap_streams_fill_up_to_the_peer_limit_then_wait() {
+        let target = STREAM_TARGET;
+        // Past the target but below the peer's limit: the least loaded takes it.
+        assert_eq!(
+            choose(
+                [(target + 5, 1000), (target + 1, 1000)].into_iter(),
+                false,
+                || 2
+            ),
+            Choice::Use(1)
+        );
+        // Also while another connection is being opened.
+        assert_eq!(
+            choose([(target, 1000)].into_iter(), true, || 4),
+            Choice::Use(0)
+        );
+        // Every connection at the peer's limit: wait for the connect, or for room.
+        assert_eq!(
+            choose([(2, 2), (2, 2)].into_iter(), true, || 4),
+            Choice::AwaitConnect
+        );
+        assert_eq!(
+            choose([(2, 2), (2, 2)].into_iter(), false, || 2),
+            Choice::Wait
+        );
+    }
+
+    #[test]
+    fn the_peer_limit_is_read_from_its_settings_preface() {
+        // SETTINGS: header table size 4096, then MAX_CONCURRENT_STREAMS 2.
+        let frame = [
+            0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 1, 0, 0, 16, 0, 0, 3, 0, 0, 0, 2,
+        ];
+        assert_eq!(preface_max_streams(&frame), Some(2));
+        // Followed by more frames in the same read; or cut short in the middle of an entry.
+        let mut more = frame.to_vec();
+        more.extend_from_slice(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(preface_max_streams(&more), Some(2));
+        assert_eq!(preface_max_streams(&frame[..18]), None);
+        // An empty SETTINGS (no limit), an ACK, another frame, too few bytes.
+        assert_eq!(preface_max_streams(&[0, 0, 0, 4, 0, 0, 0, 0, 0]), None);
+        let mut ack = frame;
+        ack[4] = 1;
+        assert_eq!(preface_max_streams(&ack), None);
+        assert_eq!(preface_max_streams(&[0, 0, 0, 6, 0, 0, 0, 0, 0]), None);
+        assert_eq!(preface_max_streams(&[0, 0]), None);
+    }
+
     #[tokio::test]
     async fn concurrent_first_requests_share_one_connection() {
         let (addr, accepted) = h2_server(None).await;
@@ -694,17 +895,105 @@ mod tests {
         let a = pool.sender(addr);
         let b = pool.sender(addr);
         let (a, b) = tokio::join!(a, b);
-        assert_eq!(a.as_ref().unwrap().0, b.unwrap().0);
+        let (first, _, held_a) = a.unwrap();
+        let (second, _, held_b) = b.unwrap();
+        assert_eq!(first, second);
         assert_eq!(pool.len(), 1);
-        let (first, _) = a.unwrap();
+        drop((held_a, held_b));
         for _ in 0..5 {
-            let req = Request::get("http://svc.test/").body(Empty::new()).unwrap();
-            let resp = pool.send(addr, req).await;
+            let resp = pool.send(addr, get()).await;
             assert!(resp.is_ok(), "{resp:?}");
         }
-        let (again, _) = pool.sender(addr).await.unwrap();
+        let (again, _, _) = pool.sender(addr).await.unwrap();
         assert_eq!(again, first);
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saturated_connections_grow_to_the_cap_then_requests_wait() {
+        let server = slow_server(2).await;
+        let pool = capped_pool(3, 16);
+        let dst = server.addr;
+        // Eight slow requests: three connections of two streams each carry six, two wait.
+        let sends: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.send(dst, get()).await.map(|(r, _)| r.status()) })
+            })
+            .collect();
+        until("six requests at the server", || {
+            server.arrived.load(Ordering::SeqCst) == 6
+        })
+        .await;
+        until("two requests waiting", || waiting(&pool, dst) == 2).await;
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.connections(dst), 3);
+        server.release.send(true).unwrap();
+        for send in sends {
+            let status = tokio::time::timeout(Duration::from_secs(20), send)
+                .await
+                .expect("request hung")
+                .unwrap();
+            assert_eq!(status.unwrap(), http::StatusCode::OK);
+        }
+        // The waiters went over the existing connections; the cap held throughout.
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(server.arrived.load(Ordering::SeqCst), 8);
+        assert_eq!(waiting(&pool, dst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn beyond_the_pending_bound_a_request_fails_at_once() {
+        let server = slow_server(1).await;
+        let pool = capped_pool(1, 1);
+        let dst = server.addr;
+        let first = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.send(dst, get()).await.map(|(r, _)| r.status()) })
+        };
+        until("first at the server", || {
+            server.arrived.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let second = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.send(dst, get()).await.map(|(r, _)| r.status()) })
+        };
+        until("second waiting", || waiting(&pool, dst) == 1).await;
+        let third = tokio::time::timeout(Duration::from_secs(20), pool.send(dst, get()))
+            .await
+            .expect("an overflowing request must not wait");
+        assert!(
+            matches!(&third, Err(H2Error::Connect(ce)) if matches!(**ce, ConnectError::Limit(a) if a == dst)),
+            "{third:?}"
+        );
+        server.release.send(true).unwrap();
+        for send in [first, second] {
+            let status = tokio::time::timeout(Duration::from_secs(20), send)
+                .await
+                .expect("request hung")
+                .unwrap();
+            assert_eq!(status.unwrap(), http::StatusCode::OK);
+        }
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_stream_counts_until_the_response_body_is_dropped() {
+        let (addr, _) = h2_server(None).await;
+        let pool = pool(Duration::from_secs(30));
+        let (resp, held) = pool.send(addr, get()).await.unwrap();
+        let load = |pool: &H2Pool<Empty>| {
+            pool.inner.lock()[&addr].conns[0]
+                .load
+                .in_flight
+                .load(Ordering::SeqCst)
+        };
+        assert_eq!(load(&pool), 1);
+        drop(resp);
+        assert_eq!(load(&pool), 1, "held by the guard, not the response head");
+        drop(held);
+        assert_eq!(load(&pool), 0);
     }
 
     #[tokio::test]
@@ -724,7 +1013,11 @@ mod tests {
     async fn idle_connections_are_swept() {
         let (addr, _) = h2_server(None).await;
         let pool = pool(Duration::from_secs(30));
-        pool.sender(addr).await.unwrap();
+        let (_, _, held) = pool.sender(addr).await.unwrap();
+        // A connection with a stream open is never idle.
+        pool.inner.sweep(Instant::now() + Duration::from_secs(31));
+        assert_eq!(pool.len(), 1);
+        drop(held);
         pool.inner.sweep(Instant::now());
         assert_eq!(pool.len(), 1);
         pool.inner.sweep(Instant::now() + Duration::from_secs(31));
@@ -736,21 +1029,18 @@ mod tests {
         let (addr, accepted) = h2_server(Some(1)).await;
         let pool = pool(Duration::from_secs(30));
         for _ in 0..3 {
-            let req = Request::get("http://svc.test/")
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
-                .unwrap();
-            let resp = pool.send(addr, req).await;
+            let resp = pool.send(addr, get()).await;
             assert!(resp.is_ok(), "{resp:?}");
             drop(resp);
             // The server closes after each request: wait until the pool sees it.
-            tokio::time::timeout(Duration::from_secs(20), async {
-                while matches!(pool.inner.lock().get(&addr), Some(Slot::Ready { sender, .. }) if !sender.is_closed())
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+            until("connection closed", || {
+                !pool
+                    .inner
+                    .lock()
+                    .get(&addr)
+                    .is_some_and(|d| d.conns.iter().any(|c| !c.sender.is_closed()))
             })
-            .await
-            .expect("connection never closed");
+            .await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
