@@ -532,9 +532,9 @@ fn preface_max_streams(bytes: &[u8]) -> Option<u32> {
     let payload = &rest[..len.min(rest.len())];
     payload
         .chunks_exact(6)
-        .filter(|e| u16::from_be_bytes([e[0], e[1]]) == MAX_CONCURRENT_STREAMS)
+        .rev()
+        .find(|e| u16::from_be_bytes([e[0], e[1]]) == MAX_CONCURRENT_STREAMS)
         .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
-        .last()
 }
 
 impl<T: AsyncRead> AsyncRead for FirstRead<T> {
