@@ -760,8 +760,12 @@ mod tests {
 
     /// A pool allowing `conns` HTTP/2 connections per destination and `pending` waiters.
     fn capped_pool(conns: u32, pending: u32) -> H2Pool<Empty> {
+        sidecar_pool(|s| s.http2_connections_per_destination = conns, pending)
+    }
+
+    fn sidecar_pool(edit: impl FnOnce(&mut mesh_config::Sidecar), pending: u32) -> H2Pool<Empty> {
         let mut config = mesh_config::MeshConfig::default();
-        config.spec.sidecar.http2_connections_per_destination = conns;
+        edit(&mut config.spec.sidecar);
         let snapshot = crate::config::Snapshot {
             config: Arc::new(config),
             ..crate::config::Snapshot::default_config()
@@ -967,6 +971,36 @@ mod tests {
             matches!(&third, Err(H2Error::Connect(ce)) if matches!(**ce, ConnectError::Limit(a) if a == dst)),
             "{third:?}"
         );
+        server.release.send(true).unwrap();
+        for send in [first, second] {
+            let status = tokio::time::timeout(Duration::from_secs(20), send)
+                .await
+                .expect("request hung")
+                .unwrap();
+            assert_eq!(status.unwrap(), http::StatusCode::OK);
+        }
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_destination_cap_counts_http2_connections_and_the_excess_waits() {
+        let server = slow_server(1).await;
+        let pool = sidecar_pool(|s| s.max_connections_per_destination = 1, 16);
+        let dst = server.addr;
+        let send = || {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.send(dst, get()).await.map(|(r, _)| r.status()) })
+        };
+        let first = send();
+        until("first at the server", || {
+            server.arrived.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // The second would grow the pool, but the destination's one connection is taken:
+        // refused by the cap, it waits for room instead of failing.
+        let second = send();
+        until("second waiting", || waiting(&pool, dst) == 1).await;
+        assert_eq!(pool.inner.connector.open_to(dst), 1);
         server.release.send(true).unwrap();
         for send in [first, second] {
             let status = tokio::time::timeout(Duration::from_secs(20), send)
