@@ -352,9 +352,39 @@ fn client_error(e: &hyper_util::client::legacy::Error) -> Failure {
             message: "upstream connect error\n",
             reason: ErrorReason::ConnectFailed,
         }
+    } else if request_body_failed(e) {
+        bad_request_body()
     } else {
         upstream_closed()
     }
+}
+
+/// The request failed on the client's own body (chunking hyper refused, a client gone
+/// mid-body), not on the upstream: 400, as Envoy answers, rather than a 502 that blames the
+/// upstream. The span's reason is the tracing layer's (`downstream_cancelled` when it saw the
+/// body fail).
+fn bad_request_body() -> Failure {
+    Failure {
+        status: StatusCode::BAD_REQUEST,
+        message: "malformed or incomplete request body\n",
+        reason: ErrorReason::InvalidRequest,
+    }
+}
+
+/// Whether an upstream request failed because its body, the client's, failed: hyper reports
+/// the body it was given failing as a user error.
+fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The upstream closed or reset the connection (or stream) before a response head.
@@ -375,6 +405,7 @@ fn h2_error(e: &H2Error) -> Failure {
             message: "upstream connect error\n",
             reason: ErrorReason::ConnectFailed,
         },
+        H2Error::Request(e) if request_body_failed(&**e) => bad_request_body(),
         H2Error::Request(_) => upstream_closed(),
     }
 }

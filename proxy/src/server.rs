@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_config::Sidecar;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -40,6 +41,8 @@ pub struct ConnLimit {
     open: AtomicUsize,
     config: ConfigRx,
     refused: Counter,
+    /// `open`, as `/metrics` shows it: a leak of connections is a level that never comes back.
+    gauge: Gauge,
 }
 
 /// One admitted connection; its drop frees the slot.
@@ -49,15 +52,17 @@ pub struct Admitted(Arc<ConnLimit>);
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.gauge.dec();
     }
 }
 
 impl ConnLimit {
-    pub fn new(config: ConfigRx, refused: Counter) -> Arc<Self> {
+    pub fn new(config: ConfigRx, refused: Counter, gauge: Gauge) -> Arc<Self> {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             config,
             refused,
+            gauge,
         })
     }
 
@@ -69,6 +74,7 @@ impl ConnLimit {
             self.refused.inc();
             return None;
         }
+        self.gauge.inc();
         Some(Admitted(self.clone()))
     }
 
@@ -362,15 +368,16 @@ mod tests {
     fn the_cap_follows_config_changes_and_slots_free_on_drop() {
         let (tx, rx) = tokio::sync::watch::channel(snapshot(1));
         let refused = Counter::default();
-        let limit = ConnLimit::new(rx, refused.clone());
+        let gauge = Gauge::default();
+        let limit = ConnLimit::new(rx, refused.clone(), gauge.clone());
         let first = limit.admit().expect("below the cap");
         assert!(limit.admit().is_none());
         assert_eq!(refused.get(), 1);
         // A raised cap applies to the next connection, without a restart.
         tx.send(snapshot(2)).unwrap();
         let second = limit.admit().expect("raised cap");
-        assert_eq!(limit.open(), 2);
+        assert_eq!((limit.open(), gauge.get()), (2, 2));
         drop((first, second));
-        assert_eq!(limit.open(), 0);
+        assert_eq!((limit.open(), gauge.get()), (0, 0));
     }
 }
