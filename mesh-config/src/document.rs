@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::openapi;
-use crate::validate::{MAX_COUNT, PORT_MAX, PORT_MIN};
+use crate::validate::{MAX_COUNT, MAX_HTTP2_CONNECTIONS, PORT_MAX, PORT_MIN};
 
 use crate::Duration;
 
@@ -280,6 +280,11 @@ pub struct Sidecar {
     /// gets 503 and a TCP connection is reset.
     #[schemars(range(min = 1, max = MAX_COUNT))]
     pub max_connections_per_destination: u32,
+    /// HTTP/2 connections the sidecar opens to one destination address as its streams grow,
+    /// so a balancer that spreads per connection (kube-proxy) sees more than one; they count
+    /// towards `maxConnectionsPerDestination` too.
+    #[schemars(range(min = 1, max = MAX_HTTP2_CONNECTIONS))]
+    pub http2_connections_per_destination: u32,
     /// After SIGTERM the sidecar keeps accepting for this long (reporting not ready) while
     /// endpoints converge, then stops accepting and drains (Istio's name).
     pub termination_drain_duration: Duration,
@@ -321,6 +326,10 @@ impl Default for Sidecar {
             max_connections: 10_000,
             // Envoy's default circuit-breaker max_connections per cluster (1024).
             max_connections_per_destination: 1024,
+            // A few connections spread a gRPC client's streams over a few backends behind a
+            // Service (kube-proxy picks a backend per connection); a new one opens only when
+            // every open one carries its stream target, so a quiet pod still holds one.
+            http2_connections_per_destination: 4,
             // Istio's default terminationDrainDuration (5 s): enough for endpoint removal to
             // reach the callers' proxies in a typical cluster.
             termination_drain_duration: Duration::from_secs(5),

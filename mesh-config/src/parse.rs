@@ -285,7 +285,7 @@ spec:
     #[test]
     fn sidecar_limits_are_read_and_checked() {
         let c = parse_strict(
-            "spec:\n  sidecar:\n    headerReadTimeout: 500ms\n    httpIdleTimeout: 1m30s\n    tcpIdleTimeout: 2h\n    http2KeepaliveInterval: \"0\"\n    http2KeepaliveTimeout: 1s\n    connectTimeout: 250ms\n    responseTimeout: 15s\n    maxConnections: 50\n    maxConnectionsPerDestination: 7\n    terminationDrainDuration: 0s\n",
+            "spec:\n  sidecar:\n    headerReadTimeout: 500ms\n    httpIdleTimeout: 1m30s\n    tcpIdleTimeout: 2h\n    http2KeepaliveInterval: \"0\"\n    http2KeepaliveTimeout: 1s\n    connectTimeout: 250ms\n    responseTimeout: 15s\n    maxConnections: 50\n    maxConnectionsPerDestination: 7\n    http2ConnectionsPerDestination: 2\n    terminationDrainDuration: 0s\n",
         )
         .unwrap();
         let s = &c.spec.sidecar;
@@ -299,6 +299,7 @@ spec:
             (s.max_connections, s.max_connections_per_destination),
             (50, 7)
         );
+        assert_eq!(s.http2_connections_per_destination, 2);
         assert_eq!(s.termination_drain_duration.non_zero(), None);
         // Written back as strings with units, and read back the same.
         assert_eq!(parse_strict(&c.to_yaml()).unwrap(), c);

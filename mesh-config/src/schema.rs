@@ -453,7 +453,11 @@ mod tests {
         );
         assert!(find("spec.observability.tracing.stitching")
             .contains(r#"OneOf("stitching mode", ["off", "request-id", "in-flight"])"#));
-        assert_eq!(out.len(), 24, "{out:#?}");
+        assert_eq!(
+            find("spec.sidecar.http2ConnectionsPerDestination"),
+            "spec.sidecar.http2ConnectionsPerDestination: UInt(1..=1024)"
+        );
+        assert_eq!(out.len(), 25, "{out:#?}");
     }
 
     #[test]

@@ -135,6 +135,10 @@ const DAY: StdDuration = StdDuration::from_secs(24 * 3600);
 /// larger number can only be a typo.
 pub(crate) const MAX_COUNT: u32 = 1_000_000;
 
+/// Upper bound of `http2ConnectionsPerDestination`: Envoy's default cap on connections to a
+/// destination; past it, spreading streams wider buys no balance, only connections.
+pub(crate) const MAX_HTTP2_CONNECTIONS: u32 = 1024;
+
 /// Range of every `spec.sidecar` timeout, by field name. Zero is allowed only where it means
 /// "off"; the upper bounds are far past any sensible value, so only typos (`"10h"` for
 /// `"10s"`...) hit them. The CRD states the same ranges as CEL rules (`openapi`).
@@ -187,6 +191,13 @@ fn sidecar_problems(s: &Sidecar, out: &mut Vec<FieldError>) {
                 format!("{value} is out of range 1..={MAX_COUNT}"),
             ));
         }
+    }
+    let h2 = s.http2_connections_per_destination;
+    if !(1..=MAX_HTTP2_CONNECTIONS).contains(&h2) {
+        out.push(FieldError::new(
+            "spec.sidecar.http2ConnectionsPerDestination",
+            format!("{h2} is out of range 1..={MAX_HTTP2_CONNECTIONS}"),
+        ));
     }
 }
 
@@ -318,6 +329,7 @@ mod tests {
         assert_eq!(s.response_timeout.non_zero(), None);
         assert_eq!(s.max_connections, 10_000);
         assert_eq!(s.max_connections_per_destination, 1024);
+        assert_eq!(s.http2_connections_per_destination, 4);
         assert_eq!(s.termination_drain_duration.to_string(), "5s");
     }
 
@@ -376,6 +388,16 @@ mod tests {
                 "maxConnectionsPerDestination",
             ),
             (|s| s.max_connections_per_destination = 1_000_000, ""),
+            (
+                |s| s.http2_connections_per_destination = 0,
+                "http2ConnectionsPerDestination",
+            ),
+            (|s| s.http2_connections_per_destination = 1, ""),
+            (|s| s.http2_connections_per_destination = 1024, ""),
+            (
+                |s| s.http2_connections_per_destination = 1025,
+                "http2ConnectionsPerDestination",
+            ),
         ];
         for (i, (set, path)) in cases.iter().enumerate() {
             let mut c = MeshConfig::default();

@@ -356,6 +356,18 @@ fn cases() -> Vec<Case> {
             ],
         );
     }
+    each(
+        "sidecar.http2ConnectionsPerDestination".into(),
+        vec![
+            json!(0),
+            json!(1),
+            json!(1024),
+            json!(1025),
+            json!(-5),
+            json!(1.5),
+            json!("10"),
+        ],
+    );
     // Unknown fields, at every level.
     each("extra".into(), vec![json!(1)]);
     each("traffic.extra".into(), vec![json!([])]);
