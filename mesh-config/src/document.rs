@@ -83,6 +83,9 @@ pub struct Tracing {
     pub propagation: Vec<PropagationFormat>,
     /// The longest URL a span records (`http.url` / `url.full`), in bytes; longer ones are cut.
     pub max_url_tag_length: u32,
+    /// How a sidecar connects the requests of an app that forwards no trace headers to the
+    /// inbound request that caused them (see [`Stitching`]).
+    pub stitching: Stitching,
 }
 
 /// The default of `maxUrlTagLength`: long enough for any REST path and a short query (Envoy
@@ -106,7 +109,60 @@ impl Default for Tracing {
             sampled_fraction: 1.0,
             propagation: PropagationFormat::ALL.to_vec(),
             max_url_tag_length: DEFAULT_MAX_URL_TAG_LENGTH,
+            stitching: Stitching::default(),
         }
+    }
+}
+
+/// How an outbound request that carries no trace context is joined to an inbound request of
+/// the same pod. Each mode includes the ones before it; a request that carries context is
+/// never touched whatever the mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stitching {
+    /// Nothing is stitched: such a request starts a trace of its own.
+    Off,
+    /// A child of the in-flight inbound request with the same `x-request-id`: exact, so the
+    /// default.
+    #[default]
+    RequestId,
+    /// Also a child of the only inbound request in flight when exactly one is: right for an
+    /// app that serves one request at a time, never a guess when several are in flight.
+    InFlight,
+}
+
+impl Stitching {
+    pub const ALL: [Stitching; 3] = [Stitching::Off, Stitching::RequestId, Stitching::InFlight];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Stitching::Off => "off",
+            Stitching::RequestId => "request-id",
+            Stitching::InFlight => "in-flight",
+        }
+    }
+}
+
+impl std::fmt::Display for Stitching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Stitching {
+    type Err = String;
+
+    /// The MeshConfig spelling, for the `tracemesh.dev/stitching` annotation and its env.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Stitching::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unknown stitching mode {s:?} (expected {})",
+                    Stitching::ALL.map(Stitching::as_str).join(", ")
+                )
+            })
     }
 }
 

@@ -159,6 +159,33 @@ spec:
     }
 
     #[test]
+    fn stitching_mode_defaults_to_request_id_and_is_checked() {
+        use crate::Stitching;
+        let c = parse("spec: {}\n").unwrap().config;
+        assert_eq!(c.spec.observability.tracing.stitching, Stitching::RequestId);
+        for (text, want) in [
+            ("off", Stitching::Off),
+            ("request-id", Stitching::RequestId),
+            ("in-flight", Stitching::InFlight),
+        ] {
+            let doc = format!("spec:\n  observability:\n    tracing:\n      stitching: {text}\n");
+            let c = parse_strict(&doc).unwrap();
+            assert_eq!(c.spec.observability.tracing.stitching, want);
+            assert_eq!(text.parse::<Stitching>(), Ok(want));
+        }
+        let got = messages(
+            parse("spec:\n  observability:\n    tracing:\n      stitching: guess\n").unwrap_err(),
+        );
+        assert_eq!(
+            got,
+            [
+                r#"spec.observability.tracing.stitching: unknown stitching mode "guess" (expected off, request-id, in-flight)"#
+            ]
+        );
+        assert!("guess".parse::<Stitching>().is_err());
+    }
+
+    #[test]
     fn json_is_accepted() {
         let c =
             parse(r#"{"spec":{"observability":{"tracing":{"port":9412,"sampledFraction":0.5}}}}"#)

@@ -10,7 +10,8 @@ use serde_json::{Map, Number, Value};
 
 use crate::validate::PORT_RANGE;
 use crate::{
-    FieldError, LogLevel, PropagationFormat, Protocol, API_VERSION, KIND, MAX_URL_TAG_LENGTH_RANGE,
+    FieldError, LogLevel, PropagationFormat, Protocol, Stitching, API_VERSION, KIND,
+    MAX_URL_TAG_LENGTH_RANGE,
 };
 
 enum Field {
@@ -46,6 +47,11 @@ const PROTOCOLS: &[&str] = &[
 const PROPAGATION_FORMATS: &[&str] = &[
     PropagationFormat::B3multi.as_str(),
     PropagationFormat::Tracecontext.as_str(),
+];
+const STITCHING_MODES: &[&str] = &[
+    Stitching::Off.as_str(),
+    Stitching::RequestId.as_str(),
+    Stitching::InFlight.as_str(),
 ];
 const LOG_LEVELS: &[&str] = &[
     LogLevel::Error.as_str(),
@@ -85,6 +91,7 @@ const TRACING: &[(&str, Field)] = &[
         Field::OneOfList("propagation format", PROPAGATION_FORMATS),
     ),
     ("maxUrlTagLength", Field::UInt(MAX_URL_TAG_LENGTH_RANGE)),
+    ("stitching", Field::OneOf("stitching mode", STITCHING_MODES)),
 ];
 
 const TRAFFIC: &[(&str, Field)] = &[

@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// `5s`; overrides the MeshConfig's `spec.sidecar.terminationDrainDuration` for this pod.
     #[arg(long, env = "TERMINATION_DRAIN_DURATION", value_name = "DURATION", value_parser = parse_duration)]
     pub termination_drain_duration: Option<std::time::Duration>,
+    /// This pod's stitching mode (off, request-id, in-flight), overriding the MeshConfig's
+    /// `spec.observability.tracing.stitching`; the injector sets it from the
+    /// `tracemesh.dev/stitching` annotation of the pod or its namespace.
+    #[arg(long, env = "MESH_STITCHING", value_name = "MODE")]
+    pub stitching: Option<mesh_config::Stitching>,
     /// Seconds to let connections finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = crate::shutdown::DRAIN_TIMEOUT.as_secs())]
     pub drain_timeout: u64,

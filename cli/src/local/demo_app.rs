@@ -1,6 +1,7 @@
 //! The demo's workload: a tiny HTTP service that answers `GET /` and, when it has a next hop,
 //! first calls it through its sidecar's forward proxy, passing the trace headers on as an
-//! instrumented app would (a sidecar can only join spans into one trace if the app does).
+//! instrumented app would, or only `x-request-id` as many uninstrumented apps' logging
+//! middleware does (its sidecar then stitches the hop by request id).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,12 +28,22 @@ const PROPAGATED: &[&str] = &[
     "tracestate",
 ];
 
+/// What an app copies from its inbound request onto the requests it makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwards {
+    /// Every trace header: an instrumented app.
+    TraceHeaders,
+    /// `x-request-id` alone: an app that knows nothing of tracing.
+    RequestIdOnly,
+}
+
 /// One demo service.
 #[derive(Debug, Clone)]
 pub struct DemoApp {
     pub name: String,
     /// `(next service's public address, this app's forward proxy)`.
     pub next: Option<(SocketAddr, SocketAddr)>,
+    pub forwards: Forwards,
 }
 
 /// Serves `app` on `listener` until the returned task is aborted.
@@ -62,7 +73,7 @@ async fn handle(req: Request<Incoming>, app: DemoApp) -> Result<Response<Full<By
     let Some((next, proxy)) = app.next else {
         return Ok(reply(StatusCode::OK, format!("{}\n", app.name)));
     };
-    match call(next, proxy, req.headers()).await {
+    match call(next, proxy, req.headers(), app.forwards).await {
         Ok((200, body)) => Ok(reply(StatusCode::OK, format!("{} -> {body}", app.name))),
         Ok((status, body)) => Ok(reply(
             StatusCode::BAD_GATEWAY,
@@ -80,6 +91,7 @@ async fn call(
     next: SocketAddr,
     proxy: SocketAddr,
     incoming: &HeaderMap,
+    forwards: Forwards,
 ) -> anyhow::Result<(u16, String)> {
     let stream = tokio::net::TcpStream::connect(proxy)
         .await
@@ -90,7 +102,11 @@ async fn call(
     let mut request = Request::get(format!("http://{next}/"))
         .header(http::header::HOST, next.to_string())
         .body(Empty::<Bytes>::new())?;
-    for name in PROPAGATED {
+    let names = match forwards {
+        Forwards::TraceHeaders => PROPAGATED,
+        Forwards::RequestIdOnly => &PROPAGATED[..1],
+    };
+    for name in names {
         if let Some(value) = incoming.get(*name) {
             request.headers_mut().insert(*name, value.clone());
         }
@@ -121,6 +137,7 @@ mod tests {
             DemoApp {
                 name: "c".into(),
                 next: None,
+                forwards: Forwards::TraceHeaders,
             },
         );
         let b_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -130,6 +147,7 @@ mod tests {
             DemoApp {
                 name: "b".into(),
                 next: Some((c, c)),
+                forwards: Forwards::RequestIdOnly,
             },
         );
         let (status, body) = crate::local::probe::get(b, "/").await.expect("get");

@@ -143,6 +143,10 @@ fn write_tags(out: &mut Vec<u8>, r: &SpanRecord, url: &[u8], host: &[u8]) {
             out.push(b'"');
         }
     }
+    if let Some(how) = r.stitch {
+        out.extend_from_slice(b",\"tracemesh.stitch\":");
+        push_str(out, how.as_str());
+    }
 }
 
 /// The span name in lower case, as Zipkin shows names: the method, or `http` for any other
