@@ -534,6 +534,7 @@ async fn explicit_in_flight_under_concurrency_8_names_no_wrong_parent() {
     const REQUESTS: usize = 64;
     let (spans, outcomes) = explicit_run("in-flight", Forward::Nothing, &[], REQUESTS, 8).await;
     let (_stitched, unstitched) = assert_no_wrong_parent(&spans, REQUESTS, &outcomes);
+    eprintln!("B's outbound requests: {outcomes:?}");
     // Eight clients and a 30 ms pause in B: requests overlap there, so some are ambiguous
     // (otherwise this run proved nothing about concurrency).
     assert!(outcomes.ambiguous > 0, "{outcomes:?}");
@@ -566,14 +567,16 @@ async fn explicit_off_stitches_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Transparent mode: pods, iptables, sidecars as UID 1500.
 
+/// Fields drop in order: processes, then pods, then the network.
 struct PodMesh {
-    _net: tracemesh_tests::Net,
-    spans_file: PathBuf,
-    client: Pod,
-    a_ip: std::net::Ipv4Addr,
     _keep: Vec<(tracemesh_tests::Sidecar, Proc)>,
     _receiver: Proc,
+    client: Pod,
+    /// A, B, C and the collector's pod: a pod's namespace goes when it is dropped.
     _pods: Vec<Pod>,
+    spans_file: PathBuf,
+    a_ip: std::net::Ipv4Addr,
+    _net: tracemesh_tests::Net,
 }
 
 fn pod_mesh(stitching: &str, forward: Forward, delay_ms: u64, b_env: &[(&str, &str)]) -> PodMesh {
@@ -649,7 +652,7 @@ fn pod_mesh(stitching: &str, forward: Forward, delay_ms: u64, b_env: &[(&str, &s
         a_ip: pods[0].ip(),
         _keep: keep,
         _receiver: receiver_proc,
-        _pods: pods,
+        _pods: pods.into_iter().chain([collector]).collect(),
         _net: net,
     }
 }
@@ -770,6 +773,7 @@ fn transparent_in_flight_under_concurrency_8_names_no_wrong_parent() {
     mesh.drive(REQUESTS, 8);
     let outcomes = mesh.b_outcomes();
     let (_, unstitched) = assert_no_wrong_parent(&mesh.spans(5 * REQUESTS), REQUESTS, &outcomes);
+    eprintln!("B's outbound requests: {outcomes:?}");
     assert!(outcomes.ambiguous > 0, "{outcomes:?}");
     assert_eq!(outcomes.ambiguous, unstitched, "{outcomes:?}");
 }
