@@ -284,16 +284,16 @@ fn explicit_mesh(
     let mut next_entry: Option<u16> = None;
     let mut b_admin = 0;
     for name in ["c", "b", "a"] {
-        let (app_env, sidecar_env): (Vec<(&str, String)>, &[(&str, &str)]) = match name {
-            "b" => (
-                vec![
-                    ("FORWARD", forward.env().to_owned()),
-                    ("DELAY_MS", delay_ms.to_string()),
-                ],
-                b_env,
-            ),
-            _ => (vec![], &[]),
+        let is_b = name == "b";
+        let app_env: Vec<(&str, String)> = if is_b {
+            vec![
+                ("FORWARD", forward.env().to_owned()),
+                ("DELAY_MS", delay_ms.to_string()),
+            ]
+        } else {
+            vec![]
         };
+        let sidecar_env = if is_b { b_env } else { &[] };
         let node = start_node(
             name,
             dir.path(),
