@@ -120,6 +120,19 @@ mod tests {
     }
 
     #[test]
+    fn stitching_flag_takes_a_mode_and_refuses_others() {
+        let cli = Cli::try_parse_from(["mesh-proxy", "run", "--stitching", "in-flight"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.stitching, Some(mesh_config::Stitching::InFlight));
+        let err = Cli::try_parse_from(["mesh-proxy", "run", "--stitching", "guess"])
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("unknown stitching mode"), "{err}");
+    }
+
+    #[test]
     fn drain_window_flag_takes_a_duration() {
         let cli =
             Cli::try_parse_from(["mesh-proxy", "run", "--termination-drain-duration", "1m30s"])

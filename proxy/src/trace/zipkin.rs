@@ -364,6 +364,17 @@ mod tests {
         assert!(tags.get("error").is_none());
         // Every tag value is a string, as zipkin2 requires.
         assert!(tags.as_object().unwrap().values().all(Value::is_string));
+        assert!(tags.get("tracemesh.stitch").is_none());
+    }
+
+    /// A stitched span says how, so a user can filter stitched spans.
+    #[test]
+    fn stitched_span_carries_how() {
+        let mut r = record(Direction::Outbound, "http://c.default:8080/", 200);
+        r.stitch = Some(super::super::stitch::Stitch::InFlight);
+        let z = encode_one(&r, "b.default", None);
+        assert_eq!(z["tags"]["tracemesh.stitch"], "in-flight");
+        assert_eq!(z["tags"]["upstream_cluster"], "outbound|c.default:8080");
     }
 
     #[test]
