@@ -37,9 +37,9 @@ fn batch(n: usize) -> Vec<SpanRecord> {
                 Duration::from_micros(250 + i as u64),
                 Outcome {
                     status: Some(http::StatusCode::OK),
-                    error: None,
                     request_size: 128,
                     response_size: 128,
+                    ..Outcome::default()
                 },
             );
             span

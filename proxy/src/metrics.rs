@@ -6,11 +6,12 @@
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::detect::{Detection, Protocol};
@@ -98,6 +99,8 @@ pub struct Metrics {
     pub strangers_refused: Counter,
     /// Downstream connections refused at `spec.sidecar.maxConnections`.
     pub connections_refused: Counter,
+    /// Downstream connections held now, the figure `spec.sidecar.maxConnections` caps.
+    pub connections_open: Gauge,
     /// Connections closed for the idle timeout (HTTP keep-alive, opaque TCP, tunnels).
     pub idle_timeouts: Counter,
     /// HTTP/1 connections closed for the header read timeout.
@@ -232,8 +235,20 @@ impl Metrics {
             strangers_refused.clone(),
         );
         let connections_refused = Counter::default();
+        let connections_open = Gauge::<i64, AtomicI64>::default();
         let idle_timeouts = Counter::default();
         let header_timeouts = Counter::default();
+        reg.register(
+            "connections_open",
+            "Downstream connections held now by the proxy listeners (capped by maxConnections)",
+            connections_open.clone(),
+        );
+        reg.register(
+            "tasks",
+            "Tasks alive on the proxy's runtime: every connection, request and tunnel holds \
+             one, so a count that does not return to its level after a burst is a leak",
+            RuntimeTasks,
+        );
         reg.register(
             "connections_refused",
             "Downstream connections refused because spec.sidecar.maxConnections were open",
@@ -287,6 +302,7 @@ impl Metrics {
             connect_errors,
             strangers_refused,
             connections_refused,
+            connections_open,
             idle_timeouts,
             header_timeouts,
         }
@@ -309,6 +325,24 @@ impl Metrics {
         self.config_generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.config_last_error.set(i64::from(has_error));
+    }
+}
+
+/// The number of tasks alive on the runtime that renders the metrics, read at scrape time:
+/// tokio counts them already, so nothing on the data path pays for it.
+#[derive(Debug)]
+struct RuntimeTasks;
+
+impl EncodeMetric for RuntimeTasks {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let alive = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_alive_tasks())
+            .unwrap_or(0);
+        encoder.encode_gauge(&i64::try_from(alive).unwrap_or(i64::MAX))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
     }
 }
 

@@ -15,12 +15,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_config::Sidecar;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::ConfigRx;
+use crate::half_close::{HalfClose, Held, InFlight};
 use crate::idle::{Activity, Expired, Tracked, Watched};
 use crate::shutdown::Watch;
+use crate::tcp::Downstream;
 
 /// Largest request head accepted. Envoy's default limit (60 KiB): beyond it the client gets
 /// 431 from hyper rather than the proxy holding arbitrary amounts of header memory.
@@ -38,6 +41,8 @@ pub struct ConnLimit {
     open: AtomicUsize,
     config: ConfigRx,
     refused: Counter,
+    /// `open`, as `/metrics` shows it: a leak of connections is a level that never comes back.
+    gauge: Gauge,
 }
 
 /// One admitted connection; its drop frees the slot.
@@ -47,15 +52,17 @@ pub struct Admitted(Arc<ConnLimit>);
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.gauge.dec();
     }
 }
 
 impl ConnLimit {
-    pub fn new(config: ConfigRx, refused: Counter) -> Arc<Self> {
+    pub fn new(config: ConfigRx, refused: Counter, gauge: Gauge) -> Arc<Self> {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             config,
             refused,
+            gauge,
         })
     }
 
@@ -67,6 +74,7 @@ impl ConnLimit {
             self.refused.inc();
             return None;
         }
+        self.gauge.inc();
         Some(Admitted(self.clone()))
     }
 
@@ -135,7 +143,8 @@ pub enum ServeError {
 
 /// Serves HTTP/1 on `io` with `handler` (upgrades allowed) under the sidecar's header read and
 /// idle timeouts, until the client closes, a deadline passes, or shutdown (then gracefully:
-/// the request in flight finishes).
+/// the request in flight finishes). A client that shuts its write side after the request
+/// still gets the answer.
 ///
 /// The first request head counts from the connection's start: a client that connects and
 /// never completes a head is cut after the header read timeout. hyper's own header timer is
@@ -158,14 +167,7 @@ where
     let activity = Activity::new(true);
     activity.begin_head();
     let svc = tracked_service(handler, activity.clone());
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEADER_BYTES)
-        // A client that shuts its write side after the request still gets the answer.
-        .half_close(true);
-    let conn = builder
+    let conn = http1_builder(true)
         .serve_connection(TokioIo::new(Watched::new(io, activity.clone())), svc)
         .with_upgrades();
     let header = Some(limits.header_read_timeout.get());
@@ -177,6 +179,67 @@ where
         watch,
     )
     .await
+}
+
+/// [`serve_http1`] for the proxied data path, where a client that leaves must cancel its
+/// request: the socket goes through [`HalfClose`], so a client that half-closes still gets
+/// its answer and one that resets its connection cancels the request in flight (its span
+/// ends as `downstream_cancelled`, its upstream request is dropped). The handler must keep
+/// the request's [`crate::half_close::BodyOpen`] extension with the request body until the
+/// body has been read to its end.
+pub async fn serve_http1_proxied<I, F, Fut, B>(
+    io: I,
+    handler: F,
+    limits: &Sidecar,
+    watch: Watch,
+) -> Result<(), ServeError>
+where
+    I: Downstream,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let in_flight = InFlight::new();
+    let requests = in_flight.clone();
+    let handler = move |mut req: Request<Incoming>| {
+        let guard = requests.request();
+        if !req.body().is_end_stream() {
+            req.extensions_mut().insert(requests.body());
+        }
+        let response = handler(req);
+        async move { response.await.map(|body| Held::new(body, guard)) }
+    };
+    let activity = Activity::new(true);
+    activity.begin_head();
+    let svc = tracked_service(handler, activity.clone());
+    let io = Watched::new(HalfClose::new(io, in_flight), activity.clone());
+    let conn = http1_builder(false)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    let header = Some(limits.header_read_timeout.get());
+    drive(
+        conn,
+        activity,
+        limits.http_idle_timeout.get(),
+        header,
+        watch,
+    )
+    .await
+}
+
+/// The HTTP/1 server settings every listener shares. `half_close`: whether hyper itself
+/// ignores a read EOF while a request is in flight (see [`crate::half_close`] for why the
+/// proxied path does that below hyper instead).
+fn http1_builder(half_close: bool) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .half_close(half_close);
+    builder
 }
 
 /// Serves HTTP/2 (prior knowledge) on `io`: PINGs at the keepalive interval close a
@@ -305,15 +368,16 @@ mod tests {
     fn the_cap_follows_config_changes_and_slots_free_on_drop() {
         let (tx, rx) = tokio::sync::watch::channel(snapshot(1));
         let refused = Counter::default();
-        let limit = ConnLimit::new(rx, refused.clone());
+        let gauge = Gauge::default();
+        let limit = ConnLimit::new(rx, refused.clone(), gauge.clone());
         let first = limit.admit().expect("below the cap");
         assert!(limit.admit().is_none());
         assert_eq!(refused.get(), 1);
         // A raised cap applies to the next connection, without a restart.
         tx.send(snapshot(2)).unwrap();
         let second = limit.admit().expect("raised cap");
-        assert_eq!(limit.open(), 2);
+        assert_eq!((limit.open(), gauge.get()), (2, 2));
         drop((first, second));
-        assert_eq!(limit.open(), 0);
+        assert_eq!((limit.open(), gauge.get()), (0, 0));
     }
 }

@@ -15,17 +15,31 @@ pub trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Makes the next close send a RST, so the client sees "connection refused/reset" the way
     /// it would without a proxy instead of a clean, misleading EOF.
     fn reset_on_close(&self) {}
+
+    /// The socket's pending error (a reset from the peer), taken: a client that is gone for
+    /// good, seen without reading. `None` when there is none or the stream cannot tell.
+    fn take_error(&self) -> Option<io::Error> {
+        None
+    }
 }
 
 impl Downstream for tokio::net::TcpStream {
     fn reset_on_close(&self) {
         let _ = socket2::SockRef::from(self).set_linger(Some(std::time::Duration::ZERO));
     }
+
+    fn take_error(&self) -> Option<io::Error> {
+        tokio::net::TcpStream::take_error(self).ok().flatten()
+    }
 }
 
 impl<I: Downstream> Downstream for crate::prefixed::Prefixed<I> {
     fn reset_on_close(&self) {
         self.get_ref().reset_on_close()
+    }
+
+    fn take_error(&self) -> Option<io::Error> {
+        self.get_ref().take_error()
     }
 }
 

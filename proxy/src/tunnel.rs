@@ -31,7 +31,8 @@ use crate::detect::{self, Protocol};
 use crate::http::{Ctx, ResponseBodyOrError};
 use crate::prefixed::Prefixed;
 use crate::shutdown::Watch;
-use crate::trace::{Direction, Outcome};
+use crate::trace::layer::{Failure, SpanBody};
+use crate::trace::{Direction, ErrorReason, Outcome};
 
 /// Whether an HTTP/1 request is addressed to a proxy (CONNECT, or an absolute-form target)
 /// and must reach `dst` as it is, over [`relay`].
@@ -70,7 +71,7 @@ pub async fn relay(
         Err(e) => {
             shared.metrics.connect_errors.inc();
             tracing::debug!(%dst, error = %e, "CONNECT upstream failed");
-            return crate::http::fail(ctx, span, e.status(), crate::http::connect_message(&e));
+            return crate::http::fail(ctx, span, crate::http::connect_failure(&e));
         }
     };
     let handshake = hyper::client::conn::http1::Builder::new()
@@ -79,8 +80,12 @@ pub async fn relay(
     let (mut sender, conn) = match handshake {
         Ok(pair) => pair,
         Err(_) => {
-            let status = http::StatusCode::BAD_GATEWAY;
-            return crate::http::fail(ctx, span, status, "upstream connect error\n");
+            let failure = Failure {
+                status: http::StatusCode::BAD_GATEWAY,
+                message: "upstream connect error\n",
+                reason: ErrorReason::ConnectFailed,
+            };
+            return crate::http::fail(ctx, span, failure);
         }
     };
     tokio::spawn(async move {
@@ -89,13 +94,10 @@ pub async fn relay(
         }
     });
     let received = shared.metrics.bytes(ctx.direction).received.clone();
-    let body = RequestBody::new(body, received, None);
+    let body = RequestBody::new(body, received);
     let mut resp = match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp,
-        Err(_) => {
-            let status = http::StatusCode::BAD_GATEWAY;
-            return crate::http::fail(ctx, span, status, "upstream connection closed\n");
-        }
+        Err(_) => return crate::http::fail(ctx, span, crate::http::upstream_closed()),
     };
     let status = resp.status();
     path.response(status.as_u16());
@@ -110,9 +112,7 @@ pub async fn relay(
         ));
         span.finish(Outcome {
             status: Some(status),
-            error: None,
-            request_size: 0,
-            response_size: 0,
+            ..Outcome::default()
         });
         let (mut parts, _) = resp.into_parts();
         crate::headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -131,8 +131,12 @@ pub async fn relay(
         parts.headers.append(header::PROXY_AUTHENTICATE, v);
     }
     let sent = shared.metrics.bytes(ctx.direction).sent.clone();
-    let finish = crate::body::Finish::new(span, status, None);
-    let body = crate::body::ResponseBody::new(body, sent, finish);
+    let body = SpanBody::new(
+        crate::body::ResponseBody::new(body, sent),
+        span,
+        status,
+        None,
+    );
     Response::from_parts(parts, Either::Left(body))
 }
 

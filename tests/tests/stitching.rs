@@ -128,7 +128,7 @@ fn config_yaml(collector: &str, port: u16, stitching: &str) -> String {
     format!(
         "apiVersion: config.tracemesh.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: mesh-config, namespace: mesh-system}}\n\
          spec:\n  observability:\n    tracing:\n      enable: true\n      address: {collector}\n      port: {port}\n      \
-         endpoint: /api/v2/spans\n      protocol: zipkin\n      sampledFraction: 1.0\n      stitching: {stitching}\n"
+         endpoint: /api/v2/spans\n      protocol: zipkin\n      sampledFraction: 1.0\n      stitching: '{stitching}'\n"
     )
 }
 

@@ -5,6 +5,11 @@
 //! an [`ActiveSpan`] that is finished when the response is known. An unsampled or disabled
 //! request gets an inert `ActiveSpan` and builds no span.
 //!
+//! A span ends exactly once, however its request ended: [`layer::TraceLayer`] finishes it when
+//! the response body ends, fails or is dropped, and an [`ActiveSpan`] dropped without
+//! `finish` (hyper dropped the request's future: the client left) finishes itself as
+//! [`ErrorReason::DownstreamCancelled`]. So `spans_started` = exported + dropped + queued.
+//!
 //! Path of a span: `start` (extract, decide, inject: [`propagate`]) → `finish` (a
 //! [`span::SpanRecord`] into the bounded queue of [`pipeline`]) → batch → [`export`] (Zipkin v2
 //! JSON by [`zipkin`], or OTLP mapped by [`otlp`] as protobuf; [`batch`] bounds each body,
@@ -15,11 +20,14 @@ pub mod backoff;
 pub mod batch;
 pub mod collector;
 pub mod export;
+pub mod grpc;
 pub mod health;
+pub mod layer;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
 pub mod propagate;
+pub mod reason;
 pub mod reload;
 pub mod span;
 pub mod stitch;
@@ -34,8 +42,10 @@ use std::time::{Instant, SystemTime};
 use mesh_config::Tracing;
 use serde::Serialize;
 
+pub use layer::TraceLayer;
 pub use metrics::TraceMetrics;
 use pipeline::Pipeline;
+pub use reason::ErrorReason;
 use span::SpanRecord;
 
 /// Which side of the sidecar the request crossed.
@@ -344,8 +354,12 @@ impl Tracer {
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     pub status: Option<http::StatusCode>,
-    /// Set when the proxy failed the request itself (upstream refused, timeout...).
-    pub error: Option<String>,
+    /// Set when the request did not complete normally (upstream refused, timeout, client
+    /// gone...): a name from a closed set.
+    pub error: Option<ErrorReason>,
+    /// The `grpc-status` of a gRPC response (from its trailers, or its headers when the
+    /// response is trailers-only); `None` when the response is not gRPC or carried none.
+    pub grpc_status: Option<u32>,
     pub request_size: u64,
     pub response_size: u64,
 }
@@ -360,7 +374,9 @@ struct Pending {
     active: Arc<Active>,
 }
 
-/// A span in flight. Dropping it without `finish` records nothing.
+/// A span in flight. Dropping it without `finish` ends it as [`ErrorReason::DownstreamCancelled`]:
+/// the only way a request's span is dropped unfinished is hyper dropping the request's future
+/// or response body because the client went away.
 #[derive(Debug, Default)]
 pub struct ActiveSpan {
     pending: Option<Box<Pending>>,
@@ -377,8 +393,14 @@ impl ActiveSpan {
 
     /// Ends the span (and queues it for export when recording). Never blocks: a full queue
     /// drops the span and counts it.
-    pub fn finish(self, outcome: Outcome) {
-        let Some(p) = self.pending else { return };
+    pub fn finish(mut self, outcome: Outcome) {
+        self.end(outcome);
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
         let Pending {
             mut record,
             started,
@@ -388,6 +410,17 @@ impl ActiveSpan {
         record.end(wall, started.elapsed(), outcome);
         if let Some(pipeline) = &active.pipeline {
             pipeline.send(record);
+        }
+    }
+}
+
+impl Drop for ActiveSpan {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            self.end(Outcome {
+                error: Some(ErrorReason::DownstreamCancelled),
+                ..Outcome::default()
+            });
         }
     }
 }

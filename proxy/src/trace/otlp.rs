@@ -73,9 +73,7 @@ pub fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
     let status = match r.error_text() {
         Some(e) => {
             attributes.push(KeyValue::new("error.type", e.clone()));
-            Status::Error {
-                description: Cow::Owned(e),
-            }
+            Status::Error { description: e }
         }
         None => Status::Unset,
     };
@@ -123,6 +121,14 @@ fn attributes(r: &SpanRecord) -> Vec<KeyValue> {
             "http.response.status_code",
             i64::from(s.as_u16()),
         ));
+    }
+    if let Some((service, method)) = r.rpc() {
+        out.push(KeyValue::new("rpc.system", "grpc"));
+        out.push(KeyValue::new("rpc.service", service.to_owned()));
+        out.push(KeyValue::new("rpc.method", method.to_owned()));
+    }
+    if let Some(code) = r.outcome.grpc_status {
+        out.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
     }
     let (address, port) = r.server_address();
     out.push(KeyValue::new("server.address", address.to_owned()));

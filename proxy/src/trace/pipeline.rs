@@ -35,7 +35,7 @@ use super::Identity;
 /// Spans waiting for export, counting those being exported. With URLs bounded this is a few
 /// MiB; [`QUEUE_BYTES`] bounds it whatever the spans carry.
 pub const QUEUE_CAPACITY: usize = 4096;
-/// Bound on the text the queued spans carry (URLs, error reasons) beyond their fixed size, so
+/// Bound on the text the queued spans carry (their URLs) beyond their fixed size, so
 /// a burst of long URLs cannot grow the queue past a few MiB either.
 pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Spans per export request: enough to amortise the request and the export thread's wake-up,
@@ -133,7 +133,7 @@ enum Next {
 
 /// The text a span carries beyond its fixed size, for [`QUEUE_BYTES`].
 fn footprint(span: &SpanRecord) -> usize {
-    span.url_host_path_bytes().0.len() + span.outcome.error.as_ref().map_or(0, String::len)
+    span.url_host_path_bytes().0.len()
 }
 
 impl Default for SpanQueue {

@@ -7,6 +7,7 @@
 //! of HTTP's own (any other is a short prefix), and the name is the method, never the path, so
 //! a trace backend's operation index holds a handful of names rather than one per URL.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,10 +19,10 @@ use super::{Direction, Outcome};
 /// A finished (or running) span. Kept compact and protocol-neutral; attribute names are chosen
 /// at export time.
 ///
-/// Memory per queued span, whatever the request carried: `size_of::<SpanRecord>()` (424
+/// Memory per queued span, whatever the request carried: `size_of::<SpanRecord>()` (408
 /// bytes today, at most 512 by a test), plus the URL on the heap only when it is longer than
-/// [`INLINE_TEXT`] (at most `maxUrlTagLength`: 1 KiB by default, 8 KiB at most), plus the
-/// outcome's short error reason: at most about 1.6 KiB with the defaults, so a full queue of
+/// [`INLINE_TEXT`] (at most `maxUrlTagLength`: 1 KiB by default, 8 KiB at most; the error
+/// reason is a `Copy` enum, no text): at most about 1.6 KiB with the defaults, so a full queue of
 /// 4 096 spans holds at most about 6.5 MiB (34 MiB with an 8 KiB bound).
 #[derive(Debug)]
 pub struct SpanRecord {
@@ -42,6 +43,9 @@ pub struct SpanRecord {
     pub peer: SocketAddr,
     pub upstream: SocketAddr,
     pub http2: bool,
+    /// The request is gRPC (by its content type): the span carries the RPC attributes and
+    /// its error follows the gRPC status.
+    pub grpc: bool,
     pub start: SystemTime,
     pub duration: Duration,
     pub outcome: Outcome,
@@ -92,6 +96,7 @@ impl SpanRecord {
             peer,
             upstream,
             http2: request.version == http::Version::HTTP_2,
+            grpc: super::grpc::is_grpc(&request.headers),
             // Set by `end`, with the wall clock read when the span started.
             start: UNIX_EPOCH,
             duration: Duration::ZERO,
@@ -201,19 +206,35 @@ impl SpanRecord {
         self.known_method().unwrap_or("HTTP")
     }
 
-    /// An error span: the proxy failed the request, the answer was a 5xx, or, on a CLIENT span,
-    /// a 4xx (the client's request failed; the server did its job, so SERVER spans stay clean).
+    /// An error span: the request did not complete (an [`super::ErrorReason`]), a gRPC status
+    /// that is an error on this side (see [`super::grpc::is_error`]), a 5xx, or, on a CLIENT
+    /// span, a 4xx (the client's request failed; the server did its job, so SERVER spans stay
+    /// clean).
     pub fn is_error(&self) -> bool {
         self.error_text().is_some()
     }
 
-    /// The short reason an error span carries: the proxy's reason, or the status code.
-    pub fn error_text(&self) -> Option<String> {
-        match (&self.outcome.error, self.outcome.status) {
-            (Some(e), _) => Some(e.clone()),
-            (None, Some(s)) if self.is_error_status(s) => Some(s.as_u16().to_string()),
+    /// The short reason an error span carries: the [`super::ErrorReason`], else the gRPC
+    /// status name (`NOT_FOUND`), else the HTTP status code. Always from a small closed set.
+    pub fn error_text(&self) -> Option<Cow<'static, str>> {
+        if let Some(reason) = self.outcome.error {
+            return Some(Cow::Borrowed(reason.as_str()));
+        }
+        if let Some(code) = self.outcome.grpc_status {
+            return super::grpc::is_error(code, self.direction)
+                .then(|| Cow::Borrowed(super::grpc::code_name(code)));
+        }
+        match self.outcome.status {
+            Some(s) if self.is_error_status(s) => Some(Cow::Owned(s.as_u16().to_string())),
             _ => None,
         }
+    }
+
+    /// `(service, method)` of a gRPC request, from its path.
+    pub fn rpc(&self) -> Option<(&str, &str)> {
+        self.grpc
+            .then(|| super::grpc::service_method(self.path()))
+            .flatten()
     }
 
     fn is_error_status(&self, s: http::StatusCode) -> bool {
@@ -352,9 +373,9 @@ pub(crate) mod tests {
             Duration::from_micros(1500),
             Outcome {
                 status: http::StatusCode::from_u16(status).ok(),
-                error: None,
                 request_size: 3,
                 response_size: 42,
+                ..Outcome::default()
             },
         );
         r
@@ -390,8 +411,40 @@ pub(crate) mod tests {
         assert!(!record(Direction::Outbound, 302).is_error());
         let mut r = record(Direction::Inbound, 200);
         r.outcome.status = None;
-        r.outcome.error = Some("connect_failed".into());
+        r.outcome.error = Some(super::super::ErrorReason::ConnectFailed);
         assert_eq!(r.error_text().as_deref(), Some("connect_failed"));
+    }
+
+    #[test]
+    fn grpc_status_decides_over_the_http_status() {
+        let grpc = |direction, code| {
+            let (parts, _) = http::Request::post("http://b:8080/helloworld.Greeter/SayHello")
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap()
+                .into_parts();
+            let f = record(direction, 200);
+            let mut r = SpanRecord::begin(direction, &parts, f.ids, false, f.peer, f.upstream);
+            r.outcome.status = Some(http::StatusCode::OK);
+            r.outcome.grpc_status = Some(code);
+            r
+        };
+        let r = grpc(Direction::Inbound, 5);
+        assert!(r.grpc);
+        assert_eq!(r.rpc(), Some(("helloworld.Greeter", "SayHello")));
+        // NOT_FOUND is the caller's problem: an error for the CLIENT only.
+        assert_eq!(r.error_text(), None);
+        assert_eq!(
+            grpc(Direction::Outbound, 5).error_text().as_deref(),
+            Some("NOT_FOUND")
+        );
+        assert_eq!(
+            grpc(Direction::Inbound, 13).error_text().as_deref(),
+            Some("INTERNAL")
+        );
+        assert_eq!(grpc(Direction::Outbound, 0).error_text(), None);
+        // Not gRPC: no RPC attributes, whatever the path looks like.
+        assert_eq!(record(Direction::Inbound, 200).rpc(), None);
     }
 
     #[test]

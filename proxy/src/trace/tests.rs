@@ -89,9 +89,9 @@ fn one(
     );
     span.finish(Outcome {
         status: http::StatusCode::from_u16(status).ok(),
-        error: None,
         request_size: 5,
         response_size: 11,
+        ..Outcome::default()
     });
     parts
 }
