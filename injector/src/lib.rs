@@ -23,4 +23,5 @@ pub mod probes;
 pub mod secret;
 pub mod served;
 pub mod server;
+pub mod stitching;
 pub mod tls;

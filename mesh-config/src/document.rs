@@ -206,6 +206,30 @@ impl Stitching {
     }
 }
 
+impl std::fmt::Display for Stitching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Stitching {
+    type Err = String;
+
+    /// The MeshConfig spelling, for the `tracemesh.dev/stitching` annotation and the sidecar's
+    /// `MESH_STITCHING` (where `off` is plain text, not a YAML boolean).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Stitching::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unknown stitching mode {s:?} (expected {})",
+                    Stitching::ALL.map(Stitching::as_str).join(", ")
+                )
+            })
+    }
+}
+
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -187,6 +187,20 @@ spec:
         assert_eq!(c.spec.sidecar.log_level, LogLevel::Debug);
     }
 
+    /// The spelling the annotation and `MESH_STITCHING` use is the document's.
+    #[test]
+    fn stitching_mode_from_text() {
+        use crate::Stitching;
+        for mode in Stitching::ALL {
+            assert_eq!(mode.as_str().parse::<Stitching>(), Ok(mode));
+            assert_eq!(mode.to_string(), mode.as_str());
+        }
+        assert_eq!(
+            "guess".parse::<Stitching>(),
+            Err(r#"unknown stitching mode "guess" (expected off, request-id, in-flight)"#.into())
+        );
+    }
+
     #[test]
     fn json_is_accepted() {
         let c =

@@ -38,6 +38,7 @@ async fn proxy(inbound: &[String], outbound: &[String], connect_timeout: Duratio
         pod: Default::default(),
         connect_timeout,
         log_level: None,
+        stitching: None,
     };
     app::start(options, fixed(Snapshot::default_config()))
         .await
@@ -559,6 +560,7 @@ async fn opaque_ports_skip_detection_for_server_first_protocols() {
         pod: Default::default(),
         connect_timeout: Duration::from_secs(5),
         log_level: None,
+        stitching: None,
     };
     let p = app::start(options, fixed(snapshot)).await.unwrap();
     let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();

@@ -107,6 +107,7 @@ async fn proxy(
         pod: Default::default(),
         connect_timeout: Duration::MAX,
         log_level: None,
+        stitching: None,
     };
     app::start(options, fixed(snapshot)).await.unwrap()
 }

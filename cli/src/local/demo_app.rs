@@ -1,6 +1,7 @@
 //! The demo's workload: a tiny HTTP service that answers `GET /` and, when it has a next hop,
 //! first calls it through its sidecar's forward proxy, passing the trace headers on as an
-//! instrumented app would (a sidecar can only join spans into one trace if the app does).
+//! instrumented app would, or only `x-request-id` as many uninstrumented apps' logging
+//! middleware does (its sidecar then stitches the hop by request id).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,12 +28,22 @@ const PROPAGATED: &[&str] = &[
     "tracestate",
 ];
 
+/// What an app copies from its inbound request onto the requests it makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwards {
+    /// Every trace header: an instrumented app.
+    TraceHeaders,
+    /// `x-request-id` alone: an app that knows nothing of tracing.
+    RequestIdOnly,
+}
+
 /// One demo service.
 #[derive(Debug, Clone)]
 pub struct DemoApp {
     pub name: String,
     /// `(next service's public address, this app's forward proxy)`.
     pub next: Option<(SocketAddr, SocketAddr)>,
+    pub forwards: Forwards,
 }
 
 /// Serves `app` on `listener` until the returned task is aborted.
@@ -62,7 +73,7 @@ async fn handle(req: Request<Incoming>, app: DemoApp) -> Result<Response<Full<By
     let Some((next, proxy)) = app.next else {
         return Ok(reply(StatusCode::OK, format!("{}\n", app.name)));
     };
-    match call(next, proxy, req.headers()).await {
+    match call(next, proxy, req.headers(), app.forwards).await {
         Ok((200, body)) => Ok(reply(StatusCode::OK, format!("{} -> {body}", app.name))),
         Ok((status, body)) => Ok(reply(
             StatusCode::BAD_GATEWAY,
@@ -80,6 +91,7 @@ async fn call(
     next: SocketAddr,
     proxy: SocketAddr,
     incoming: &HeaderMap,
+    forwards: Forwards,
 ) -> anyhow::Result<(u16, String)> {
     let stream = tokio::net::TcpStream::connect(proxy)
         .await
@@ -90,7 +102,11 @@ async fn call(
     let mut request = Request::get(format!("http://{next}/"))
         .header(http::header::HOST, next.to_string())
         .body(Empty::<Bytes>::new())?;
-    for name in PROPAGATED {
+    let names = match forwards {
+        Forwards::TraceHeaders => PROPAGATED,
+        Forwards::RequestIdOnly => &PROPAGATED[..1],
+    };
+    for name in names {
         if let Some(value) = incoming.get(*name) {
             request.headers_mut().insert(*name, value.clone());
         }
@@ -151,6 +167,7 @@ mod tests {
             DemoApp {
                 name: "b".into(),
                 next: Some((next, proxy)),
+                forwards: Forwards::TraceHeaders,
             },
         );
         let sent: Vec<(&str, String)> = PROPAGATED
@@ -200,5 +217,45 @@ mod tests {
         assert!(headers.get("authorization").is_none(), "{headers:?}");
         assert!(headers.get("x-not-a-trace-header").is_none(), "{headers:?}");
         assert!(seen.try_recv().is_err(), "one call per request");
+    }
+
+    /// The demo's uninstrumented B: only `x-request-id` goes on, so its sidecar has nothing
+    /// but that id to stitch by.
+    #[tokio::test]
+    async fn an_app_forwarding_only_the_request_id_sends_nothing_else() {
+        let (proxy, mut seen) = recording_proxy().await;
+        let next: SocketAddr = "192.0.2.7:8080".parse().expect("addr");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let b = listener.local_addr().expect("addr");
+        let _b = serve(
+            listener,
+            DemoApp {
+                name: "b".into(),
+                next: Some((next, proxy)),
+                forwards: Forwards::RequestIdOnly,
+            },
+        );
+        let stream = tokio::net::TcpStream::connect(b).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut request = Request::get("/").header(http::header::HOST, b.to_string());
+        for name in PROPAGATED {
+            request = request.header(*name, "v");
+        }
+        let response = sender
+            .send_request(request.body(Empty::<Bytes>::new()).expect("request"))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let (_, headers) = seen.try_recv().expect("the proxy got the call");
+        for name in PROPAGATED {
+            assert_eq!(
+                headers.contains_key(*name),
+                *name == "x-request-id",
+                "{name}: {headers:?}"
+            );
+        }
     }
 }
