@@ -21,7 +21,7 @@ spec:
   traffic:
     inboundPortExclusionList: [22, 8081]
     outboundPortExclusionList: [53]
-    outboundIPRangeExclusionList: ["10.0.0.0/8", "169.254.169.254", "fd00::/8"]
+    outboundIPRangeExclusionList: ["10.0.0.0/8", "169.254.169.254/32", "fd00::/8"]
     opaquePorts: [25, 587, 3306, 4444, 5432, 6379, 9300, 11211]
   sidecar:
     logLevel: info

@@ -1,12 +1,14 @@
 //! Pieces of the load bench: an echo server, a bounded load generator, latency statistics,
-//! sidecar processes and a trace sink. The binary in `src/bin/load.rs` composes them.
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
+//! sidecar processes (ours and Envoy), a trace sink, `/metrics` scraping and the soak verdict.
+//! The binaries in `src/bin/` compose them.
 
 pub mod cpu;
 pub mod echo;
+pub mod envoy;
 pub mod load;
+pub mod scrape;
 pub mod server;
 pub mod sidecar;
 pub mod sink;
+pub mod soak;
 pub mod stats;

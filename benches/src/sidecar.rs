@@ -28,6 +28,9 @@ pub struct Spec<'a> {
     pub mesh_config: &'a Path,
     /// `--inbound LISTEN=TARGET` routes.
     pub inbound: Vec<(SocketAddr, SocketAddr)>,
+    /// `--outbound LISTEN=TARGET` static routes (a listener per destination, as Envoy's
+    /// per-port outbound listeners).
+    pub outbound: Vec<(SocketAddr, SocketAddr)>,
     pub threads: usize,
     pub log_dir: &'a Path,
 }
@@ -68,6 +71,9 @@ impl Sidecar {
             .args(["--threads", &spec.threads.to_string()]);
         for (listen, target) in &spec.inbound {
             cmd.arg("--inbound").arg(format!("{listen}={target}"));
+        }
+        for (listen, target) in &spec.outbound {
+            cmd.arg("--outbound").arg(format!("{listen}={target}"));
         }
         for var in [
             "MESH_CONFIG",
@@ -137,6 +143,12 @@ impl Sidecar {
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Open file descriptors (entries of /proc/PID/fd): sockets, the log, epoll, pipes.
+    pub fn fd_count(&self) -> Option<u64> {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()?)).ok()?;
+        Some(fds.count() as u64)
     }
 
     pub fn outbound(&self) -> SocketAddr {

@@ -170,6 +170,13 @@ fn validate(args: &ValidateArgs, out: &mut impl Write) -> anyhow::Result<()> {
         bail!("{name}: the List holds no MeshConfig");
     }
     let mut problems = Vec::new();
+    // Items of a List are checked as JSON, where the text's YAML 1.1 pitfalls (a bare `off`)
+    // no longer show: look for them in the text itself.
+    let misread = mesh_config::yaml11::bare_booleans(&text);
+    if documents.iter().any(|(prefix, _)| prefix.is_some()) && !misread.is_empty() {
+        let err = mesh_config::ConfigError::Invalid(misread);
+        problems.push(crate::backend::problem_lines(&err));
+    }
     for (prefix, document) in documents {
         if let Err(err) = mesh_config::parse_strict(&document) {
             let lines = crate::backend::problem_lines(&err);
@@ -191,33 +198,17 @@ fn validate(args: &ValidateArgs, out: &mut impl Write) -> anyhow::Result<()> {
     }
 }
 
-/// Fields of an object as the API server returns it that are the server's or the injector's
-/// bookkeeping, not settings. (`metadata`'s own bookkeeping is accepted by the document's
-/// schema.)
-const SERVER_FIELDS: [&str; 1] = ["status"];
-
-/// The document(s) to check: the text as it is, without the server's fields when it is an
-/// object as kubectl prints it, and each item of a `List` (`kubectl get meshconfig -o yaml`),
-/// named `items[N]`. Text that does not parse goes through as it is, for the document parser's
-/// own syntax message.
+/// The document(s) to check: the text as it is (an object as kubectl prints it, with the
+/// server's metadata and the injector's `status`, is a valid document), or each item of a
+/// `List` (`kubectl get meshconfig -o yaml`), named `items[N]`. Text that does not parse goes
+/// through as it is, for the document parser's own syntax message.
 fn settings_documents(text: &str) -> Vec<(Option<String>, String)> {
     let Ok(mut value) = serde_yaml::from_str::<serde_json::Value>(text) else {
         return vec![(None, text.to_string())];
     };
-    let strip = |object: &mut serde_json::Value| {
-        if let Some(map) = object.as_object_mut() {
-            for field in SERVER_FIELDS {
-                map.remove(field);
-            }
-        }
-    };
     let is_list = value["kind"] == "List" && value["items"].is_array();
     if !is_list {
-        if value.get("status").is_none() {
-            return vec![(None, text.to_string())];
-        }
-        strip(&mut value);
-        return vec![(None, value.to_string())];
+        return vec![(None, text.to_string())];
     }
     let items = value["items"]
         .as_array_mut()
@@ -226,10 +217,7 @@ fn settings_documents(text: &str) -> Vec<(Option<String>, String)> {
     items
         .into_iter()
         .enumerate()
-        .map(|(index, mut item)| {
-            strip(&mut item);
-            (Some(format!("items[{index}]")), item.to_string())
-        })
+        .map(|(index, item)| (Some(format!("items[{index}]")), item.to_string()))
         .collect()
 }
 
@@ -413,6 +401,32 @@ status:
         assert!(err.contains("spec.observability.tracing.bogus"), "{err}");
         let empty = check("apiVersion: v1\nkind: List\nitems: []\n").expect_err("empty");
         assert!(empty.to_string().contains("no MeshConfig"), "{empty}");
+
+        // A bare `off` is `false` to kubectl: asked to be quoted, in an object and in a List.
+        let off = "address: zipkin.tracing\n      stitching: off";
+        for text in [
+            object.replace("address: zipkin.tracing", off),
+            list.replace("address: zipkin.tracing", &off.replace("\n", "\n  ")),
+        ] {
+            let err = check(&text).expect_err("bare off").to_string();
+            assert!(err.contains("write 'off' in quotes"), "{err}");
+            let quoted = text.replace("stitching: off", "stitching: 'off'");
+            check(&quoted).expect("quoted off");
+        }
+    }
+
+    /// `mesh config get -o yaml | kubectl apply -f -` keeps `stitching: off` a string: kubectl
+    /// reads YAML 1.1, where a bare `off` is `false`.
+    #[test]
+    fn config_get_as_yaml_quotes_what_kubectl_would_read_as_a_boolean() {
+        let config = mesh_config::merge_patch(
+            &MeshConfig::default(),
+            &json!({"spec": {"observability": {"tracing": {"stitching": "off"}}}}),
+        )
+        .expect("valid");
+        let yaml = render(&config, Format::Yaml).expect("yaml");
+        assert!(yaml.contains("stitching: 'off'"), "{yaml}");
+        assert_eq!(mesh_config::parse_strict(&yaml).expect("valid"), config);
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! `mesh demo`: the whole mesh on this machine, no Kubernetes and no root. A collector, a state
 //! dir in a temporary directory, and three services A → B → C, each behind a `mesh-proxy`
 //! sidecar in explicit mode with tracing on; then requests to A and their traces as trees.
+//!
+//! B is an app that knows nothing of tracing: it forwards only `x-request-id` (as many logging
+//! middlewares do). Its sidecar stitches its outbound request to the inbound one by that id
+//! (MeshConfig `stitching: request-id`, the default), so every trace is still one tree.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -11,7 +15,7 @@ use tokio::net::TcpListener;
 use tracemesh_collector::{render_tree, Collector, CollectorConfig, RunningCollector};
 
 use crate::backend::state_dir::StateDirBackend;
-use crate::local::demo_app::{self, DemoApp};
+use crate::local::demo_app::{self, DemoApp, Forwards};
 use crate::local::enrolment::{self, Enrolment};
 use crate::local::ports::free_port;
 use crate::local::sidecar::{find_proxy_bin, Sidecar, SidecarSpec};
@@ -22,6 +26,8 @@ use crate::Global;
 const NAMESPACE: &str = "demo";
 /// Callers first: A calls B, B calls C.
 const SERVICES: [&str; 3] = ["a", "b", "c"];
+/// The service that forwards no trace headers, only `x-request-id`.
+const UNINSTRUMENTED: &str = "b";
 /// One request makes a SERVER span at each of A, B and C and a CLIENT span at A and B.
 const SPANS_PER_REQUEST: usize = 5;
 /// Generous: the sidecars batch their exports, usually within a second or two.
@@ -183,6 +189,11 @@ async fn start_mesh(
             DemoApp {
                 name: service.to_string(),
                 next: next.map(|n| (n, proxy)),
+                forwards: if *service == UNINSTRUMENTED {
+                    Forwards::RequestIdOnly
+                } else {
+                    Forwards::TraceHeaders
+                },
             },
         ));
         eprintln!(
@@ -194,6 +205,10 @@ async fn start_mesh(
         next = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, public)));
     }
     mesh.entry = next.context("no services")?;
+    eprintln!(
+        "{UNINSTRUMENTED}.{NAMESPACE} forwards no trace headers, only x-request-id: its sidecar \
+         stitches its hop by request id (its CLIENT span is tagged tracemesh.stitch=request-id)"
+    );
     eprintln!("collector: {name} on {addr}{endpoint} (all spans also in spans.jsonl)");
     Ok(mesh)
 }
@@ -254,9 +269,17 @@ fn check_traces(
                 spans.len()
             );
         }
+        let stitched = spans
+            .iter()
+            .filter(|s| s.tag("tracemesh.stitch") == Some("request-id"))
+            .count();
+        if stitched != 1 {
+            bail!("trace {trace_id}: {stitched} spans stitched by request id, expected B's one");
+        }
     }
     println!(
-        "ok: {n} requests, {n} traces, each one tree a -> b -> c of {SPANS_PER_REQUEST} spans"
+        "ok: {n} requests, {n} traces, each one tree a -> b -> c of {SPANS_PER_REQUEST} spans \
+         (b's hop stitched by x-request-id)"
     );
     Ok(())
 }
@@ -305,13 +328,19 @@ mod tests {
 
     #[test]
     fn accepts_one_tree_and_refuses_a_broken_one() {
-        let tree = vec![
+        let mut tree = vec![
             span("01", None, "a"),
             span("02", Some("01"), "a"),
             span("03", Some("02"), "b"),
             span("04", Some("03"), "b"),
             span("05", Some("04"), "c"),
         ];
+        let traces = vec![("0000000000000001".to_string(), tree.clone())];
+        let e = check_traces(&traces, 1).expect_err("B's hop not stitched");
+        assert!(e.to_string().contains("0 spans stitched"), "{e}");
+        tree[3]
+            .tags
+            .insert("tracemesh.stitch".into(), "request-id".into());
         let traces = vec![("0000000000000001".to_string(), tree.clone())];
         check_traces(&traces, 1).expect("one tree");
         let mut broken = tree;

@@ -169,6 +169,16 @@ mod tests {
         objects.iter().map(Object::kind).collect()
     }
 
+    /// `mesh install --crds` prints the CRD that mesh-config generates from the document's
+    /// types (manifests/crd.yaml is that output; mesh-config's crd test regenerates it).
+    #[test]
+    fn embedded_crd_is_the_generated_one() {
+        assert!(
+            EMBEDDED.crd == mesh_config::crd::yaml(),
+            "manifests/crd.yaml is stale: UPDATE_CRD=1 cargo test -p mesh-config --test crd"
+        );
+    }
+
     #[test]
     fn embedded_manifests_come_in_apply_order() {
         let objects = objects(&EMBEDDED).expect("manifests parse");

@@ -20,7 +20,10 @@ pub fn serialized(value: &impl Serialize, format: Format) -> anyhow::Result<Opti
     Ok(match format {
         Format::Table => None,
         Format::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
-        Format::Yaml => Some(serde_yaml::to_string(value)?),
+        // Quoted where kubectl (YAML 1.1) would read a word as a boolean: `stitching: 'off'`.
+        Format::Yaml => Some(mesh_config::yaml11::quote_booleans(&serde_yaml::to_string(
+            value,
+        )?)),
     })
 }
 

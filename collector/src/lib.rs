@@ -3,8 +3,6 @@
 //!
 //! Used by `mesh collector`, by `mesh demo` and, in-process, by the end-to-end tests, which is why
 //! it validates what it receives as strictly as a real Zipkin would.
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
 
 pub mod cli;
 mod collector;

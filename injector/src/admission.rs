@@ -91,6 +91,11 @@ pub fn decode(body: &[u8]) -> Result<Review, AdmissionError> {
     let request: AdmissionRequest<DynamicObject> = review
         .try_into()
         .map_err(|_| AdmissionError::MissingRequest)?;
+    // Only a Pod CREATE is ever mutated; anything else is let through whatever its kind (a
+    // CONNECT for `kubectl exec` carries `PodExecOptions`), as refusing it would block it.
+    if request.operation != Operation::Create {
+        return Ok(Review { request, pod: None });
+    }
     if request.kind.kind != "Pod" || !request.kind.group.is_empty() {
         let gk = if request.kind.group.is_empty() {
             request.kind.kind.clone()
@@ -98,9 +103,6 @@ pub fn decode(body: &[u8]) -> Result<Review, AdmissionError> {
             format!("{}.{}", request.kind.kind, request.kind.group)
         };
         return Err(AdmissionError::NotAPod(format!("kind {gk:?}")));
-    }
-    if request.operation != Operation::Create {
-        return Ok(Review { request, pod: None });
     }
     let object = request
         .object

@@ -15,6 +15,9 @@ pub const PROXY_CPU: &str = "tracemesh.dev/proxy-cpu";
 pub const PROXY_MEMORY: &str = "tracemesh.dev/proxy-memory";
 pub const PROXY_CPU_LIMIT: &str = "tracemesh.dev/proxy-cpu-limit";
 pub const PROXY_MEMORY_LIMIT: &str = "tracemesh.dev/proxy-memory-limit";
+/// `off`, `request-id` or `in-flight`, on a pod or its namespace: the sidecar's stitching mode
+/// for this pod (env `MESH_STITCHING`), over the MeshConfig's.
+pub const STITCHING: &str = "tracemesh.dev/stitching";
 /// Written by the injector: what was injected (mesh, image, mode), like Istio's sidecar status.
 pub const SIDECAR_STATUS: &str = "tracemesh.dev/sidecar-status";
 /// Written by the injector: the PEM CA of the config server, projected into the sidecar as a

@@ -166,7 +166,11 @@ pub fn decide(
             }
         }
     }
-    match build_patch(pod, config, settings) {
+    let stitching = match crate::stitching::choice(pod, ns) {
+        Ok(s) => s,
+        Err(e) => return Decision::Deny(e),
+    };
+    match build_patch(pod, config, settings, stitching) {
         Ok(ops) => Decision::Inject(ops),
         Err(e) => Decision::Deny(e),
     }
@@ -221,6 +225,7 @@ fn build_patch(
     pod: &Pod,
     config: &MeshConfig,
     settings: &Settings,
+    stitching: Option<mesh_config::Stitching>,
 ) -> Result<Vec<PatchOperation>, String> {
     let Some(spec) = pod.spec.as_ref() else {
         return Err("pod has no spec".into());
@@ -240,7 +245,13 @@ fn build_patch(
         probes::Rewrite::default()
     };
     let init = init_container(pod, config, settings)?;
-    let sidecar = sidecar_container(pod, settings, mode, &rewrite)?;
+    let mut sidecar = sidecar_container(pod, settings, mode, &rewrite)?;
+    if let Some(mode) = stitching {
+        sidecar
+            .env
+            .get_or_insert_with(Vec::new)
+            .push(env("MESH_STITCHING", mode.as_str()));
+    }
 
     let mut ops = Vec::new();
     // Probe replacements first: in container mode the sidecar insertion shifts indices.

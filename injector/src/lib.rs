@@ -8,8 +8,6 @@
 //! The certificate's life runs beside it: `identity` checks the Secret on every replica
 //! (`secret` stores what `certs` decides), serves it through `tls`, and keeps the webhook's
 //! caBundle in step (`cabundle`).
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod annotations;
@@ -25,4 +23,5 @@ pub mod probes;
 pub mod secret;
 pub mod served;
 pub mod server;
+pub mod stitching;
 pub mod tls;

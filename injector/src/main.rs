@@ -1,6 +1,4 @@
 //! `mesh-injector`: the sidecar injection webhook and the MeshConfig server, over HTTPS.
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

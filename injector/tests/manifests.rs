@@ -94,6 +94,18 @@ fn crd_enums_match_the_document_types() {
         .map(|p| p.as_str())
         .collect();
     assert_eq!(formats, expected);
+    let stitching: Vec<&str> = spec["observability"]["properties"]["tracing"]["properties"]
+        ["stitching"]["enum"]
+        .as_array()
+        .expect("enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let expected: Vec<&str> = mesh_config::Stitching::ALL
+        .iter()
+        .map(|m| m.as_str())
+        .collect();
+    assert_eq!(stitching, expected);
     assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
 }
 
@@ -126,7 +138,7 @@ print(json.dumps(out))
             "endpoint": "/v1/traces", "protocol": "otlp-http", "sampledFraction": "0.25"}}})
         ),
         base(
-            serde_json::json!({"observability": {"tracing": {"propagation": ["tracecontext"], "maxUrlTagLength": 256}},
+            serde_json::json!({"observability": {"tracing": {"propagation": ["tracecontext"], "maxUrlTagLength": 256, "stitching": "in-flight"}},
             "sidecar": {"headerReadTimeout": "500ms", "tcpIdleTimeout": "1m30s",
             "http2KeepaliveInterval": "0", "maxConnections": 50, "terminationDrainDuration": "0s"}})
         ),
@@ -134,6 +146,7 @@ print(json.dumps(out))
         base(serde_json::json!({"observability": {"tracing": {"propagation": ["b3"]}}})),
         base(serde_json::json!({"observability": {"tracing": {"propagation": []}}})),
         base(serde_json::json!({"observability": {"tracing": {"maxUrlTagLength": 16}}})),
+        base(serde_json::json!({"observability": {"tracing": {"stitching": "guess"}}})),
         base(serde_json::json!({"observability": {"tracing": {"protocol": "carrier-pigeon"}}})),
         base(serde_json::json!({"sidecar": {"logLevel": "loud"}})),
         base(serde_json::json!({"traffic": {"outboundPortExclusionList": [0]}})),

@@ -25,6 +25,8 @@ struct Harness {
     addr: SocketAddr,
     roots: Arc<rustls::RootCertStore>,
     dir: tempfile::TempDir,
+    /// The server's state, for its metrics (how many long polls it holds).
+    app: Arc<App>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -91,7 +93,7 @@ async fn start() -> Harness {
         listener,
         Some(acceptor),
         Routes::Main,
-        app,
+        app.clone(),
         async move {
             let _ = rx.await;
         },
@@ -101,6 +103,7 @@ async fn start() -> Harness {
         addr,
         roots: Arc::new(roots),
         dir,
+        app,
         _shutdown: tx,
     }
 }
@@ -459,6 +462,85 @@ async fn webhook_leaves_alone_what_it_must_and_denies_bad_values() {
     );
 }
 
+/// Anything but a Pod CREATE is let through untouched, whatever its kind: a webhook that
+/// denied or failed an UPDATE, DELETE or CONNECT (`kubectl exec` is a CONNECT of
+/// `PodExecOptions`) would block it cluster-wide under `failurePolicy: Fail`. The oracle is the
+/// same pod in the same enrolled namespace, which its CREATE does patch.
+#[tokio::test]
+async fn non_create_admissions_are_allowed_without_a_patch() {
+    let h = start().await;
+    assert!(
+        admit(&h, "create", "shop", &bare_pod())
+            .await
+            .patched
+            .is_some(),
+        "a CREATE of this pod in this namespace is injected"
+    );
+    let exec = json!({"apiVersion": "v1", "kind": "PodExecOptions", "stdin": true,
+                      "tty": true, "container": "app", "command": ["sh"]});
+    let cases = [
+        ("UPDATE", "Pod", None, bare_pod(), bare_pod()),
+        ("DELETE", "Pod", None, Value::Null, bare_pod()),
+        ("CONNECT", "PodExecOptions", Some("exec"), exec, Value::Null),
+    ];
+    for (operation, kind, sub_resource, object, old_object) in cases {
+        let mut body: Value =
+            serde_json::from_slice(&review(operation, "shop", &bare_pod())).expect("json");
+        let request = &mut body["request"];
+        request["operation"] = json!(operation);
+        request["kind"]["kind"] = json!(kind);
+        request["requestKind"]["kind"] = json!(kind);
+        request["object"] = object;
+        request["oldObject"] = old_object;
+        request["name"] = json!("bare");
+        if let Some(sub) = sub_resource {
+            request["subResource"] = json!(sub);
+            request["requestSubResource"] = json!(sub);
+        }
+        let (status, text) = h
+            .post(
+                Some("application/json"),
+                serde_json::to_vec(&body).expect("json"),
+            )
+            .await;
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(status, StatusCode::OK, "{operation}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("response JSON");
+        let r = &v["response"];
+        assert_eq!(r["uid"], operation, "{operation}: uid echoed");
+        assert_eq!(r["allowed"], true, "{operation}: {text}");
+        assert!(r["patch"].is_null(), "{operation}: no patch: {text}");
+    }
+}
+
+/// A body over the injector's limit is refused with 413 before it is decoded, and the server
+/// keeps serving; one just under it is read (and refused for what it is, not for its size).
+#[tokio::test]
+async fn oversized_admission_bodies_are_refused_with_413() {
+    let h = start().await;
+    const LIMIT: usize = 4 * 1024 * 1024;
+    let mut big = review("big", "shop", &bare_pod());
+    // Valid JSON all the way: only its size is wrong.
+    big.resize(LIMIT + 1, b' ');
+    let (status, text) = h.post(Some("application/json"), big).await;
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    assert!(text.contains("body"), "says what was too large: {text}");
+
+    let mut under = review("under", "shop", &bare_pod());
+    under.resize(LIMIT, b' ');
+    let (status, text) = h.post(Some("application/json"), under).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&text));
+
+    assert!(
+        admit(&h, "after", "shop", &bare_pod())
+            .await
+            .patched
+            .is_some(),
+        "still serving after the oversized body"
+    );
+}
+
 #[tokio::test]
 async fn bad_requests_get_400_or_415_and_the_server_keeps_serving() {
     let h = start().await;
@@ -560,12 +642,27 @@ async fn config_server_long_polls_and_certificates_reload() {
     assert_eq!(status, StatusCode::NOT_MODIFIED);
 
     // A held request is answered when the document changes, long before its wait ends.
+    let polls_held = |n: i64| {
+        let app = h.app.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while app.metrics.long_polls.get() != n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("never {n} long polls held"));
+        }
+    };
+    polls_held(0).await;
     let held = {
         let req = get("?wait=120", Some(&etag));
         let (mut send, _) = h.connect().await;
         tokio::spawn(async move { send.send_request(req).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The synchronisation point: the server holds the poll, so the answer below comes from
+    // the change, not from a request that arrived after it.
+    polls_held(1).await;
     let state = h.dir.path().join("state/mesh-config.yaml");
     std::fs::write(&state, "spec: {sidecar: {logLevel: debug}}\n").expect("write");
     let resp = tokio::time::timeout(Duration::from_secs(20), held)

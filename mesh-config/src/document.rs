@@ -2,7 +2,11 @@
 //! is a complete configuration. Field names follow FSM's MeshConfig so its tracing block is
 //! accepted as is.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::openapi;
+use crate::validate::{MAX_COUNT, MAX_HTTP2_CONNECTIONS, PORT_MAX, PORT_MIN};
 
 use crate::Duration;
 
@@ -53,36 +57,54 @@ impl Default for Metadata {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Spec {
+    /// How the sidecars trace requests and where they send spans.
     pub observability: Observability,
+    /// Which traffic the sidecars redirect and how they treat it.
     pub traffic: Traffic,
+    /// The sidecar's log level, timeouts and limits.
     pub sidecar: Sidecar,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Observability {
+    /// FSM's tracing block, accepted as is, plus the export protocol, propagation and stitching.
     pub tracing: Tracing,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
+#[schemars(transform = openapi::tracing_rules)]
 pub struct Tracing {
+    /// Whether sidecars record and export spans (context is propagated either way).
     pub enable: bool,
-    /// Host name or IP of the collector, no scheme.
+    /// Host name or IP of the collector, no scheme; required when tracing is enabled.
+    #[schemars(length(max = 253), regex(pattern = openapi::address_pattern()))]
     pub address: String,
+    /// The collector's port.
+    #[schemars(range(min = PORT_MIN, max = PORT_MAX))]
     pub port: u16,
-    /// HTTP path; ignored for `otlp-grpc`, whose method path is fixed.
+    /// HTTP path of the collector, starting with "/"; ignored for `otlp-grpc`, whose method
+    /// path is fixed.
     pub endpoint: String,
+    /// The export protocol.
     pub protocol: Protocol,
-    /// 0..=1. FSM writes it as a string, so the parser accepts both (see `validate`).
+    /// Fraction of new traces recorded, 0..1, as a number or a decimal string (FSM writes a
+    /// string, so both are accepted).
+    #[schemars(schema_with = "openapi::fraction_schema")]
     pub sampled_fraction: f64,
     /// The formats every hop writes (a `b3` single header is also kept when it came in).
+    #[schemars(length(min = 1))]
     pub propagation: Vec<PropagationFormat>,
     /// The longest URL a span records (`http.url` / `url.full`), in bytes; longer ones are cut.
+    #[schemars(range(min = *MAX_URL_TAG_LENGTH_RANGE.start(), max = *MAX_URL_TAG_LENGTH_RANGE.end()))]
     pub max_url_tag_length: u32,
+    /// How a request that arrives without trace context is tied to the inbound request that
+    /// caused it, for apps that forward no trace headers.
+    pub stitching: Stitching,
 }
 
 /// The default of `maxUrlTagLength`: long enough for any REST path and a short query (Envoy
@@ -106,13 +128,14 @@ impl Default for Tracing {
             sampled_fraction: 1.0,
             propagation: PropagationFormat::ALL.to_vec(),
             max_url_tag_length: DEFAULT_MAX_URL_TAG_LENGTH,
+            stitching: Stitching::default(),
         }
     }
 }
 
 /// A trace-context format a hop writes. Both by default, so apps that only read one of them
 /// (Zipkin's brave and Envoy: B3; OpenTelemetry's default propagator: W3C) join one trace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PropagationFormat {
     /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`, `x-b3-flags`.
@@ -133,7 +156,7 @@ impl PropagationFormat {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
     /// Zipkin v2 JSON over HTTP.
@@ -157,21 +180,80 @@ impl Protocol {
     }
 }
 
+/// How an outbound request without trace context is made the child of an inbound request in
+/// flight in the same pod. Requests that carry context are never touched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stitching {
+    /// Nothing is stitched.
+    Off,
+    /// A request whose `x-request-id` equals that of an inbound request in flight.
+    #[default]
+    RequestId,
+    /// As `request-id`, and also a request made while exactly one inbound request is in flight.
+    InFlight,
+}
+
+impl Stitching {
+    pub const ALL: [Stitching; 3] = [Stitching::Off, Stitching::RequestId, Stitching::InFlight];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Stitching::Off => "off",
+            Stitching::RequestId => "request-id",
+            Stitching::InFlight => "in-flight",
+        }
+    }
+}
+
+impl std::fmt::Display for Stitching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Stitching {
+    type Err = String;
+
+    /// The MeshConfig spelling, for the `tracemesh.dev/stitching` annotation and the sidecar's
+    /// `MESH_STITCHING` (where `off` is plain text, not a YAML boolean).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Stitching::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unknown stitching mode {s:?} (expected {})",
+                    Stitching::ALL.map(Stitching::as_str).join(", ")
+                )
+            })
+    }
+}
+
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Traffic {
+    /// Ports never redirected to the sidecar inbound.
+    #[schemars(inner(range(min = PORT_MIN, max = PORT_MAX)))]
     pub inbound_port_exclusion_list: Vec<u16>,
+    /// Ports never redirected to the sidecar outbound.
+    #[schemars(inner(range(min = PORT_MIN, max = PORT_MAX)))]
     pub outbound_port_exclusion_list: Vec<u16>,
-    /// CIDRs, validated as such. (camelCase would spell it `outboundIpRange...`; FSM's name wins.)
+    /// CIDRs never redirected outbound, each with its prefix length (`10.0.0.0/8`,
+    /// `169.254.169.254/32`, `fd00::/8`).
+    // camelCase would spell it `outboundIpRange...`; FSM's name wins.
     #[serde(rename = "outboundIPRangeExclusionList")]
+    #[schemars(inner(regex(pattern = openapi::cidr_pattern())))]
     pub outbound_ip_range_exclusion_list: Vec<String>,
-    /// Ports where the client does not speak first, so detection would only add delay.
+    /// Server-speaks-first ports, proxied without protocol detection (where the client does
+    /// not speak first, detection would only add delay).
+    #[schemars(inner(range(min = PORT_MIN, max = PORT_MAX)))]
     pub opaque_ports: Vec<u16>,
 }
 
@@ -189,9 +271,10 @@ impl Default for Traffic {
 /// The sidecar's own settings: logging, and the timeouts and limits that bound what a slow,
 /// dead or hostile peer can hold. Each default's reason is beside it in [`Sidecar::default`];
 /// the README lists them for users. Changes apply to connections accepted after them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Sidecar {
+    /// The least severe level the sidecar logs.
     pub log_level: LogLevel,
     /// Time a client has to send a whole HTTP/1 request head, from its first byte (or from
     /// the connection's start for its first request). Cuts slowloris clients.
@@ -215,10 +298,17 @@ pub struct Sidecar {
     pub response_timeout: Duration,
     /// Downstream connections held at once across the proxy listeners; beyond it new
     /// connections are accepted and closed at once, and counted.
+    #[schemars(range(min = 1, max = MAX_COUNT))]
     pub max_connections: u32,
     /// Upstream connections held at once to one destination address; beyond it a request
     /// gets 503 and a TCP connection is reset.
+    #[schemars(range(min = 1, max = MAX_COUNT))]
     pub max_connections_per_destination: u32,
+    /// HTTP/2 connections the sidecar opens to one destination address as its streams grow,
+    /// so a balancer that spreads per connection (kube-proxy) sees more than one; they count
+    /// towards `maxConnectionsPerDestination` too.
+    #[schemars(range(min = 1, max = MAX_HTTP2_CONNECTIONS))]
+    pub http2_connections_per_destination: u32,
     /// After SIGTERM the sidecar keeps accepting for this long (reporting not ready) while
     /// endpoints converge, then stops accepting and drains (Istio's name).
     pub termination_drain_duration: Duration,
@@ -260,6 +350,10 @@ impl Default for Sidecar {
             max_connections: 10_000,
             // Envoy's default circuit-breaker max_connections per cluster (1024).
             max_connections_per_destination: 1024,
+            // A few connections spread a gRPC client's streams over a few backends behind a
+            // Service (kube-proxy picks a backend per connection); a new one opens only when
+            // every open one carries its stream target, so a quiet pod still holds one.
+            http2_connections_per_destination: 4,
             // Istio's default terminationDrainDuration (5 s): enough for endpoint removal to
             // reach the callers' proxies in a typical cluster.
             termination_drain_duration: Duration::from_secs(5),
@@ -267,7 +361,7 @@ impl Default for Sidecar {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,

@@ -51,21 +51,33 @@ const UNITS: &[(&str, f64)] = &[
     ("h", 3600.0),
 ];
 
+/// The longest duration text read: far beyond any honest one (`1h2m3s4ms5us6ns` is 15), and
+/// a bound the API server needs to cost the CRD's CEL rules on the field.
+pub(crate) const MAX_TEXT_LEN: usize = 64;
+
 /// Longer than any timeout a sidecar could mean; also keeps the float arithmetic exact enough.
 const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// Parses `"10s"`, `"1m30s"`, `"0.5s"`, `"0"`. Errors say what was expected.
+///
+/// Exactly the CRD's pattern (`openapi::DURATION_PATTERN`): no sign and no spaces, which
+/// Kubernetes would refuse, so that `mesh config validate` never passes what `kubectl apply`
+/// then rejects.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let expected =
         || format!("{text:?} is not a duration (expected e.g. \"10s\", \"500ms\", \"1m30s\")");
-    let s = text.trim();
-    if s == "0" {
+    if text == "0" {
         return Ok(Duration::ZERO);
     }
-    if s.is_empty() || s.starts_with('-') {
+    if text.is_empty() {
         return Err(expected());
     }
-    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if text.chars().count() > MAX_TEXT_LEN {
+        return Err(format!(
+            "{text:?} is not a duration (longer than {MAX_TEXT_LEN} characters)"
+        ));
+    }
+    let mut rest = text;
     let mut secs = 0.0f64;
     while !rest.is_empty() {
         let num_len = rest
@@ -136,7 +148,9 @@ mod tests {
             ("1.5h", StdDuration::from_secs(5400)),
             ("0", StdDuration::ZERO),
             ("0s", StdDuration::ZERO),
-            (" 2h ", StdDuration::from_secs(7200)),
+            ("2h", StdDuration::from_secs(7200)),
+            (".5s", StdDuration::from_millis(500)),
+            ("1.s", StdDuration::from_secs(1)),
             ("250us", StdDuration::from_micros(250)),
         ] {
             assert_eq!(parse(text), Ok(Duration(want)), "{text}");
@@ -155,6 +169,10 @@ mod tests {
             "10 s",
             "1e3s",
             "100000000h",
+            " 2h ",
+            "+1s",
+            ".s",
+            "00",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

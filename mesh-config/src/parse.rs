@@ -19,9 +19,29 @@ pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
     from_value(read_value(text)?, false)
 }
 
-/// Like [`parse`], but unknown fields are errors (`mesh config validate`).
+/// Like [`parse`], but unknown fields are errors (`mesh config validate`), and so is a value
+/// that `kubectl` would read differently (a bare `off`, see `yaml11`).
 pub fn parse_strict(text: &str) -> Result<MeshConfig, ConfigError> {
-    from_value(read_value(text)?, true).map(|p| p.config)
+    let checked = from_value(read_value(text)?, true).map(|p| p.config);
+    let misread = if looks_like_json(text) {
+        Vec::new()
+    } else {
+        crate::yaml11::bare_booleans(text)
+    };
+    match (checked, misread.is_empty()) {
+        (checked, true) => checked,
+        (Ok(_), false) => Err(ConfigError::Invalid(misread)),
+        (Err(ConfigError::Invalid(mut problems)), false) => {
+            problems.extend(misread);
+            Err(ConfigError::Invalid(problems))
+        }
+        (Err(err), false) => Err(err),
+    }
+}
+
+fn looks_like_json(text: &str) -> bool {
+    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    trimmed.starts_with('{') && serde_json::from_str::<Value>(trimmed).is_ok()
 }
 
 /// RFC 7386 merge patch on the JSON form (null deletes a field, which then takes its default;
@@ -30,14 +50,23 @@ pub fn parse_strict(text: &str) -> Result<MeshConfig, ConfigError> {
 pub fn merge_patch(doc: &MeshConfig, patch: &Value) -> Result<MeshConfig, ConfigError> {
     let mut value = doc.to_json_value();
     json_patch::merge(&mut value, patch);
+    if value.is_null() {
+        // A null patch replaces the whole document with null (RFC 7386), which is no MeshConfig;
+        // read as an empty document it would silently reset every setting to its default.
+        return Err(ConfigError::Invalid(vec![FieldError::new(
+            "",
+            "the patched document must be a mapping, not null",
+        )]));
+    }
     from_value(value, true).map(|p| p.config)
 }
 
 impl MeshConfig {
-    /// The document as YAML, every field written out.
+    /// The document as YAML, every field written out, readable by YAML 1.1 tools (`kubectl`)
+    /// as well: `stitching: 'off'` stays a string there.
     pub fn to_yaml(&self) -> String {
         // Only strings, integers, floats and enums: serialisation cannot fail.
-        serde_yaml::to_string(self).unwrap_or_default()
+        crate::yaml11::quote_booleans(&serde_yaml::to_string(self).unwrap_or_default())
     }
 
     /// The document as a JSON value, every field written out.
@@ -142,7 +171,7 @@ spec:
   traffic:
     inboundPortExclusionList: [22]
     outboundPortExclusionList: []
-    outboundIPRangeExclusionList: ["10.0.0.0/8", "fd00::/8", "169.254.169.254"]
+    outboundIPRangeExclusionList: ["10.0.0.0/8", "fd00::/8", "169.254.169.254/32"]
     opaquePorts: [3306]
   sidecar:
     logLevel: debug
@@ -156,6 +185,20 @@ spec:
         assert_eq!(c.spec.traffic.inbound_port_exclusion_list, [22]);
         assert_eq!(c.spec.traffic.opaque_ports, [3306]);
         assert_eq!(c.spec.sidecar.log_level, LogLevel::Debug);
+    }
+
+    /// The spelling the annotation and `MESH_STITCHING` use is the document's.
+    #[test]
+    fn stitching_mode_from_text() {
+        use crate::Stitching;
+        for mode in Stitching::ALL {
+            assert_eq!(mode.as_str().parse::<Stitching>(), Ok(mode));
+            assert_eq!(mode.to_string(), mode.as_str());
+        }
+        assert_eq!(
+            "guess".parse::<Stitching>(),
+            Err(r#"unknown stitching mode "guess" (expected off, request-id, in-flight)"#.into())
+        );
     }
 
     #[test]
@@ -256,7 +299,7 @@ spec:
     #[test]
     fn sidecar_limits_are_read_and_checked() {
         let c = parse_strict(
-            "spec:\n  sidecar:\n    headerReadTimeout: 500ms\n    httpIdleTimeout: 1m30s\n    tcpIdleTimeout: 2h\n    http2KeepaliveInterval: \"0\"\n    http2KeepaliveTimeout: 1s\n    connectTimeout: 250ms\n    responseTimeout: 15s\n    maxConnections: 50\n    maxConnectionsPerDestination: 7\n    terminationDrainDuration: 0s\n",
+            "spec:\n  sidecar:\n    headerReadTimeout: 500ms\n    httpIdleTimeout: 1m30s\n    tcpIdleTimeout: 2h\n    http2KeepaliveInterval: \"0\"\n    http2KeepaliveTimeout: 1s\n    connectTimeout: 250ms\n    responseTimeout: 15s\n    maxConnections: 50\n    maxConnectionsPerDestination: 7\n    http2ConnectionsPerDestination: 2\n    terminationDrainDuration: 0s\n",
         )
         .unwrap();
         let s = &c.spec.sidecar;
@@ -270,6 +313,7 @@ spec:
             (s.max_connections, s.max_connections_per_destination),
             (50, 7)
         );
+        assert_eq!(s.http2_connections_per_destination, 2);
         assert_eq!(s.termination_drain_duration.non_zero(), None);
         // Written back as strings with units, and read back the same.
         assert_eq!(parse_strict(&c.to_yaml()).unwrap(), c);
@@ -283,8 +327,8 @@ spec:
             r#"spec.sidecar.httpIdleTimeout: "soon" is not a duration (expected e.g. "10s", "500ms", "1m30s")"#,
             r#"spec.sidecar.tcpIdleTimeout: "-1s" is not a duration (expected e.g. "10s", "500ms", "1m30s")"#,
             r#"spec.sidecar.responseTimeout: expected a duration string such as "10s", found a list"#,
-            "spec.sidecar.maxConnections: -5 is out of range 0..=4294967295",
-            "spec.sidecar.maxConnectionsPerDestination: expected a whole number, found number 1.5",
+            "spec.sidecar.maxConnections: -5 is out of range 1..=1000000",
+            "spec.sidecar.maxConnectionsPerDestination: expected a whole number in 1..=1000000, found number 1.5",
             "spec.sidecar.connectTimeout: 0s is out of range 1ms..=5m",
             "spec.sidecar.terminationDrainDuration: 2h is out of range 0s..=1h",
         ];
@@ -339,6 +383,120 @@ spec:
         strict.sort();
         assert_eq!(strict.len(), 2);
         assert!(strict[1].starts_with("spec.observability.tracing.enabled: unknown field"));
+    }
+
+    #[test]
+    fn stitching_modes() {
+        use crate::Stitching;
+        assert_eq!(
+            parse("spec: {}")
+                .unwrap()
+                .config
+                .spec
+                .observability
+                .tracing
+                .stitching,
+            Stitching::RequestId
+        );
+        for mode in Stitching::ALL {
+            let text = format!(
+                "spec:\n  observability:\n    tracing:\n      stitching: \"{mode}\"\n",
+                mode = mode.as_str()
+            );
+            let c = parse_strict(&text).unwrap();
+            assert_eq!(c.spec.observability.tracing.stitching, mode);
+            // Written back quoted where YAML 1.1 would misread it, and read back the same.
+            let yaml = c.to_yaml();
+            assert_eq!(parse_strict(&yaml).unwrap(), c, "{yaml}");
+        }
+        let off = parse_strict("spec: {observability: {tracing: {stitching: 'off'}}}").unwrap();
+        assert!(off.to_yaml().contains("stitching: 'off'"));
+        assert_eq!(
+            messages(
+                parse("spec: {observability: {tracing: {stitching: sometimes}}}").unwrap_err()
+            ),
+            [
+                r#"spec.observability.tracing.stitching: unknown stitching mode "sometimes" (expected off, request-id, in-flight)"#
+            ]
+        );
+        // A bare `off` is a string to serde_yaml (YAML 1.2) but `false` to kubectl (YAML 1.1):
+        // the proxy reads it, `mesh config validate` asks for quotes.
+        let bare = "spec:\n  observability:\n    tracing:\n      stitching: off\n";
+        assert_eq!(
+            parse(bare)
+                .unwrap()
+                .config
+                .spec
+                .observability
+                .tracing
+                .stitching,
+            Stitching::Off
+        );
+        let got = messages(parse_strict(bare).unwrap_err());
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("spec.observability.tracing.stitching: write 'off' in quotes"));
+        // JSON has no such ambiguity.
+        assert!(
+            parse_strict(r#"{"spec":{"observability":{"tracing":{"stitching":"off"}}}}"#).is_ok()
+        );
+    }
+
+    /// `kubectl get meshconfig -o yaml` output: the server's bookkeeping in `metadata` and the
+    /// injector's `status` are carried, not refused.
+    #[test]
+    fn an_object_as_kubectl_prints_it_is_valid() {
+        let text = r#"apiVersion: config.tracemesh.dev/v1alpha1
+kind: MeshConfig
+metadata:
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: |
+      {"apiVersion":"config.tracemesh.dev/v1alpha1","kind":"MeshConfig","metadata":{"annotations":{},"name":"mesh-config","namespace":"mesh-system"},"spec":{"observability":{"tracing":{}}}}
+  creationTimestamp: "2026-12-01T10:00:00Z"
+  finalizers: []
+  generation: 3
+  labels:
+    app.kubernetes.io/part-of: tracemesh
+  managedFields:
+  - apiVersion: config.tracemesh.dev/v1alpha1
+    fieldsType: FieldsV1
+    fieldsV1:
+      f:spec:
+        f:observability:
+          f:tracing:
+            f:enable: {}
+    manager: mesh
+    operation: Update
+    time: "2026-12-01T10:05:00Z"
+  name: mesh-config
+  namespace: mesh-system
+  resourceVersion: "81234"
+  uid: 0b0c0d0e-1111-2222-3333-444455556666
+spec:
+  observability:
+    tracing:
+      enable: true
+      address: zipkin.tracing
+      sampledFraction: "0.5"
+      stitching: "off"
+  traffic:
+    outboundIPRangeExclusionList:
+    - 169.254.169.254/32
+status:
+  message: ""
+  observedGeneration: 3
+  valid: true
+"#;
+        let c = parse_strict(text).unwrap();
+        assert!(c.spec.observability.tracing.enable);
+        assert_eq!(c.metadata.name, "mesh-config");
+        // The settings are still checked.
+        let bad = text.replace("169.254.169.254/32", "169.254.169.254");
+        let got = messages(parse_strict(&bad).unwrap_err());
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("spec.traffic.outboundIPRangeExclusionList[0]: "),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -405,41 +563,98 @@ spec:
         assert_eq!(patched.spec.traffic.inbound_port_exclusion_list, [4]);
     }
 
+    /// RFC 7386 appendix A, row by row, through our `merge_patch`. The appendix's `a`, `b`, `c`
+    /// become MeshConfig fields of the same shape, and its result (the oracle) becomes the
+    /// document we expect, with a removed member back at its default. Rows whose result is not a
+    /// MeshConfig (the whole document replaced by an array, a string or null; a list turned into
+    /// a string or an object) must be refused with the field path, never stored. The two rows
+    /// about nulls kept in the target and members it lacks have no counterpart: a MeshConfig is
+    /// always written out in full, with no nulls.
     #[test]
     fn merge_patch_rfc7386_appendix_semantics() {
-        // The appendix cases on plain JSON, as json_patch::merge implements them.
-        let cases = [
-            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
-            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
-            (json!({"a":"b"}), json!({"a":null}), json!({})),
+        let defaults = MeshConfig::default().to_json_value();
+        let default_address = defaults["spec"]["observability"]["tracing"]["address"].clone();
+        let default_port = defaults["spec"]["observability"]["tracing"]["port"].clone();
+        // `fields` of spec.observability.tracing set in the target, then `patch` under it, then
+        // the RFC's result as the tracing object we expect.
+        let tracing = |fields: Value| {
+            let mut doc = defaults.clone();
+            for (k, v) in fields.as_object().unwrap() {
+                doc["spec"]["observability"]["tracing"][k] = v.clone();
+            }
+            doc
+        };
+        let under_tracing = |patch: Value| json!({"spec": {"observability": {"tracing": patch}}});
+        let rows = [
+            // {"a":"b"} + {"a":"c"} = {"a":"c"}
             (
-                json!({"a":"b","b":"c"}),
-                json!({"a":null}),
-                json!({"b":"c"}),
+                tracing(json!({"address": "b.example"})),
+                under_tracing(json!({"address": "c.example"})),
+                tracing(json!({"address": "c.example"})),
             ),
-            (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
-            (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
+            // {"a":"b"} + {"b":"c"} = {"a":"b","b":"c"}
             (
-                json!({"a":{"b":"c"}}),
-                json!({"a":{"b":"d","c":null}}),
-                json!({"a":{"b":"d"}}),
+                tracing(json!({"address": "b.example"})),
+                under_tracing(json!({"endpoint": "/c"})),
+                tracing(json!({"address": "b.example", "endpoint": "/c"})),
             ),
-            (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
-            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
-            (json!({"a":"b"}), json!(["c"]), json!(["c"])),
-            (json!({"a":"foo"}), json!(null), json!(null)),
-            (json!({"a":"foo"}), json!("bar"), json!("bar")),
-            (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
-            (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
+            // {"a":"b"} + {"a":null} = {}
             (
-                json!({}),
-                json!({"a":{"bb":{"ccc":null}}}),
-                json!({"a":{"bb":{}}}),
+                tracing(json!({"address": "b.example"})),
+                under_tracing(json!({"address": null})),
+                tracing(json!({"address": default_address})),
+            ),
+            // {"a":"b","b":"c"} + {"a":null} = {"b":"c"}
+            (
+                tracing(json!({"address": "b.example", "endpoint": "/c"})),
+                under_tracing(json!({"address": null})),
+                tracing(json!({"address": default_address, "endpoint": "/c"})),
+            ),
+            // {"a":{"b":"c"}} + {"a":{"b":"d","c":null}} = {"a":{"b":"d"}}
+            (
+                tracing(json!({"address": "c.example", "port": 9999})),
+                under_tracing(json!({"address": "d.example", "port": null})),
+                tracing(json!({"address": "d.example", "port": default_port})),
+            ),
+            // {"a":[{"b":"c"}]} + {"a":[1]} = {"a":[1]}: arrays are replaced, never merged.
+            (
+                tracing(json!({"propagation": ["b3multi", "tracecontext"]})),
+                under_tracing(json!({"propagation": ["tracecontext"]})),
+                tracing(json!({"propagation": ["tracecontext"]})),
             ),
         ];
-        for (mut target, patch, want) in cases {
-            json_patch::merge(&mut target, &patch);
-            assert_eq!(target, want, "patch {patch}");
+        for (target, patch, want) in rows {
+            let doc = from_value(target.clone(), true).expect("target").config;
+            let got = merge_patch(&doc, &patch).expect("a valid result");
+            assert_eq!(got.to_json_value(), want, "{target} + {patch}");
+        }
+        let doc = from_value(tracing(json!({"address": "b.example"})), true)
+            .unwrap()
+            .config;
+        // {"a":["b"]} + {"a":"c"} = {"a":"c"}, and {"a":"c"} + {"a":["b"]} = {"a":["b"]}: the
+        // result's types are wrong for the schema.
+        for (patch, path) in [
+            (
+                under_tracing(json!({"propagation": "b3multi"})),
+                "spec.observability.tracing.propagation",
+            ),
+            (
+                under_tracing(json!({"address": ["b.example"]})),
+                "spec.observability.tracing.address",
+            ),
+            // [1,2] + {"a":"b","c":null} = {"a":"b"}: a list replaced by an object.
+            (
+                json!({"spec": {"traffic": {"opaquePorts": {"a": "b", "c": null}}}}),
+                "spec.traffic.opaquePorts",
+            ),
+        ] {
+            let got = messages(merge_patch(&doc, &patch).expect_err("a schema error"));
+            assert!(got.iter().any(|m| m.starts_with(path)), "{patch}: {got:?}");
+        }
+        // ["a","b"] + ["c","d"] = ["c","d"], {"a":"b"} + ["c"] = ["c"], {"a":"foo"} + "bar" =
+        // "bar", {"a":"foo"} + null = null: the result is not a document at all.
+        for patch in [json!(["c", "d"]), json!(["c"]), json!("bar"), json!(null)] {
+            assert!(merge_patch(&doc, &patch).is_err(), "{patch}");
         }
     }
 

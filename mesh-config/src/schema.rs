@@ -1,4 +1,5 @@
-//! The document's schema as data, and a walk of an untyped JSON value against it.
+//! A walk of an untyped JSON value against the document's schema, the one generated from the
+//! Rust types (`openapi::schema`, also the CRD's), read here into the checks it implies.
 //!
 //! serde alone stops at the first error and cannot tell an unknown field from a typo'd known
 //! one, so the walk comes first: it collects every type/range/enum problem with its full path,
@@ -6,13 +7,17 @@
 //! that the typed deserialisation that follows always succeeds (and the semantic checks in
 //! `validate` still run on the rest).
 
+use std::ops::RangeInclusive;
+use std::sync::LazyLock;
+
 use serde_json::{Map, Number, Value};
 
-use crate::validate::PORT_RANGE;
-use crate::{
-    FieldError, LogLevel, PropagationFormat, Protocol, API_VERSION, KIND, MAX_URL_TAG_LENGTH_RANGE,
-};
+use crate::openapi::{DURATION_PATTERN, FRACTION_PATTERN};
+use crate::validate::{PORT_MAX, PORT_MIN, PORT_RANGE};
+use crate::{FieldError, API_VERSION, KIND};
 
+/// What a field holds, as the walk checks it.
+#[derive(Debug, PartialEq)]
 enum Field {
     Bool,
     Str,
@@ -25,104 +30,124 @@ enum Field {
     Fraction,
     /// A string with units (`"10s"`, `"500ms"`); ranges are checked in `validate`.
     Duration,
-    /// A non-negative integer that fits in 32 bits; ranges are checked in `validate`.
-    Count,
     /// One of the names; the noun names the kind of value in the message.
-    OneOf(&'static str, &'static [&'static str]),
+    OneOf(String, Vec<String>),
     /// A list whose every item is one of the names (each bad item named by its index).
-    OneOfList(&'static str, &'static [&'static str]),
+    OneOfList(String, Vec<String>),
     /// A whole number in the range.
-    UInt(std::ops::RangeInclusive<u32>),
-    Object(&'static [(&'static str, Field)]),
+    UInt(RangeInclusive<u64>),
+    Object(Vec<(String, Field)>),
     /// Kubernetes bookkeeping we carry but do not interpret.
     Any,
 }
 
-const PROTOCOLS: &[&str] = &[
-    Protocol::Zipkin.as_str(),
-    Protocol::OtlpHttp.as_str(),
-    Protocol::OtlpGrpc.as_str(),
-];
-const PROPAGATION_FORMATS: &[&str] = &[
-    PropagationFormat::B3multi.as_str(),
-    PropagationFormat::Tracecontext.as_str(),
-];
-const LOG_LEVELS: &[&str] = &[
-    LogLevel::Error.as_str(),
-    LogLevel::Warn.as_str(),
-    LogLevel::Info.as_str(),
-    LogLevel::Debug.as_str(),
-    LogLevel::Trace.as_str(),
-];
-
-const METADATA: &[(&str, Field)] = &[
-    ("name", Field::Str),
-    ("namespace", Field::Str),
-    ("labels", Field::Any),
-    ("annotations", Field::Any),
-    ("uid", Field::Any),
-    ("resourceVersion", Field::Any),
-    ("generation", Field::Any),
-    ("creationTimestamp", Field::Any),
-    ("deletionTimestamp", Field::Any),
-    ("deletionGracePeriodSeconds", Field::Any),
-    ("generateName", Field::Any),
-    ("selfLink", Field::Any),
-    ("managedFields", Field::Any),
-    ("ownerReferences", Field::Any),
-    ("finalizers", Field::Any),
+/// `metadata` as the API server returns it: the CRD leaves it to the server, so its fields are
+/// listed here. Only the name and namespace are read.
+const METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generateName",
+    "selfLink",
+    "managedFields",
+    "ownerReferences",
+    "finalizers",
 ];
 
-const TRACING: &[(&str, Field)] = &[
-    ("enable", Field::Bool),
-    ("address", Field::Str),
-    ("port", Field::Port),
-    ("endpoint", Field::Str),
-    ("protocol", Field::OneOf("protocol", PROTOCOLS)),
-    ("sampledFraction", Field::Fraction),
-    (
-        "propagation",
-        Field::OneOfList("propagation format", PROPAGATION_FORMATS),
-    ),
-    ("maxUrlTagLength", Field::UInt(MAX_URL_TAG_LENGTH_RANGE)),
+/// How messages name the values of enum fields (`unknown log level "loud"`); other fields are
+/// named by their key.
+const NOUNS: &[(&str, &str)] = &[
+    ("logLevel", "log level"),
+    ("propagation", "propagation format"),
+    ("stitching", "stitching mode"),
 ];
 
-const TRAFFIC: &[(&str, Field)] = &[
-    ("inboundPortExclusionList", Field::PortList),
-    ("outboundPortExclusionList", Field::PortList),
-    ("outboundIPRangeExclusionList", Field::StrList),
-    ("opaquePorts", Field::PortList),
-];
+/// The whole document: the envelope Kubernetes owns, and `spec` from the generated schema.
+static DOCUMENT: LazyLock<Field> = LazyLock::new(|| {
+    let schema = crate::openapi::schema();
+    let metadata = METADATA
+        .iter()
+        .map(|name| {
+            let field = match *name {
+                "name" | "namespace" => Field::Str,
+                _ => Field::Any,
+            };
+            (name.to_string(), field)
+        })
+        .collect();
+    Field::Object(vec![
+        ("apiVersion".into(), Field::Const(API_VERSION)),
+        ("kind".into(), Field::Const(KIND)),
+        ("metadata".into(), Field::Object(metadata)),
+        (
+            "spec".into(),
+            from_schema("spec", &schema["properties"]["spec"]),
+        ),
+        // Written by the injector; carried so that an object as kubectl prints it validates.
+        ("status".into(), Field::Any),
+    ])
+});
 
-const SIDECAR: &[(&str, Field)] = &[
-    ("logLevel", Field::OneOf("log level", LOG_LEVELS)),
-    ("headerReadTimeout", Field::Duration),
-    ("httpIdleTimeout", Field::Duration),
-    ("tcpIdleTimeout", Field::Duration),
-    ("http2KeepaliveInterval", Field::Duration),
-    ("http2KeepaliveTimeout", Field::Duration),
-    ("connectTimeout", Field::Duration),
-    ("responseTimeout", Field::Duration),
-    ("maxConnections", Field::Count),
-    ("maxConnectionsPerDestination", Field::Count),
-    ("terminationDrainDuration", Field::Duration),
-];
-
-const SPEC: &[(&str, Field)] = &[
-    (
-        "observability",
-        Field::Object(&[("tracing", Field::Object(TRACING))]),
-    ),
-    ("traffic", Field::Object(TRAFFIC)),
-    ("sidecar", Field::Object(SIDECAR)),
-];
-
-const DOCUMENT: &[(&str, Field)] = &[
-    ("apiVersion", Field::Const(API_VERSION)),
-    ("kind", Field::Const(KIND)),
-    ("metadata", Field::Object(METADATA)),
-    ("spec", Field::Object(SPEC)),
-];
+/// The check a generated schema node implies. Everything the document's types produce maps to
+/// a check; a test holds `spec` to having no `Any` in it.
+fn from_schema(name: &str, node: &Value) -> Field {
+    if let Some(properties) = node["properties"].as_object() {
+        return Field::Object(
+            properties
+                .iter()
+                .map(|(key, child)| (key.clone(), from_schema(key, child)))
+                .collect(),
+        );
+    }
+    if node["pattern"] == FRACTION_PATTERN {
+        return Field::Fraction;
+    }
+    let noun = || {
+        NOUNS
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map_or(name, |(_, noun)| noun)
+            .to_string()
+    };
+    let names = |values: &Value| -> Option<Vec<String>> {
+        values
+            .as_array()?
+            .iter()
+            .map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    match node["type"].as_str() {
+        Some("boolean") => Field::Bool,
+        Some("string") => match names(&node["enum"]) {
+            Some(names) => Field::OneOf(noun(), names),
+            None if node["pattern"] == DURATION_PATTERN => Field::Duration,
+            None => Field::Str,
+        },
+        Some("integer") => {
+            let min = node["minimum"].as_u64().unwrap_or(0);
+            let max = node["maximum"].as_u64().unwrap_or(u64::MAX);
+            if (min, max) == (u64::from(PORT_MIN), u64::from(PORT_MAX)) {
+                Field::Port
+            } else {
+                Field::UInt(min..=max)
+            }
+        }
+        Some("array") => match from_schema(name, &node["items"]) {
+            Field::Port => Field::PortList,
+            Field::Str => Field::StrList,
+            Field::OneOf(noun, names) => Field::OneOfList(noun, names),
+            _ => Field::Any,
+        },
+        _ => Field::Any,
+    }
+}
 
 /// What the walk found: hard errors, and unknown fields (errors or warnings, caller's choice).
 #[derive(Default)]
@@ -140,8 +165,8 @@ pub(crate) fn check(doc: Value) -> (Value, Findings) {
         Value::Null => Value::Object(Map::new()),
         other => other,
     };
-    let cleaned = walk(&Field::Object(DOCUMENT), doc, "", &mut findings)
-        .unwrap_or_else(|| Value::Object(Map::new()));
+    let cleaned =
+        walk(&DOCUMENT, doc, "", &mut findings).unwrap_or_else(|| Value::Object(Map::new()));
     (cleaned, findings)
 }
 
@@ -236,38 +261,12 @@ fn walk(field: &Field, value: Value, path: &str, f: &mut Findings) -> Option<Val
             },
             other => type_error(path, "a duration string such as \"10s\"", other, f),
         },
-        Field::Count => match &value {
-            Value::Number(n) if n.as_u64().is_some_and(|c| u32::try_from(c).is_ok()) => Some(value),
-            Value::Number(n) if n.is_u64() || n.is_i64() => {
-                f.errors.push(FieldError::new(
-                    path,
-                    format!("{n} is out of range 0..={}", u32::MAX),
-                ));
-                None
-            }
-            other => type_error(path, "a whole number", other, f),
-        },
-        Field::OneOf(noun, names) => match &value {
-            Value::String(s) if names.contains(&s.as_str()) => Some(value),
-            Value::String(s) => {
-                f.errors.push(FieldError::new(
-                    path,
-                    format!("unknown {noun} {s:?} (expected {})", names.join(", ")),
-                ));
-                None
-            }
-            other => type_error(path, &format!("a {noun} string"), other, f),
-        },
+        Field::OneOf(noun, names) => one_of(noun, names, value, path, f),
         Field::OneOfList(noun, names) => match value {
             Value::Array(items) => {
                 let before = f.errors.len();
                 for (i, v) in items.iter().enumerate() {
-                    walk(
-                        &Field::OneOf(noun, names),
-                        v.clone(),
-                        &format!("{path}[{i}]"),
-                        f,
-                    );
+                    one_of(noun, names, v.clone(), &format!("{path}[{i}]"), f);
                 }
                 (f.errors.len() == before).then_some(Value::Array(items))
             }
@@ -275,8 +274,13 @@ fn walk(field: &Field, value: Value, path: &str, f: &mut Findings) -> Option<Val
         },
         Field::UInt(range) => {
             let expected = format!("a whole number in {}..={}", range.start(), range.end());
-            match value.as_u64() {
-                Some(n) if u32::try_from(n).is_ok_and(|n| range.contains(&n)) => Some(value),
+            // Negative whole numbers are out of range too, not of the wrong type.
+            let whole = value
+                .as_u64()
+                .map(i128::from)
+                .or(value.as_i64().map(i128::from));
+            match whole {
+                Some(n) if u64::try_from(n).is_ok_and(|n| range.contains(&n)) => Some(value),
                 Some(n) => {
                     f.errors.push(FieldError::new(
                         path,
@@ -299,7 +303,7 @@ fn walk(field: &Field, value: Value, path: &str, f: &mut Findings) -> Option<Val
                             }
                         }
                         None => {
-                            let known: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+                            let known: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
                             f.unknown.push(FieldError::new(
                                 child,
                                 format!("unknown field (expected one of {})", known.join(", ")),
@@ -311,6 +315,26 @@ fn walk(field: &Field, value: Value, path: &str, f: &mut Findings) -> Option<Val
             }
             other => type_error(path, "a mapping", &other, f),
         },
+    }
+}
+
+fn one_of(
+    noun: &str,
+    names: &[String],
+    value: Value,
+    path: &str,
+    f: &mut Findings,
+) -> Option<Value> {
+    match &value {
+        Value::String(s) if names.contains(s) => Some(value),
+        Value::String(s) => {
+            f.errors.push(FieldError::new(
+                path,
+                format!("unknown {noun} {s:?} (expected {})", names.join(", ")),
+            ));
+            None
+        }
+        other => type_error(path, &format!("a {noun} string"), other, f),
     }
 }
 
@@ -342,10 +366,11 @@ fn port(value: Value, path: &str, f: &mut Findings) -> Option<Value> {
 fn fraction(value: Value, path: &str, f: &mut Findings) -> Option<Value> {
     let parsed = match &value {
         Value::Number(n) => n.as_f64(),
-        // FSM writes `sampledFraction: "1.0"`.
-        Value::String(s) => match s.trim().parse::<f64>() {
-            Ok(x) => Some(x),
-            Err(_) => {
+        // FSM writes `sampledFraction: "1.0"`. Plain decimals only (no sign, exponent or
+        // spaces), as the CRD's pattern reads them.
+        Value::String(s) => match s.parse::<f64>() {
+            Ok(x) if is_decimal(s) => Some(x),
+            _ => {
                 f.errors
                     .push(FieldError::new(path, format!("{s:?} is not a number")));
                 return None;
@@ -361,6 +386,89 @@ fn fraction(value: Value, path: &str, f: &mut Findings) -> Option<Value> {
                 format!("{} is not a finite number", describe(&value)),
             ));
             None
+        }
+    }
+}
+
+/// `[0-9]+(\.[0-9]+)?`: the numeric strings `sampledFraction` accepts.
+fn is_decimal(s: &str) -> bool {
+    let (whole, fraction) = match s.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (s, None),
+    };
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    digits(whole) && fraction.is_none_or(digits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of `spec` maps to a check of its kind (an `Any` would let anything through).
+    #[test]
+    fn every_spec_field_has_a_check() {
+        fn kinds(field: &Field, path: &str, out: &mut Vec<String>) {
+            match field {
+                Field::Object(fields) => {
+                    for (name, inner) in fields {
+                        kinds(inner, &join(path, name), out);
+                    }
+                }
+                other => out.push(format!("{path}: {other:?}")),
+            }
+        }
+        let Field::Object(top) = &*DOCUMENT else {
+            panic!("the document is an object");
+        };
+        let spec = &top.iter().find(|(name, _)| name == "spec").expect("spec").1;
+        let mut out = Vec::new();
+        kinds(spec, "spec", &mut out);
+        let any: Vec<&String> = out.iter().filter(|k| k.ends_with(": Any")).collect();
+        assert!(any.is_empty(), "{any:?}");
+        let find = |path: &str| {
+            out.iter()
+                .find(|k| k.starts_with(&format!("{path}: ")))
+                .unwrap_or_else(|| panic!("{path} in {out:#?}"))
+                .clone()
+        };
+        assert_eq!(
+            find("spec.observability.tracing.port"),
+            "spec.observability.tracing.port: Port"
+        );
+        assert_eq!(
+            find("spec.observability.tracing.sampledFraction"),
+            "spec.observability.tracing.sampledFraction: Fraction"
+        );
+        assert_eq!(
+            find("spec.sidecar.connectTimeout"),
+            "spec.sidecar.connectTimeout: Duration"
+        );
+        assert_eq!(
+            find("spec.traffic.outboundIPRangeExclusionList"),
+            "spec.traffic.outboundIPRangeExclusionList: StrList"
+        );
+        assert_eq!(
+            find("spec.sidecar.maxConnections"),
+            "spec.sidecar.maxConnections: UInt(1..=1000000)"
+        );
+        assert!(find("spec.observability.tracing.stitching")
+            .contains(r#"OneOf("stitching mode", ["off", "request-id", "in-flight"])"#));
+        assert_eq!(
+            find("spec.sidecar.http2ConnectionsPerDestination"),
+            "spec.sidecar.http2ConnectionsPerDestination: UInt(1..=1024)"
+        );
+        assert_eq!(out.len(), 25, "{out:#?}");
+    }
+
+    #[test]
+    fn decimals() {
+        for ok in ["0", "1", "0.5", "1.0", "00.25"] {
+            assert!(is_decimal(ok), "{ok}");
+        }
+        for bad in [
+            "", ".5", "1.", "+1", "-0", "1e-1", " 1", "0x1", "NaN", "inf",
+        ] {
+            assert!(!is_decimal(bad), "{bad}");
         }
     }
 }

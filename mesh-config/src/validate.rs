@@ -2,7 +2,7 @@
 //! (ranges, CIDRs, an address when tracing is on). The parser runs these after its own type
 //! checks, and code that builds a `MeshConfig` in memory calls `validate` directly.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration as StdDuration;
 
 use crate::{
@@ -11,6 +11,8 @@ use crate::{
 };
 
 pub(crate) const PORT_RANGE: &str = "1..=65535";
+pub(crate) const PORT_MIN: u16 = 1;
+pub(crate) const PORT_MAX: u16 = 65535;
 
 impl MeshConfig {
     /// Checks every rule of the contract and reports all broken ones at once.
@@ -113,7 +115,7 @@ impl MeshConfig {
             }
         }
         for (i, cidr) in tr.outbound_ip_range_exclusion_list.iter().enumerate() {
-            if let Err(msg) = parse_cidr(cidr) {
+            if let Err(msg) = parse_prefixed_cidr(cidr) {
                 out.push(FieldError::new(
                     format!("spec.traffic.outboundIPRangeExclusionList[{i}]"),
                     msg,
@@ -131,42 +133,39 @@ const DAY: StdDuration = StdDuration::from_secs(24 * 3600);
 
 /// Upper bound of the connection counts: well above what one process can hold open, so a
 /// larger number can only be a typo.
-const MAX_COUNT: u32 = 1_000_000;
+pub(crate) const MAX_COUNT: u32 = 1_000_000;
 
-/// Range of every `spec.sidecar` timeout. Zero is allowed only where it means "off"; the upper
-/// bounds are far past any sensible value, so only typos (`"10h"` for `"10s"`...) hit them.
+/// Upper bound of `http2ConnectionsPerDestination`: Envoy's default cap on connections to a
+/// destination; past it, spreading streams wider buys no balance, only connections.
+pub(crate) const MAX_HTTP2_CONNECTIONS: u32 = 1024;
+
+/// Range of every `spec.sidecar` timeout, by field name. Zero is allowed only where it means
+/// "off"; the upper bounds are far past any sensible value, so only typos (`"10h"` for
+/// `"10s"`...) hit them. The CRD states the same ranges as CEL rules (`openapi`).
+pub(crate) const DURATION_RANGES: [(&str, StdDuration, StdDuration); 8] = [
+    ("headerReadTimeout", MS, HOUR),
+    ("httpIdleTimeout", MS, DAY),
+    ("tcpIdleTimeout", MS, DAY),
+    ("http2KeepaliveInterval", StdDuration::ZERO, HOUR),
+    ("http2KeepaliveTimeout", MS, HOUR),
+    ("connectTimeout", MS, StdDuration::from_secs(300)),
+    ("responseTimeout", StdDuration::ZERO, DAY),
+    ("terminationDrainDuration", StdDuration::ZERO, HOUR),
+];
+
 fn sidecar_problems(s: &Sidecar, out: &mut Vec<FieldError>) {
-    let durations: [(&str, Duration, StdDuration, StdDuration); 8] = [
-        ("headerReadTimeout", s.header_read_timeout, MS, HOUR),
-        ("httpIdleTimeout", s.http_idle_timeout, MS, DAY),
-        ("tcpIdleTimeout", s.tcp_idle_timeout, MS, DAY),
-        (
-            "http2KeepaliveInterval",
-            s.http2_keepalive_interval,
-            StdDuration::ZERO,
-            HOUR,
-        ),
-        ("http2KeepaliveTimeout", s.http2_keepalive_timeout, MS, HOUR),
-        (
-            "connectTimeout",
-            s.connect_timeout,
-            MS,
-            StdDuration::from_secs(300),
-        ),
-        (
-            "responseTimeout",
-            s.response_timeout,
-            StdDuration::ZERO,
-            DAY,
-        ),
-        (
-            "terminationDrainDuration",
-            s.termination_drain_duration,
-            StdDuration::ZERO,
-            HOUR,
-        ),
+    // In the order of DURATION_RANGES.
+    let values: [Duration; 8] = [
+        s.header_read_timeout,
+        s.http_idle_timeout,
+        s.tcp_idle_timeout,
+        s.http2_keepalive_interval,
+        s.http2_keepalive_timeout,
+        s.connect_timeout,
+        s.response_timeout,
+        s.termination_drain_duration,
     ];
-    for (name, value, min, max) in durations {
+    for ((name, min, max), value) in DURATION_RANGES.into_iter().zip(values) {
         if (min..=max).contains(&value.get()) {
             continue;
         }
@@ -193,10 +192,20 @@ fn sidecar_problems(s: &Sidecar, out: &mut Vec<FieldError>) {
             ));
         }
     }
+    let h2 = s.http2_connections_per_destination;
+    if !(1..=MAX_HTTP2_CONNECTIONS).contains(&h2) {
+        out.push(FieldError::new(
+            "spec.sidecar.http2ConnectionsPerDestination",
+            format!("{h2} is out of range 1..={MAX_HTTP2_CONNECTIONS}"),
+        ));
+    }
 }
 
 /// Parses `10.0.0.0/8`, `fd00::/8`, or a bare address, which means that single host
 /// (`/32` or `/128`), as iptables reads it. Host bits may be set; iptables masks them.
+///
+/// This is the rule of flags and pod annotations; the document's exclusion list is stricter
+/// (see [`parse_prefixed_cidr`]).
 pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
     let (ip_text, len_text) = match text.split_once('/') {
         Some((ip, len)) => (ip, Some(len)),
@@ -208,32 +217,53 @@ pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = match len_text {
         None => max,
-        Some(len) => match len.parse::<u8>() {
-            Ok(n) if n <= max && !len.starts_with('+') => n,
-            _ => {
-                return Err(format!(
-                    "{text:?} has an invalid prefix length (expected 0..={max})"
-                ))
-            }
-        },
+        Some(len) => prefix_length(len, max)
+            .ok_or_else(|| format!("{text:?} has an invalid prefix length (expected 0..={max})"))?,
     };
     Ok((ip, len))
 }
 
+/// A CIDR of the MeshConfig's `outboundIPRangeExclusionList`: the prefix length is required,
+/// as the Kubernetes API server's schema for the field requires it (a bare IP there would
+/// pass `mesh config validate` and then be refused by `kubectl apply`).
+pub fn parse_prefixed_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    if !text.contains('/') {
+        return Err(format!(
+            "{text:?} has no prefix length (write e.g. {text}/{} for one host)",
+            if text.contains(':') { 128 } else { 32 }
+        ));
+    }
+    parse_cidr(text)
+}
+
+/// A prefix length as the CRD's pattern reads it: decimal, no sign, no leading zero.
+fn prefix_length(text: &str, max: u8) -> Option<u8> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    let n: u8 = text.parse().ok().filter(|_| canonical)?;
+    (n <= max).then_some(n)
+}
+
 /// A collector address is a host name or an IP, never a URL: the scheme comes from `protocol`.
+/// Brackets are for IPv6 only, as in a URL.
 fn check_address(address: &str) -> Result<(), String> {
     if address.contains("://") {
         return Err(format!(
             "{address:?} must be a host name or IP, without a scheme"
         ));
     }
-    let bare = address
-        .strip_prefix('[')
-        .and_then(|a| a.strip_suffix(']'))
-        .unwrap_or(address);
-    if bare.parse::<IpAddr>().is_ok() {
+    if let Some(inner) = address.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+        return match inner.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("{address:?} is not a valid IPv6 address")),
+        };
+    }
+    if address.parse::<Ipv6Addr>().is_ok() {
         return Ok(());
     }
+    // IPv4 addresses are valid host names too.
+    let bare = address;
     let host_ok = bare.len() <= 253
         && bare.split('.').all(|label| {
             !label.is_empty()
@@ -299,6 +329,7 @@ mod tests {
         assert_eq!(s.response_timeout.non_zero(), None);
         assert_eq!(s.max_connections, 10_000);
         assert_eq!(s.max_connections_per_destination, 1024);
+        assert_eq!(s.http2_connections_per_destination, 4);
         assert_eq!(s.termination_drain_duration.to_string(), "5s");
     }
 
@@ -357,6 +388,16 @@ mod tests {
                 "maxConnectionsPerDestination",
             ),
             (|s| s.max_connections_per_destination = 1_000_000, ""),
+            (
+                |s| s.http2_connections_per_destination = 0,
+                "http2ConnectionsPerDestination",
+            ),
+            (|s| s.http2_connections_per_destination = 1, ""),
+            (|s| s.http2_connections_per_destination = 1024, ""),
+            (
+                |s| s.http2_connections_per_destination = 1025,
+                "http2ConnectionsPerDestination",
+            ),
         ];
         for (i, (set, path)) in cases.iter().enumerate() {
             let mut c = MeshConfig::default();
@@ -397,9 +438,19 @@ mod tests {
             "example.com/8",
             "10.0.0.0/",
             "10.0.0.0/+8",
+            "10.0.0.0/08",
+            "10.0.0.0/ 8",
             "",
         ] {
             assert!(parse_cidr(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(
+            parse_prefixed_cidr("10.0.0.0/0"),
+            Ok(("10.0.0.0".parse().unwrap(), 0))
+        );
+        for bare in ["192.168.1.7", "::1"] {
+            let err = parse_prefixed_cidr(bare).unwrap_err();
+            assert!(err.contains("no prefix length"), "{err}");
         }
     }
 
@@ -414,7 +465,15 @@ mod tests {
         ] {
             assert_eq!(check_address(ok), Ok(()), "{ok}");
         }
-        for bad in ["http://jaeger", "jaeger:9411/x", "a..b", "has space"] {
+        for bad in [
+            "http://jaeger",
+            "jaeger:9411/x",
+            "a..b",
+            "has space",
+            "[10.0.0.1]",
+            "[jaeger]",
+            "::1::2",
+        ] {
             assert!(check_address(bad).is_err(), "{bad} accepted");
         }
     }

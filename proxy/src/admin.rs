@@ -153,16 +153,41 @@ mod tests {
         assert_eq!(get(&admin, "/nope").status(), StatusCode::NOT_FOUND);
     }
 
-    #[test]
-    fn config_is_json_with_generation() {
-        let admin = Admin::new(
-            Registry::default(),
-            fixed(Snapshot::default_config()),
-            Tracer::disabled(),
-        );
+    /// `/config` is the snapshot in force, every part of it: a reader must be able to tell which
+    /// document runs, where it came from, and why a newer one was not applied.
+    #[tokio::test]
+    async fn config_is_json_with_generation() {
+        use http_body_util::BodyExt;
+        let mut config = mesh_config::MeshConfig::default();
+        config.spec.observability.tracing.address = "collector.example".into();
+        config.spec.traffic.opaque_ports = vec![2525];
+        let snapshot = Snapshot {
+            config: Arc::new(config.clone()),
+            generation: 7,
+            source: "/etc/tracemesh/mesh-config.yaml".into(),
+            last_error: Some("spec.observability.tracing.port: 0 is out of range".into()),
+            warnings: vec!["spec.extra: unknown field".into()],
+        };
+        let admin = Admin::new(Registry::default(), fixed(snapshot), Tracer::disabled());
         let resp = get(&admin, "/config");
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(json["generation"], 7);
+        assert_eq!(json["source"], "/etc/tracemesh/mesh-config.yaml");
+        assert_eq!(
+            json["last_error"],
+            "spec.observability.tracing.port: 0 is out of range"
+        );
+        assert_eq!(
+            json["warnings"],
+            serde_json::json!(["spec.extra: unknown field"])
+        );
+        let served: mesh_config::MeshConfig =
+            serde_json::from_value(json["config"].clone()).expect("the config in force");
+        assert_eq!(served, config);
+        assert_eq!(json["tracing"]["enabled"], false, "{json}");
     }
 
     #[test]

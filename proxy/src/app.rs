@@ -43,6 +43,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Follows `sidecar.logLevel`; `None` leaves logging alone (tests).
     pub log_level: Option<crate::log::LevelHandle>,
+    /// The pod's own stitching mode (`MESH_STITCHING`), over the MeshConfig's; `None` follows it.
+    pub stitching: Option<mesh_config::Stitching>,
 }
 
 /// A started proxy: its bound addresses and the handle to stop it.
@@ -82,6 +84,7 @@ pub async fn start(options: Options, config: ConfigRx) -> Result<Running, StartE
     let trace_metrics = TraceMetrics::default();
     trace_metrics.register(&mut registry);
     let tracer = Tracer::new(options.identity.clone(), trace_metrics);
+    tracer.stitching().set_override(options.stitching);
     // Before the first connection, so no request slips through under the default settings.
     tracer.apply(&config.borrow().config.spec.observability.tracing);
 

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::h2_pool::InFlight;
 use crate::half_close::BodyOpen;
 use crate::trace::layer::{Measured, Meter};
 
@@ -103,11 +104,24 @@ impl Body for RequestBody {
 pub struct ResponseBody {
     inner: Incoming,
     sent: Counter,
+    /// The HTTP/2 upstream stream it comes from, counted against its connection until the
+    /// body is dropped (see [`crate::h2_pool`]).
+    _stream: Option<InFlight>,
 }
 
 impl ResponseBody {
     pub fn new(inner: Incoming, sent: Counter) -> Self {
-        Self { inner, sent }
+        Self {
+            inner,
+            sent,
+            _stream: None,
+        }
+    }
+
+    /// Holds `stream` as long as the body.
+    pub fn holding(mut self, stream: Option<InFlight>) -> Self {
+        self._stream = stream;
+        self
     }
 }
 

@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// `5s`; overrides the MeshConfig's `spec.sidecar.terminationDrainDuration` for this pod.
     #[arg(long, env = "TERMINATION_DRAIN_DURATION", value_name = "DURATION", value_parser = parse_duration)]
     pub termination_drain_duration: Option<std::time::Duration>,
+    /// This pod's stitching mode (off, request-id, in-flight), overriding the MeshConfig's
+    /// `spec.observability.tracing.stitching`; the injector sets it from the
+    /// `tracemesh.dev/stitching` annotation of the pod or its namespace.
+    #[arg(long, env = "MESH_STITCHING", value_name = "MODE")]
+    pub stitching: Option<mesh_config::Stitching>,
     /// Seconds to let connections finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = crate::shutdown::DRAIN_TIMEOUT.as_secs())]
     pub drain_timeout: u64,
@@ -112,6 +117,19 @@ mod tests {
         assert_eq!(args.threads, 1);
         assert_eq!(args.outbound_port, 15001);
         assert_eq!(args.termination_drain_duration, None);
+    }
+
+    #[test]
+    fn stitching_flag_takes_a_mode_and_refuses_others() {
+        let cli = Cli::try_parse_from(["mesh-proxy", "run", "--stitching", "in-flight"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.stitching, Some(mesh_config::Stitching::InFlight));
+        let Err(err) = Cli::try_parse_from(["mesh-proxy", "run", "--stitching", "guess"]) else {
+            panic!("an unknown mode is refused")
+        };
+        assert!(err.to_string().contains("unknown stitching mode"), "{err}");
     }
 
     #[test]

@@ -220,12 +220,14 @@ async fn send(
                 .h2
                 .send(dst, req)
                 .await
+                .map(|(resp, stream)| (resp, Some(stream)))
                 .map_err(|e| (h2_error(&e), e.to_string())),
             _ => shared
                 .upstream
                 .h1
                 .request(req)
                 .await
+                .map(|resp| (resp, None))
                 .map_err(|e| (client_error(&e), e.to_string())),
         }
     };
@@ -254,9 +256,9 @@ async fn send(
         None => sending.await,
     };
     match sent {
-        Ok(resp) => {
+        Ok((resp, stream)) => {
             let counter = shared.metrics.bytes(ctx.direction).sent.clone();
-            Ok(resp.map(|body| ResponseBody::new(body, counter)))
+            Ok(resp.map(|body| ResponseBody::new(body, counter).holding(stream)))
         }
         Err((failure, error)) => {
             if matches!(

@@ -37,6 +37,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             // The MeshConfig's `spec.sidecar.connectTimeout` decides.
             connect_timeout: Duration::MAX,
             log_level: Some(log_level),
+            stitching: args.stitching,
         };
         let running = app::start(options, config.clone()).await?;
         // The app's rewritten probes keep answering while the proxy drains.

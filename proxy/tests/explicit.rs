@@ -38,6 +38,7 @@ async fn proxy(inbound: &[String], outbound: &[String], connect_timeout: Duratio
         pod: Default::default(),
         connect_timeout,
         log_level: None,
+        stitching: None,
     };
     app::start(options, fixed(Snapshot::default_config()))
         .await
@@ -482,7 +483,53 @@ async fn metrics_count_requests_and_shutdown_drains() {
         "{text}"
     );
     assert!(text.contains("mesh_proxy_config_generation 1"), "{text}");
-    assert!(within(p.stop(WAIT)).await);
+
+    // A request in flight when the shutdown begins: its body is still open, its first chunk
+    // has come back, so the proxy is mid-request on both sides.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, body) = channel_body();
+    let req = Request::post("/in-flight")
+        .header("host", "app.test")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let resp = within(async {
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
+            .await
+            .unwrap();
+        send.send_request(req).await.unwrap()
+    })
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = within(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+
+    let stopping = tokio::spawn(p.stop(WAIT));
+    // The synchronisation point: the listener is closed, so the shutdown has begun...
+    within(async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // ...yet it waits for the request in flight, which still completes, trailers and all.
+    assert!(
+        !stopping.is_finished(),
+        "stop returned with a request in flight"
+    );
+    tx.send(Ok(Frame::data(Bytes::from_static(b"second"))))
+        .await
+        .unwrap();
+    drop(tx);
+    let rest = within(body.collect()).await.unwrap();
+    assert_eq!(rest.trailers().expect("trailers")["grpc-status"], "0");
+    assert_eq!(rest.to_bytes(), "second");
+    assert!(within(stopping).await.unwrap(), "drained in time");
 }
 
 #[tokio::test]
@@ -513,6 +560,7 @@ async fn opaque_ports_skip_detection_for_server_first_protocols() {
         pod: Default::default(),
         connect_timeout: Duration::from_secs(5),
         log_level: None,
+        stitching: None,
     };
     let p = app::start(options, fixed(snapshot)).await.unwrap();
     let mut s = TcpStream::connect(p.route_addrs[0]).await.unwrap();

@@ -57,6 +57,15 @@ fn wait_config(
     admin_port: u16,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> (serde_json::Value, Duration) {
+    wait_config_within(BOUND, admin_port, done)
+}
+
+/// [`wait_config`] with its own bound.
+fn wait_config_within(
+    bound: Duration,
+    admin_port: u16,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Duration) {
     let start = Instant::now();
     loop {
         let config = sidecar_config(admin_port);
@@ -64,7 +73,7 @@ fn wait_config(
             return (config, start.elapsed());
         }
         assert!(
-            start.elapsed() < BOUND,
+            start.elapsed() < bound,
             "sidecar config never changed: {config}"
         );
         std::thread::sleep(Duration::from_millis(5));
@@ -73,10 +82,73 @@ fn wait_config(
 
 /// A config server over https on a state directory, and the CA that trusts it.
 struct ConfigServer {
-    _injector: Spawned,
+    injector: Option<Spawned>,
+    dir: PathBuf,
+    port: u16,
+    /// Plain HTTP `/metrics` of the injector.
+    metrics_port: u16,
     url: String,
     ca: PathBuf,
     state: PathBuf,
+}
+
+impl ConfigServer {
+    /// The injector's counter `name` (a `mesh_injector_...` sample without labels).
+    fn metric(&self, name: &str) -> Option<f64> {
+        http_get(self.metrics_port, "/metrics")?
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Kills the injector and waits until its port refuses connections.
+    fn kill(&mut self) {
+        drop(self.injector.take());
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            assert!(start.elapsed() < BOUND, "the killed injector still accepts");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the injector again on the same ports (the sidecar knows only its URL).
+    fn restart(&mut self) {
+        let injector = start_injector(
+            &self.dir,
+            &self.state,
+            self.port,
+            self.metrics_port,
+            "again",
+        )
+        .expect("the injector's port was taken while it was down");
+        self.injector = Some(injector);
+    }
+}
+
+/// Starts `mesh-injector --backend local` on `port`; None if it exited before listening (a
+/// parallel test took the port).
+fn start_injector(
+    dir: &Path,
+    state: &Path,
+    port: u16,
+    metrics_port: u16,
+    name: &str,
+) -> Option<Spawned> {
+    let injector_bin = binaries::path("mesh-injector").expect("mesh-injector binary");
+    let mut cmd = Command::new(&injector_bin);
+    cmd.args(["--backend", "local", "--state-dir"])
+        .arg(state)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--tls-cert")
+        .arg(dir.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("tls.key"))
+        .env("RUST_LOG", "info");
+    let mut injector = Spawned::start(&format!("injector-{name}"), cmd, dir);
+    (injector.wait_listening(SocketAddr::from(([127, 0, 0, 1], port)))
+        && injector.wait_listening(SocketAddr::from(([127, 0, 0, 1], metrics_port))))
+    .then_some(injector)
 }
 
 fn config_server(dir: &Path) -> ConfigServer {
@@ -98,23 +170,18 @@ fn config_server(dir: &Path) -> ConfigServer {
     std::fs::create_dir_all(&state).expect("state dir");
     std::fs::write(state.join("mesh-config.yaml"), INITIAL).expect("initial config");
 
-    let injector_bin = binaries::path("mesh-injector").expect("mesh-injector binary");
     for attempt in 0..5 {
-        let port = free_ports(1)[0];
-        let mut cmd = Command::new(&injector_bin);
-        cmd.args(["--backend", "local", "--state-dir"])
-            .arg(&state)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .arg("--tls-cert")
-            .arg(dir.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(dir.join("tls.key"))
-            .env("RUST_LOG", "info");
-        let mut injector = Spawned::start(&format!("injector-{attempt}"), cmd, dir);
-        if injector.wait_listening(SocketAddr::from(([127, 0, 0, 1], port))) {
+        let [port, metrics_port] = free_ports(2)[..] else {
+            unreachable!("two ports")
+        };
+        if let Some(injector) =
+            start_injector(dir, &state, port, metrics_port, &attempt.to_string())
+        {
             return ConfigServer {
-                _injector: injector,
+                injector: Some(injector),
+                dir: dir.to_path_buf(),
+                port,
+                metrics_port,
                 url: format!("https://127.0.0.1:{port}/v1/meshconfig"),
                 ca,
                 state,
@@ -198,11 +265,74 @@ fn patches_reach_the_sidecar_and_invalid_documents_do_not() {
         "apiVersion: config.tracemesh.dev/v1alpha1\nkind: MeshConfig\nspec:\n  sidecar:\n    logLevel: [1, 2]\n",
     )
     .expect("write invalid document");
-    // Longer than the server's file watching and the sidecar's long poll need to react.
-    std::thread::sleep(Duration::from_secs(2));
+    // The synchronisation point: the server has read the invalid document and refused it.
+    let start = Instant::now();
+    while server
+        .metric("mesh_injector_config_rejected_total")
+        .is_none_or(|n| n < 1.0)
+    {
+        assert!(
+            start.elapsed() < BOUND,
+            "the config server never refused the invalid document: {:?}",
+            http_get(server.metrics_port, "/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let kept = sidecar_config(admin);
     assert_eq!(generation(&kept), good_gen, "{kept}");
     assert_eq!(log_level(&kept), "debug", "{kept}");
+    // The next valid change is the very next generation: nothing was applied in between, and
+    // the sidecar's long poll survived the refusal.
+    std::fs::write(
+        server.state.join("mesh-config.yaml"),
+        INITIAL.replace("logLevel: info", "logLevel: warn"),
+    )
+    .expect("write the next document");
+    let (next, _) = wait_config(admin, |c| log_level(c) == "warn");
+    assert_eq!(generation(&next), good_gen + 1, "{next}");
+}
+
+/// The config server dies mid-run: the sidecar keeps its last good config and says why it has
+/// no newer one; a change made meanwhile reaches it once the server is back on its address.
+#[test]
+fn sidecar_keeps_its_config_while_the_server_is_down_and_reconnects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = config_server(dir.path());
+    let (_sidecar, admin, _) = sidecar(dir.path(), &server, None);
+    let (first, _) = wait_config(admin, |c| log_level(c) == "info");
+    let good_gen = generation(&first);
+
+    server.kill();
+    // The synchronisation point: the sidecar has tried the dead server and reports it.
+    let (down, _) = wait_config(admin, |c| {
+        c["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("config server"))
+    });
+    assert_eq!(generation(&down), good_gen, "{down}");
+    assert_eq!(
+        log_level(&down),
+        "info",
+        "the last good config stays: {down}"
+    );
+    assert!(
+        http_get(admin, "/live").is_some(),
+        "the sidecar stays alive"
+    );
+
+    // Changed while the server is down (the CLI writes the state directory directly).
+    let out = mesh_patch(
+        &server.state,
+        r#"{"spec":{"sidecar":{"logLevel":"debug"}}}"#,
+    );
+    assert!(out.status.success(), "mesh config patch: {out:?}");
+    server.restart();
+    // Reconnecting waits out the sidecar's backoff (at most 5 s, jittered).
+    let (back, took) =
+        wait_config_within(Duration::from_secs(30), admin, |c| log_level(c) == "debug");
+    println!("the sidecar had the new config {took:?} after the server came back");
+    assert_eq!(generation(&back), good_gen + 1, "{back}");
+    assert!(back["last_error"].is_null(), "the error clears: {back}");
 }
 
 /// A tiny HTTP app answering 200 to everything.

@@ -49,7 +49,7 @@ fn tools_or_skip() -> bool {
         return true;
     }
     assert!(
-        std::env::var_os("CI").is_none(),
+        !tracemesh_tests::tools::in_ci(),
         "image tools missing in CI: {missing:?} (scripts/setup installs them)"
     );
     eprintln!("skipped: image tools missing: {missing:?}");

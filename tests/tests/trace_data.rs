@@ -71,7 +71,7 @@ fn otel_sdk_or_skip() -> bool {
         .is_ok_and(|o| o.status.success());
     if !found {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !tracemesh_tests::tools::in_ci(),
             "the OpenTelemetry Python SDK is missing (opentelemetry-sdk and \
              opentelemetry-exporter-otlp-proto-http from tests/requirements.txt): run scripts/setup"
         );

@@ -6,8 +6,6 @@
 //! `tracestate`, the one exception, is combined into one list). Injection writes every format
 //! the [`Propagation`] names and replaces every other trace header, so nothing stale is left
 //! behind for the next hop.
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
 
 mod b3;
 mod context;

@@ -325,6 +325,7 @@ impl Pair {
             proxy,
             mesh_config: &config_path,
             inbound: vec![(b_listen, server)],
+            outbound: Vec::new(),
             threads: args.threads,
             log_dir: work,
         })
@@ -334,6 +335,7 @@ impl Pair {
             proxy,
             mesh_config: &config_path,
             inbound: Vec::new(),
+            outbound: Vec::new(),
             threads: args.threads,
             log_dir: work,
         })

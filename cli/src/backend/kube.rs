@@ -474,4 +474,95 @@ pub(crate) mod tests {
             "{err}"
         );
     }
+
+    /// A `Status` failure as the API server sends it.
+    pub fn failure(code: u16, reason: &str, message: &str) -> Value {
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code
+        })
+    }
+
+    const FORBIDDEN: &str = "meshconfigs.config.tracemesh.dev \"mesh-config\" is forbidden: User \
+        \"alice\" cannot patch resource \"meshconfigs\" in API group \"config.tracemesh.dev\" \
+        in the namespace \"mesh-system\"";
+
+    /// The API code of a backend error, if the API server answered one.
+    fn api_code(err: &BackendError) -> Option<u16> {
+        match err {
+            BackendError::Kube(kube::Error::Api(status)) => Some(status.code),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn forbidden_reads_say_what_rbac_refused() {
+        let (backend, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            let (_, send) = expect(&mut handle, "GET", MESH_CONFIG_PATH).await;
+            reply(send, 403, failure(403, "Forbidden", FORBIDDEN));
+        });
+        let err = backend.get_mesh_config().await.expect_err("forbidden");
+        server.await.expect("server");
+        // Not mistaken for a missing MeshConfig ("is the mesh installed?").
+        assert_eq!(api_code(&err), Some(403), "{err:?}");
+        assert!(err.to_string().contains("cannot patch resource"), "{err}");
+    }
+
+    /// A 403 or a 500 on the write is reported as it is, and not retried: only a 409 (someone
+    /// else's write) is. The mock ends after one PATCH, so a retry would fail differently.
+    #[tokio::test]
+    async fn forbidden_or_failing_patches_are_reported_not_retried() {
+        for (code, reason, message) in [
+            (403, "Forbidden", FORBIDDEN),
+            (
+                500,
+                "InternalError",
+                "Internal error occurred: etcdserver: request timed out",
+            ),
+        ] {
+            let (backend, mut handle) = mock_client();
+            let server = tokio::spawn(async move {
+                let (_, send) = expect(&mut handle, "GET", MESH_CONFIG_PATH).await;
+                reply(send, 200, mesh_config_object("41", json!({})));
+                let (_, send) = expect(
+                    &mut handle,
+                    "PATCH",
+                    &format!("{MESH_CONFIG_PATH}?&fieldManager=mesh"),
+                )
+                .await;
+                reply(send, code, failure(code, reason, message));
+            });
+            let err = backend
+                .patch_mesh_config(&json!({"spec": {"sidecar": {"logLevel": "debug"}}}))
+                .await
+                .expect_err("refused");
+            server.await.expect("server");
+            // A retry would have met the closed mock and ended with another error.
+            assert_eq!(api_code(&err), Some(code), "{err:?}");
+            assert!(err.to_string().contains(message), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn namespace_list_failing_with_500_is_an_error_not_an_empty_mesh() {
+        let (backend, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            let (_, send) = expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces?&labelSelector=tracemesh.dev%2Fmonitored-by",
+            )
+            .await;
+            reply(
+                send,
+                500,
+                failure(500, "InternalError", "the server is on fire"),
+            );
+        });
+        let err = backend.list_enrolled(None).await.expect_err("500");
+        server.await.expect("server");
+        assert_eq!(api_code(&err), Some(500), "{err:?}");
+        assert!(err.to_string().contains("the server is on fire"), "{err}");
+    }
 }

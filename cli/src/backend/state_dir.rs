@@ -183,7 +183,8 @@ impl StateDirBackend {
                 changed: false,
             });
         }
-        let text = serde_yaml::to_string(&merged).map_err(|err| corrupt(&path, err))?;
+        // `to_yaml` quotes what YAML 1.1 tools would misread, so the file can go to kubectl.
+        let text = merged.to_yaml();
         write_atomic(&path, text.as_bytes())?;
         Ok(Patched {
             config: merged,

@@ -61,6 +61,8 @@ pub struct TraceMetrics {
     pub exporter_build_errors: Family<ProtocolLabels, Counter>,
     /// 1 while the configured collector's exporter could not be built (retried with backoff).
     pub exporter_build_failing: Gauge,
+    /// Outbound requests by what became of their trace context (see [`super::stitch`]).
+    pub outbound_context: Family<super::stitch::OutcomeLabels, Counter>,
 }
 
 impl TraceMetrics {
@@ -103,6 +105,11 @@ impl TraceMetrics {
             "exporter_build_failing",
             "1 while the configured collector's exporter could not be built; the previous one, if any, stays in use",
             self.exporter_build_failing.clone(),
+        );
+        sub.register(
+            "outbound_context",
+            "Outbound requests of traced hops by trace context: propagated (the app sent it), stitched_request_id, stitched_in_flight, ambiguous (several inbound requests in flight), root",
+            self.outbound_context.clone(),
         );
         sub.register(
             "malformed_contexts",

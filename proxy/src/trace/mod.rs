@@ -30,6 +30,7 @@ pub mod propagate;
 pub mod reason;
 pub mod reload;
 pub mod span;
+pub mod stitch;
 pub mod transport;
 pub mod zipkin;
 
@@ -101,6 +102,9 @@ struct Inner {
     build_ids: AtomicU64,
     /// Exporters built so far: each one's generation, shown in `/config`.
     generations: AtomicU64,
+    /// The pod's inbound requests in flight, for stitching outbound requests without context.
+    stitch: Arc<stitch::Table>,
+    stitch_counters: stitch::Counters,
 }
 
 /// Tracing as `/config` shows it: which exporter runs and how its collector is doing.
@@ -115,6 +119,8 @@ pub struct TracingStatus {
     pub export: Option<health::HealthReport>,
     /// The configured collector's exporter could not be built (being retried).
     pub build_error: Option<reload::BuildStatus>,
+    /// The stitching mode in force: the pod's `MESH_STITCHING` when set, else the MeshConfig's.
+    pub stitching: mesh_config::Stitching,
 }
 
 /// Cheap to clone; shared by every connection.
@@ -145,12 +151,14 @@ impl Tracer {
         Self {
             inner: Arc::new(Inner {
                 identity: Arc::new(identity),
-                metrics,
                 active: RwLock::new(Arc::new(active)),
                 applying: Mutex::new(()),
                 pending: Mutex::new(None),
                 build_ids: AtomicU64::new(0),
                 generations: AtomicU64::new(0),
+                stitch: Arc::default(),
+                stitch_counters: stitch::Counters::of(&metrics.outbound_context),
+                metrics,
             }),
         }
     }
@@ -173,6 +181,7 @@ impl Tracer {
             exporter_generation: pipeline.map(|p| p.generation()),
             export: pipeline.map(|p| p.health().report()),
             build_error: self.build_status(),
+            stitching: self.inner.stitch.mode(active.config.stitching),
         }
     }
 
@@ -223,6 +232,11 @@ impl Tracer {
         }
     }
 
+    /// The pod's stitching table (its mode override, its counts).
+    pub fn stitching(&self) -> &stitch::Table {
+        &self.inner.stitch
+    }
+
     /// Called once per HTTP request before it is forwarded. `peer` is the downstream client,
     /// `upstream` the address the request is forwarded to.
     pub fn start(
@@ -236,21 +250,42 @@ impl Tracer {
         let active = self.current();
         let Some(pipeline) = &active.pipeline else {
             // Disabled: the sidecar is not a tracing hop; headers pass through untouched.
-            return ActiveSpan { pending: None };
+            return ActiveSpan {
+                pending: None,
+                _registration: self.count_inbound(direction),
+            };
         };
-        let decided = propagate::propagate(
+        let formats = propagate::formats(&active.config.propagation);
+        let mut decided = propagate::propagate(
             &mut request.headers,
             active.config.sampled_fraction,
-            propagate::formats(&active.config.propagation),
+            formats,
         );
         if let Some(why) = decided.malformed {
             self.inner.metrics.malformed(why);
         }
+        let mode = self.inner.stitch.mode(active.config.stitching);
+        let mut stitched = None;
+        let registration = match direction {
+            Direction::Inbound => Some(self.register_inbound(mode, request, &decided)),
+            Direction::Outbound if !decided.orphan => {
+                // The app propagated: never touched, never looked up.
+                self.inner.stitch_counters.propagated.inc();
+                None
+            }
+            Direction::Outbound => {
+                stitched = self.stitch_outbound(mode, request, formats, &mut decided);
+                None
+            }
+        };
         if !decided.sampled {
-            return ActiveSpan { pending: None };
+            return ActiveSpan {
+                pending: None,
+                _registration: registration,
+            };
         }
         pipeline.span_started();
-        let record = SpanRecord::begin_limited(
+        let mut record = SpanRecord::begin_limited(
             direction,
             request,
             decided.ids,
@@ -259,6 +294,7 @@ impl Tracer {
             upstream,
             active.config.max_url_tag_length as usize,
         );
+        record.stitch = stitched;
         ActiveSpan {
             pending: Some(Box::new(Pending {
                 record,
@@ -266,7 +302,51 @@ impl Tracer {
                 wall: SystemTime::now(),
                 active,
             })),
+            _registration: registration,
         }
+    }
+
+    /// An inbound request while tracing is off: counted as in flight (so an in-flight answer
+    /// stays honest if tracing comes on meanwhile), never a parent.
+    fn count_inbound(&self, direction: Direction) -> Option<stitch::Registration> {
+        (direction == Direction::Inbound).then(|| self.inner.stitch.count())
+    }
+
+    /// Holds an inbound request's SERVER span as a possible parent while it is in flight.
+    fn register_inbound(
+        &self,
+        mode: mesh_config::Stitching,
+        request: &http::request::Parts,
+        decided: &propagate::Decided,
+    ) -> stitch::Registration {
+        if mode == mesh_config::Stitching::Off {
+            return self.inner.stitch.count();
+        }
+        let parent = stitch::Parent {
+            ids: decided.ids,
+            sampling: propagate::sampling_of(decided),
+        };
+        let request_id = request.headers.get(&propagate::REQUEST_ID);
+        self.inner.stitch.register(request_id, parent)
+    }
+
+    /// An outbound request that carried no trace context: a child of the inbound request the
+    /// table names, if it names exactly one; counted by outcome either way.
+    fn stitch_outbound(
+        &self,
+        mode: mesh_config::Stitching,
+        request: &mut http::request::Parts,
+        formats: trace_context::Propagation,
+        decided: &mut propagate::Decided,
+    ) -> Option<stitch::Stitch> {
+        let request_id = request.headers.get(&propagate::REQUEST_ID);
+        let answer = self.inner.stitch.look_up(mode, request_id);
+        self.inner.stitch_counters.count(&answer);
+        let stitch::Answer::Stitched(how, parent) = answer else {
+            return None;
+        };
+        *decided = propagate::adopt(&mut request.headers, &parent, formats);
+        Some(how)
     }
 }
 
@@ -300,6 +380,9 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct ActiveSpan {
     pending: Option<Box<Pending>>,
+    /// An inbound request's place in the stitching table: released with the span, so it lasts
+    /// exactly as long as the request (cancelled or not).
+    _registration: Option<stitch::Registration>,
 }
 
 impl ActiveSpan {

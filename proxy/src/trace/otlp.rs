@@ -167,6 +167,9 @@ fn attributes(r: &SpanRecord) -> Vec<KeyValue> {
         "http.response.body.size",
         r.outcome.response_size as i64,
     ));
+    if let Some(how) = r.stitch {
+        out.push(KeyValue::new(super::stitch::TAG, how.as_str()));
+    }
     out
 }
 

@@ -5,6 +5,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use mesh_config::PropagationFormat;
 use trace_context::{Malformed, Propagation, Sampling, SpanIds};
 
+use super::stitch::Parent;
+
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// This hop's span and its sampling decision.
@@ -15,6 +17,9 @@ pub struct Decided {
     pub sampled: bool,
     pub debug: bool,
     pub malformed: Option<Malformed>,
+    /// The request carried no trace header at all (not even a malformed one or a lone
+    /// sampling decision): the only kind of request stitching may touch.
+    pub orphan: bool,
 }
 
 /// The codec's form of MeshConfig's `propagation` list.
@@ -51,6 +56,38 @@ pub fn propagate(headers: &mut HeaderMap, fraction: f64, propagation: Propagatio
         sampled: child.sampling.decision().unwrap_or(false),
         debug: child.sampling == Sampling::Debug,
         malformed: extracted.malformed,
+        orphan: extracted.format == trace_context::Format::None
+            && extracted.malformed.is_none()
+            && extracted.context.sampling == Sampling::Deferred,
+    }
+}
+
+/// Makes this hop's span a child of `parent` (a SERVER span of this pod that the request was
+/// stitched to), rewriting the headers [`propagate`] wrote: the upstream receives the full
+/// context, with the parent's sampling decision.
+pub fn adopt(headers: &mut HeaderMap, parent: &Parent, propagation: Propagation) -> Decided {
+    let ids = parent.ids.child();
+    let context = trace_context::TraceContext {
+        ids: Some(ids),
+        sampling: parent.sampling,
+        tracestate: None,
+    };
+    trace_context::inject_as(&context, propagation, headers);
+    Decided {
+        ids,
+        sampled: parent.sampling.decision().unwrap_or(false),
+        debug: parent.sampling == Sampling::Debug,
+        malformed: None,
+        orphan: true,
+    }
+}
+
+/// The sampling decision of a span this hop decided, as a parent hands it on.
+pub fn sampling_of(decided: &Decided) -> Sampling {
+    match (decided.debug, decided.sampled) {
+        (true, _) => Sampling::Debug,
+        (false, true) => Sampling::Sampled,
+        (false, false) => Sampling::NotSampled,
     }
 }
 

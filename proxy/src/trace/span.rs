@@ -49,6 +49,8 @@ pub struct SpanRecord {
     pub start: SystemTime,
     pub duration: Duration,
     pub outcome: Outcome,
+    /// How this span was joined to its parent when the app sent no trace context.
+    pub stitch: Option<super::stitch::Stitch>,
 }
 
 /// Extension methods are kept to this many bytes: `http::Method` holds up to 15 inline, and a
@@ -99,6 +101,7 @@ impl SpanRecord {
             start: UNIX_EPOCH,
             duration: Duration::ZERO,
             outcome: Outcome::default(),
+            stitch: None,
         }
     }
 

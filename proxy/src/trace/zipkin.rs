@@ -148,6 +148,10 @@ fn write_tags(out: &mut Vec<u8>, r: &SpanRecord, url: &[u8], host: &[u8]) {
             out.push(b'"');
         }
     }
+    if let Some(how) = r.stitch {
+        out.extend_from_slice(b",\"tracemesh.stitch\":");
+        push_str(out, how.as_str());
+    }
 }
 
 /// The span name in lower case, as Zipkin shows names: the method, or `http` for any other
@@ -365,6 +369,17 @@ mod tests {
         assert!(tags.get("error").is_none());
         // Every tag value is a string, as zipkin2 requires.
         assert!(tags.as_object().unwrap().values().all(Value::is_string));
+        assert!(tags.get("tracemesh.stitch").is_none());
+    }
+
+    /// A stitched span says how, so a user can filter stitched spans.
+    #[test]
+    fn stitched_span_carries_how() {
+        let mut r = record(Direction::Outbound, "http://c.default:8080/", 200);
+        r.stitch = Some(super::super::stitch::Stitch::InFlight);
+        let z = encode_one(&r, "b.default", None);
+        assert_eq!(z["tags"]["tracemesh.stitch"], "in-flight");
+        assert_eq!(z["tags"]["upstream_cluster"], "outbound|c.default:8080");
     }
 
     #[test]

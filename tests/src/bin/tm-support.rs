@@ -3,8 +3,6 @@
 //! Each server prints `ready <addr>` on stdout once it listens, which is what the harness waits
 //! for. Every server reports the addresses it saw (`local`, `peer`), so a test can check that the
 //! app saw the original destination and whether a sidecar sat in between.
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::io::Write as _;
