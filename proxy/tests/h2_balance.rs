@@ -47,6 +47,7 @@ async fn proxy(edit: impl FnOnce(&mut MeshConfig), backend: SocketAddr) -> Runni
         pod: Default::default(),
         connect_timeout: Duration::MAX,
         log_level: None,
+        stitching: None,
     };
     app::start(options, fixed(snapshot)).await.unwrap()
 }
