@@ -21,6 +21,7 @@ pub mod forward;
 pub mod h2_pool;
 pub mod half_close;
 pub mod headers;
+pub mod histogram;
 pub mod http;
 pub mod idle;
 pub mod inbound;

@@ -10,6 +10,13 @@ use crate::context::Shared;
 use crate::idle::{Activity, Watched};
 use crate::trace::Direction;
 
+/// Buffer of each flow of an opaque connection. tokio's default (8 KiB) costs a read and a write
+/// syscall per 8 KiB, which made the two sidecars of a bulk transfer the bottleneck at a third
+/// of direct throughput; 64 KiB, the most a loopback or LAN socket hands over in one read here,
+/// cuts the syscalls eightfold. The price is 128 KiB of heap per open opaque connection,
+/// allocated when copying starts (opaque TCP, tunnels, upgraded HTTP; plain HTTP does not pay it).
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// A downstream connection that can be reset (a real socket) or only closed (a tunnel).
 pub trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Makes the next close send a RST, so the client sees "connection refused/reset" the way
@@ -101,7 +108,12 @@ where
     let activity = Activity::new(false);
     let mut downstream = Watched::new(downstream, activity.clone());
     let copied = tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => copied?,
+        copied = tokio::io::copy_bidirectional_with_sizes(
+            &mut downstream,
+            &mut upstream,
+            COPY_BUFFER,
+            COPY_BUFFER,
+        ) => copied?,
         _ = activity.expired(idle, None) => {
             shared.metrics.idle_timeouts.inc();
             tracing::debug!(?idle, "closing an idle connection");

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Instructions per request of one sidecar, counted by callgrind: a figure that does not move
+# with the load of a shared machine, so a CPU change can be judged build against build.
+#
+# Usage: benches/callgrind.sh [--proxy target/release/mesh-proxy] [--requests 2000]
+#                             [--warmup 200] [--threads 2]
+#
+# client (curl, one HTTP/1.1 keep-alive connection) → `mesh-proxy run --inbound L=server`
+# (under callgrind) → server (1 KiB responses), tracing enabled at sampledFraction 1.0 exporting
+# Zipkin v2 JSON to a local sink. Startup and a warm-up are excluded: the counters are zeroed
+# after the warm-up and dumped after the measured requests. Prints instructions per request.
+set -euo pipefail
+
+proxy=target/release/mesh-proxy
+requests=2000
+warmup=200
+threads=2
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --proxy) proxy=$2; shift 2 ;;
+        --requests) requests=$2; shift 2 ;;
+        --warmup) warmup=$2; shift 2 ;;
+        --threads) threads=$2; shift 2 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+[ -x "$proxy" ] || { echo "no proxy binary at $proxy" >&2; exit 2; }
+
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -n "${KEEP:-}" ] && cp "$dir/callgrind.out.1" "$KEEP" 2>/dev/null; rm -rf "$dir"
+}
+trap cleanup EXIT
+
+mapfile -t ports < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(6)]
+for s in ss: s.bind(("127.0.0.1", 0))
+for s in ss: print(s.getsockname()[1])
+')
+server=${ports[0]} sink=${ports[1]} listen=${ports[2]}
+
+# One small HTTP/1.1 server for both the app (1 KiB answers) and the span sink (202).
+cat >"$dir/serve.py" <<'EOF'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self, status, body):
+        n = int(self.headers.get("content-length") or 0)
+        if n: self.rfile.read(n)
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self): self.answer(200, b"x" * 1024)
+    def do_POST(self): self.answer(202, b"")
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+EOF
+python3 "$dir/serve.py" "$server" & pids+=($!)
+python3 "$dir/serve.py" "$sink" & pids+=($!)
+
+cat >"$dir/mesh.yaml" <<EOF
+apiVersion: config.tracemesh.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh-config, namespace: mesh-system}
+spec:
+  observability:
+    tracing: {enable: true, address: 127.0.0.1, port: $sink, endpoint: /api/v2/spans,
+              protocol: zipkin, sampledFraction: 1.0}
+  sidecar: {logLevel: warn}
+EOF
+
+valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+    "$proxy" run --mesh-config "$dir/mesh.yaml" --bind 127.0.0.1 --threads "$threads" \
+    --service bench --inbound-port "${ports[3]}" --outbound-port "${ports[4]}" \
+    --admin-port "${ports[5]}" --inbound "127.0.0.1:$listen=127.0.0.1:$server" \
+    >"$dir/proxy.log" 2>&1 &
+vg=$!; pids+=($vg)
+
+for _ in $(seq 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$listen") 2>/dev/null && break
+    sleep 0.1
+done
+get() { # n: requests on one keep-alive connection, all must answer 200
+    local codes
+    codes=$(curl -s -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$listen/r/[1-$1]" \
+        | sort | uniq -c)
+    [ "$(echo "$codes" | awk '$2 == 200 {print $1}')" = "$1" ] || {
+        echo "not every request answered 200: $codes" >&2; exit 1; }
+}
+get "$warmup"
+callgrind_control -z "$vg" >/dev/null
+get "$requests"
+# Let the batch exporter send what the measured requests recorded before counting stops.
+sleep 6
+callgrind_control -d "$vg" >/dev/null
+sleep 1
+kill "$vg"; wait "$vg" 2>/dev/null || true
+# The dump taken by callgrind_control -d (the final one, at exit, has the shutdown).
+dump="$dir/callgrind.out.1"
+total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "$proxy: $total instructions for $requests requests: $((total / requests)) per request"
+callgrind_annotate "$dump" 2>/dev/null | grep -A25 "file:function" | tail -n +3 | cut -c1-200
