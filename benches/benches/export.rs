@@ -5,6 +5,7 @@ use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mesh_proxy::trace::gzip::Gzip;
 use mesh_proxy::trace::span::SpanRecord;
 use mesh_proxy::trace::zipkin::ZipkinEncoder;
 use mesh_proxy::trace::{Direction, Outcome};
@@ -55,6 +56,27 @@ fn export(c: &mut Criterion) {
     group.bench_function("zipkin json/128 spans", |b| {
         b.iter(|| encoder.encode(black_box(&spans)))
     });
+    group.finish();
+
+    // Gzip of an encoded batch: a fresh encoder per batch (allocating and clearing its tables
+    // each time) against the exporter's state reused between batches.
+    let mut group = c.benchmark_group("gzip");
+    for n in [8, 128] {
+        let body = encoder.encode(&batch(n));
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(format!("fresh encoder/{n} spans"), |b| {
+            b.iter(|| {
+                use std::io::Write as _;
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(black_box(&body)).expect("into memory");
+                gz.finish().expect("into memory")
+            })
+        });
+        let mut packer = Gzip::default();
+        group.bench_function(format!("reused state/{n} spans"), |b| {
+            b.iter(|| packer.pack(black_box(&body)))
+        });
+    }
     group.finish();
 }
 

@@ -23,6 +23,7 @@ use prost::Message as _;
 
 use super::batch::{Batch, Body, Encoder, MAX_BATCH_BYTES};
 use super::collector::Collector;
+use super::gzip::Gzip;
 use super::span::SpanRecord;
 use super::transport::{GrpcSender, HttpSender};
 use super::zipkin::ZipkinEncoder;
@@ -114,6 +115,8 @@ pub struct Exporter {
     sender: Sender,
     /// Compress bodies; turned off for good when the receiver refuses gzip.
     gzip: bool,
+    /// The HTTP senders' compressor, kept between batches.
+    packer: Gzip,
 }
 
 /// One per exporter, built once: the size difference of its variants costs nothing.
@@ -165,6 +168,7 @@ impl Exporter {
             encoder,
             sender,
             gzip: true,
+            packer: Gzip::default(),
         })
     }
 
@@ -195,14 +199,18 @@ impl Exporter {
         }
     }
 
-    async fn attempt(&self, batch: &Batch) -> Result<Sent, ExportError> {
+    async fn attempt(&mut self, batch: &Batch) -> Result<Sent, ExportError> {
         match (&self.sender, &batch.body) {
             (Sender::Http(http), body) => {
                 let bytes = match body {
                     Body::Json(json) => json.clone(),
                     Body::Otlp(request) => request.encode_to_vec(),
                 };
-                let bytes = if self.gzip { gzip(&bytes) } else { bytes };
+                let bytes = if self.gzip {
+                    self.packer.pack(&bytes)
+                } else {
+                    bytes
+                };
                 let answer = http.post(bytes, self.gzip).await?;
                 Ok(match body {
                     Body::Otlp(_) => partial_success(&answer.body),
@@ -238,19 +246,6 @@ fn partial_success(body: &[u8]) -> Sent {
     }
 }
 
-/// Gzip at the fastest level: span batches are repetitive text, so level 1 already shrinks them
-/// several times, at a fraction of the CPU of the default level.
-fn gzip(body: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 4),
-        flate2::Compression::fast(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(body);
-    encoder.finish().unwrap_or_default()
-}
-
 /// Test-only build failures, keyed by collector address.
 #[cfg(test)]
 pub(crate) mod faults {
@@ -281,19 +276,6 @@ pub(crate) mod faults {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gzip_round_trips() {
-        use std::io::Read as _;
-        let body = br#"[{"id":"a2fb4a1d1a96d312"}]"#.repeat(100);
-        let packed = gzip(&body);
-        assert!(packed.len() < body.len() / 5);
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&packed[..])
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out, body);
-    }
 
     #[test]
     fn partial_success_is_read_from_the_answer() {

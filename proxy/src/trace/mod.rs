@@ -21,6 +21,7 @@ pub mod batch;
 pub mod collector;
 pub mod export;
 pub mod grpc;
+pub mod gzip;
 pub mod health;
 pub mod layer;
 pub mod metrics;
