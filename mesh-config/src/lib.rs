@@ -3,6 +3,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 mod document;
 mod duration;
 mod error;
@@ -14,7 +15,7 @@ mod validate;
 
 pub use document::*;
 pub use duration::{parse as parse_duration, Duration};
-pub use error::{ConfigError, FieldError};
+pub use error::{Bound, ConfigError, FieldError};
 pub use parse::{merge_patch, parse, parse_strict, Parsed};
 pub use validate::parse_cidr;
 pub mod watch;
