@@ -8,7 +8,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::DynamicObject;
 use serde_json::Value;
 
-use crate::inject::Decision;
+use mesh_config::MeshConfig;
+
+use crate::inject::{self, Decision, NamespaceInfo, Settings, Skip};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AdmissionError {
@@ -124,6 +126,23 @@ pub fn decode(body: &[u8]) -> Result<Review, AdmissionError> {
         request,
         pod: Some(pod),
     })
+}
+
+/// One request body in, the AdmissionReview answer out, with the namespace given instead of
+/// read from the API server: the server's path (`server::mutate`) without its I/O, for the fuzz
+/// target and the corpus replay test. Every body that decodes gets an answer with its uid.
+pub fn handle(
+    body: &[u8],
+    ns: Option<&NamespaceInfo>,
+    config: &MeshConfig,
+    settings: &Settings,
+) -> Result<Vec<u8>, AdmissionError> {
+    let review = decode(body)?;
+    let decision = match &review.pod {
+        None => Decision::Skip(Skip::NotACreate),
+        Some(pod) => inject::decide(pod, review.namespace(), ns, config, settings),
+    };
+    Ok(respond(&review.request, &decision))
 }
 
 /// The answer to a decoded review, with the request's uid.
