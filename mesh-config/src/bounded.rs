@@ -6,12 +6,13 @@
 //! time they are named ("billion laughs": a few hundred bytes that expand to 10^9 values), and
 //! every level of nesting is a level of recursion in the parser and in the schema walk.
 //!
-//! So the text is measured first, in this order: its length (free); then one pass of the same
-//! parser that builds nothing and stops at the first value past [`MAX_DEPTH`] or past
-//! [`MAX_VALUES`] or [`VALUES_PER_BYTE`] (aliases expanded, as the real parse would see them). Only a text within all
-//! three is handed to the parse that builds the tree. Each refusal is a
-//! [`ConfigError::Bounds`] naming the limit, so a user sees which one, not a parser's
-//! recursion error or an out-of-memory kill.
+//! So the text is measured first, in this order: its length (free); for YAML, a scan of its
+//! indicators that refuses nesting far past [`MAX_DEPTH`] without the parser (see `scan`); then
+//! one pass of the same parser that builds nothing and stops at the first value past
+//! [`MAX_DEPTH`], [`MAX_VALUES`] or [`VALUES_PER_BYTE`] (aliases expanded, as the real parse
+//! would see them). Only a text within every bound is handed to the parse that builds the tree.
+//! Each refusal is a [`ConfigError::Bounds`] naming the limit, so a user sees which one, not a
+//! parser's recursion error or an out-of-memory kill.
 
 use std::cell::Cell;
 use std::fmt;
@@ -19,6 +20,9 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::{Bound, ConfigError};
+
+mod scan;
+use scan::yaml_nesting_estimate;
 
 /// The largest document read or parsed. Two hundred times the largest real one, and the same
 /// as the config reader's body limit, so a document the config server can serve is one the
@@ -113,113 +117,11 @@ pub(crate) fn check_with(text: &str, limits: Limits) -> Result<(), ConfigError> 
     }
 }
 
-/// How far the estimate of [`yaml_nesting_estimate`] may go past the depth limit before the
+/// How far the estimate of [`scan::yaml_nesting_estimate`] may go past the depth limit before the
 /// text is refused without the parser. The estimate counts a level too many now and then (a
 /// compact `- a:` or a continuation line); four times the limit is nesting no real document
 /// has, and anything between is left to the walk, which counts exactly.
 const SCAN_DEPTH_FACTOR: usize = 4;
-
-/// An estimate (never below, sometimes above) of how deep the YAML `text` nests, by a scan of
-/// its indicators: indentation, compact `- `/`? ` entries, and flow brackets outside quotes
-/// and comments. Stops counting once past `stop_above`. Linear, without allocation beyond the
-/// indentation stack.
-fn yaml_nesting_estimate(text: &str, stop_above: usize) -> usize {
-    let mut flow = 0usize;
-    let mut quote: Option<u8> = None;
-    // Columns of the open block collections; a line pops those at or right of its indentation.
-    let mut block: Vec<usize> = Vec::new();
-    // Inside a `|`/`>` scalar: lines indented deeper than this are its text.
-    let mut block_scalar: Option<usize> = None;
-    let mut deepest = 0;
-    for line in text.split('\n') {
-        let bytes = line.as_bytes();
-        let indent = bytes.iter().take_while(|&&b| b == b' ').count();
-        let blank = bytes[indent..].iter().all(|b| b.is_ascii_whitespace());
-        if let Some(parent) = block_scalar {
-            if blank || indent > parent {
-                continue;
-            }
-            block_scalar = None;
-        }
-        if quote.is_none() && flow == 0 {
-            if blank || bytes[indent] == b'#' {
-                continue;
-            }
-            while block.last().is_some_and(|&col| col >= indent) {
-                block.pop();
-            }
-            block.push(indent);
-        }
-        let mut node_start = quote.is_none();
-        // Right after a quoted scalar or a flow collection, where `"a":1` makes `:` an indicator.
-        let mut after_json_key = false;
-        let mut i = indent;
-        while i < bytes.len() {
-            let c = bytes[i];
-            let next = bytes.get(i + 1).copied();
-            let next_is_space = matches!(next, None | Some(b' ' | b'\t' | b'\r'));
-            if let Some(q) = quote {
-                match c {
-                    b'\\' if q == b'"' => i += 1,
-                    b'\'' if q == b'\'' && next == Some(b'\'') => i += 1,
-                    _ if c == q => {
-                        quote = None;
-                        node_start = false;
-                        after_json_key = true;
-                    }
-                    _ => {}
-                }
-                i += 1;
-                continue;
-            }
-            let json_key = std::mem::take(&mut after_json_key);
-            match c {
-                b' ' | b'\t' | b'\r' => after_json_key = json_key,
-                b'#' if i == 0 || matches!(bytes[i - 1], b' ' | b'\t') => break,
-                b'"' | b'\'' if node_start => quote = Some(c),
-                b'[' | b'{' if node_start || flow > 0 => {
-                    flow += 1;
-                    node_start = true;
-                    deepest = deepest.max(block.len() + flow);
-                }
-                b']' | b'}' if flow > 0 => {
-                    flow -= 1;
-                    node_start = false;
-                    after_json_key = true;
-                }
-                b',' if flow > 0 => node_start = true,
-                b'-' | b'?' if node_start && flow == 0 && next_is_space => block.push(i + 1),
-                b':' if next_is_space
-                    || (flow > 0
-                        && (json_key
-                            || matches!(next, Some(b',' | b'[' | b']' | b'{' | b'}')))) =>
-                {
-                    node_start = true
-                }
-                // An anchor or a tag: the node starts after it.
-                b'&' | b'!' if node_start => {
-                    while i + 1 < bytes.len() && !matches!(bytes[i + 1], b' ' | b'\t') {
-                        i += 1;
-                    }
-                }
-                b'|' | b'>' if node_start && flow == 0 => {
-                    block_scalar = Some(indent);
-                    break;
-                }
-                _ => node_start = false,
-            }
-            i += 1;
-            if flow > stop_above {
-                return flow;
-            }
-        }
-        deepest = deepest.max(block.len() + flow);
-        if deepest > stop_above {
-            return deepest;
-        }
-    }
-    deepest
-}
 
 /// What one measuring pass has seen so far.
 struct State {
@@ -469,38 +371,6 @@ mod tests {
         assert_eq!(check(&strings), deep);
         assert!(yaml_nesting_estimate(&strings, usize::MAX) >= 400);
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
-    }
-
-    #[test]
-    fn the_nesting_estimate_is_never_below_the_real_depth() {
-        let cases = [
-            ("a: 1\n", 1),
-            ("a:\n  b:\n    c: [1, {d: e}]\n", 5),
-            ("- a: 1\n  b: [x]\n- - - y\n", 4),
-            ("a: {b: [c, [d]], e: f}\n", 4),
-            ("{\"a\": {\"b\": [1]}}", 3),
-            ("a: &x [1]\nb: !!seq [[2]]\n", 3),
-            ("? [a]\n: b\n", 2),
-        ];
-        for (text, depth) in cases {
-            let estimate = yaml_nesting_estimate(text, usize::MAX);
-            assert!(estimate >= depth, "{text:?}: {estimate} < {depth}");
-            assert!(
-                estimate <= depth + 2,
-                "{text:?}: {estimate} far above {depth}"
-            );
-        }
-        // Brackets that are text, not structure.
-        for text in [
-            "a: \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"\n",
-            "a: '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[''['\n",
-            "a: x[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
-            "a: 1 # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
-            "a: |\n  [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nb: 1\n",
-        ] {
-            assert!(yaml_nesting_estimate(text, usize::MAX) <= 2, "{text:?}");
-            assert_eq!(check(text), Ok(()), "{text:?}");
-        }
     }
 
     #[test]
