@@ -392,7 +392,7 @@ mod tests {
         let long = format!(
             "a: &a [{}]\nb: [{}]\n",
             vec!["1"; 20_000].join(","),
-            vec!["*a"; 10].join(",")
+            ["*a"; 10].join(",")
         );
         assert_eq!(
             check(&long),
