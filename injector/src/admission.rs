@@ -22,6 +22,8 @@ pub enum AdmissionError {
     MalformedJson(String),
     #[error("unsupported AdmissionReview version {0:?}: this webhook speaks admission.k8s.io/v1")]
     WrongVersion(String),
+    #[error("expected kind \"AdmissionReview\", got {0:?}")]
+    WrongKind(String),
     #[error("the AdmissionReview has no request")]
     MissingRequest,
     #[error("this webhook mutates Pods, got {0}")]
@@ -84,6 +86,12 @@ pub fn decode(body: &[u8]) -> Result<Review, AdmissionError> {
         .unwrap_or_default();
     if version != "admission.k8s.io/v1" {
         return Err(AdmissionError::WrongVersion(version.to_string()));
+    }
+    // The answer echoes the request's kind: any other kind would be answered in kind, and the
+    // API server rejects an answer that is not an AdmissionReview.
+    let kind = raw.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if kind != "AdmissionReview" {
+        return Err(AdmissionError::WrongKind(kind.to_string()));
     }
     if raw.get("request").is_none_or(Value::is_null) {
         return Err(AdmissionError::MissingRequest);
@@ -220,6 +228,12 @@ mod tests {
         assert_eq!(
             decode(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).err(),
             Some(AdmissionError::MissingRequest)
+        );
+        // Found by the admission fuzz target: the answer took the request's kind.
+        assert_eq!(
+            decode(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmisonReview","request":{}}"#)
+                .err(),
+            Some(AdmissionError::WrongKind("AdmisonReview".into()))
         );
         let svc = review(
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}),
