@@ -8,7 +8,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::DynamicObject;
 use serde_json::Value;
 
-use crate::inject::Decision;
+use mesh_config::MeshConfig;
+
+use crate::inject::{self, Decision, NamespaceInfo, Settings, Skip};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AdmissionError {
@@ -20,6 +22,8 @@ pub enum AdmissionError {
     MalformedJson(String),
     #[error("unsupported AdmissionReview version {0:?}: this webhook speaks admission.k8s.io/v1")]
     WrongVersion(String),
+    #[error("expected kind \"AdmissionReview\", got {0:?}")]
+    WrongKind(String),
     #[error("the AdmissionReview has no request")]
     MissingRequest,
     #[error("this webhook mutates Pods, got {0}")]
@@ -83,6 +87,12 @@ pub fn decode(body: &[u8]) -> Result<Review, AdmissionError> {
     if version != "admission.k8s.io/v1" {
         return Err(AdmissionError::WrongVersion(version.to_string()));
     }
+    // The answer echoes the request's kind: any other kind would be answered in kind, and the
+    // API server rejects an answer that is not an AdmissionReview.
+    let kind = raw.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if kind != "AdmissionReview" {
+        return Err(AdmissionError::WrongKind(kind.to_string()));
+    }
     if raw.get("request").is_none_or(Value::is_null) {
         return Err(AdmissionError::MissingRequest);
     }
@@ -126,6 +136,23 @@ pub fn decode(body: &[u8]) -> Result<Review, AdmissionError> {
         request,
         pod: Some(pod),
     })
+}
+
+/// One request body in, the AdmissionReview answer out, with the namespace given instead of
+/// read from the API server: the server's path (`server::mutate`) without its I/O, for the fuzz
+/// target and the corpus replay test. Every body that decodes gets an answer with its uid.
+pub fn handle(
+    body: &[u8],
+    ns: Option<&NamespaceInfo>,
+    config: &MeshConfig,
+    settings: &Settings,
+) -> Result<Vec<u8>, AdmissionError> {
+    let review = decode(body)?;
+    let decision = match &review.pod {
+        None => Decision::Skip(Skip::NotACreate),
+        Some(pod) => inject::decide(pod, review.namespace(), ns, config, settings),
+    };
+    Ok(respond(&review.request, &decision))
 }
 
 /// The answer to a decoded review, with the request's uid.
@@ -203,6 +230,12 @@ mod tests {
         assert_eq!(
             decode(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).err(),
             Some(AdmissionError::MissingRequest)
+        );
+        // Found by the admission fuzz target: the answer took the request's kind.
+        assert_eq!(
+            decode(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmisonReview","request":{}}"#)
+                .err(),
+            Some(AdmissionError::WrongKind("AdmisonReview".into()))
         );
         let svc = review(
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}),

@@ -1,6 +1,6 @@
-//! Errors of the MeshConfig document. A document is either unreadable as YAML/JSON at all
-//! (`Syntax`) or readable with field problems, which are all collected so a user fixes a file
-//! in one round instead of one error per try.
+//! Errors of the MeshConfig document. A document is either too big to be worth reading
+//! (`Bounds`), unreadable as YAML/JSON at all (`Syntax`), or readable with field problems, which
+//! are all collected so a user fixes a file in one round instead of one error per try.
 
 use std::fmt;
 
@@ -38,13 +38,32 @@ pub enum ConfigError {
     /// The document parsed but some fields are wrong; every one is listed.
     #[error("{}", join(.0))]
     Invalid(Vec<FieldError>),
+    /// The text is over a limit checked before parsing (see `bounded`): it was not parsed.
+    #[error("the document is refused before parsing: {0}")]
+    Bounds(Bound),
+}
+
+/// A limit on the text of a document, each named with its value so the user knows what to cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Bound {
+    #[error("larger than the limit of {limit} bytes")]
+    Size { limit: usize },
+    #[error("nested deeper than the limit of {limit} levels")]
+    Depth { limit: usize },
+    #[error(
+        "more than the limit of {limit} values (YAML aliases expanded; the limit is {} per byte \
+         of the document, at most {})",
+        crate::bounded::VALUES_PER_BYTE,
+        crate::bounded::MAX_VALUES
+    )]
+    Values { limit: usize },
 }
 
 impl ConfigError {
     /// Every field problem (empty for a syntax error).
     pub fn problems(&self) -> &[FieldError] {
         match self {
-            ConfigError::Syntax(_) => &[],
+            ConfigError::Syntax(_) | ConfigError::Bounds(_) => &[],
             ConfigError::Invalid(problems) => problems,
         }
     }

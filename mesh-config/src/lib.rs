@@ -1,6 +1,7 @@
 //! The MeshConfig document shared by every tracemesh binary: the one config type that flows into
 //! the proxy, the injector and the CLI. Nothing else parses the document.
 
+pub mod bounded;
 pub mod crd;
 mod document;
 mod duration;
@@ -15,7 +16,7 @@ pub mod yaml11;
 
 pub use document::*;
 pub use duration::{parse as parse_duration, Duration};
-pub use error::{ConfigError, FieldError};
+pub use error::{Bound, ConfigError, FieldError};
 pub use parse::{merge_patch, parse, parse_strict, Parsed};
 pub use validate::{parse_cidr, parse_prefixed_cidr};
 pub mod watch;

@@ -78,6 +78,8 @@ impl MeshConfig {
 /// JSON first when it looks like JSON, for its better messages; YAML otherwise (or if a
 /// `{`-document is YAML flow style rather than JSON).
 fn read_value(text: &str) -> Result<Value, ConfigError> {
+    // Size, depth and alias expansion first: the parses below build whatever the text asks.
+    crate::bounded::check(text)?;
     let trimmed = text.trim_start_matches('\u{feff}').trim();
     if trimmed.is_empty() {
         // An empty file is what a reader sees between truncate and write: never a config.

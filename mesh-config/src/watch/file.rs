@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::publish::Publisher;
-use super::{Snapshot, WatchError};
+use super::{document_text, Snapshot, WatchError};
+use crate::bounded::MAX_DOCUMENT_BYTES;
 use crate::parse;
 
 /// Events come in bursts (truncate, write, close, rename); one read after the burst is enough.
@@ -46,20 +48,16 @@ pub(super) async fn start(
 ) -> Result<watch::Receiver<Arc<Snapshot>>, WatchError> {
     let source_name = path.display().to_string();
     let stamp = fingerprint(&path);
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|error| WatchError::Read {
-            source_name: source_name.clone(),
-            error,
-        })?;
-    let text = String::from_utf8(bytes.clone()).map_err(|_| WatchError::Config {
-        source_name: source_name.clone(),
-        error: crate::ConfigError::Syntax("the file is not UTF-8".into()),
-    })?;
-    let parsed = parse(&text).map_err(|error| WatchError::Config {
+    let bytes = read_capped(&path).await.map_err(|error| WatchError::Read {
         source_name: source_name.clone(),
         error,
     })?;
+    let parsed = document_text(&bytes)
+        .and_then(parse)
+        .map_err(|error| WatchError::Config {
+            source_name: source_name.clone(),
+            error,
+        })?;
     let (publisher, rx) = Publisher::new(source_name, parsed);
 
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -76,6 +74,18 @@ pub(super) async fn start(
     };
     tokio::spawn(state.run(events, watcher));
     Ok(rx)
+}
+
+/// The file's first [`MAX_DOCUMENT_BYTES`] bytes and one more, so that a file over the bound
+/// is refused for its size without being read whole (a runaway log written over the config, a
+/// device such as `/dev/zero` named by mistake).
+async fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    Ok(bytes)
 }
 
 /// `None` (with a warning) if the directory cannot be watched: the poll still works.
@@ -141,7 +151,7 @@ impl FileWatch {
 
     async fn reload(&mut self) {
         self.stamp = fingerprint(&self.path);
-        let bytes = match tokio::fs::read(&self.path).await {
+        let bytes = match read_capped(&self.path).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if self.last_seen.take().is_some() {
@@ -162,10 +172,9 @@ impl FileWatch {
         if self.last_seen.as_deref() == Some(bytes.as_slice()) {
             return;
         }
-        let result = match std::str::from_utf8(&bytes) {
-            Ok(text) => parse(text).map_err(|e| e.to_string()),
-            Err(_) => Err("the file is not UTF-8".to_string()),
-        };
+        let result = document_text(&bytes)
+            .and_then(parse)
+            .map_err(|e| e.to_string());
         self.last_seen = Some(bytes);
         match result {
             Ok(parsed) => self.publisher.accept(parsed),
@@ -309,6 +318,39 @@ mod tests {
         std::fs::write(&path, doc("trace")).unwrap();
         let s = wait_for(&mut rx, "trace", |s| level(s) == "trace").await;
         assert_eq!(s.generation, 3);
+    }
+
+    #[tokio::test]
+    async fn a_file_over_the_bound_is_refused_unread() {
+        // A file that never ends: only a read that stops at the bound returns.
+        let endless = tokio::time::timeout(
+            Duration::from_secs(10),
+            start("/dev/zero".into(), Options { notify: false }),
+        )
+        .await
+        .expect("the read stops at the bound");
+        match endless {
+            Err(WatchError::Config {
+                error: crate::ConfigError::Bounds(crate::Bound::Size { limit }),
+                ..
+            }) => assert_eq!(limit, MAX_DOCUMENT_BYTES),
+            other => panic!("expected a size refusal, got {other:?}"),
+        }
+
+        // A watched file grown past the bound keeps the last good config.
+        let (_dir, path, mut rx) = setup(Options::default()).await;
+        let big = format!("{}# {}\n", doc("debug"), "x".repeat(MAX_DOCUMENT_BYTES));
+        std::fs::write(&path, big).unwrap();
+        let s = wait_for(&mut rx, "refusal", |s| s.last_error.is_some()).await;
+        assert_eq!((s.generation, level(&s)), (1, "info"));
+        let error = s.last_error.clone().unwrap();
+        assert!(
+            error.contains("larger than the limit of 1048576 bytes"),
+            "{error}"
+        );
+        std::fs::write(&path, doc("debug")).unwrap();
+        let s = wait_for(&mut rx, "debug", |s| level(s) == "debug").await;
+        assert_eq!((s.generation, s.last_error.clone()), (2, None));
     }
 
     #[tokio::test]

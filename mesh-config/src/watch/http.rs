@@ -17,8 +17,9 @@ use tokio::sync::watch;
 
 use super::publish::Publisher;
 use super::tls::Connector;
-use super::{Snapshot, WatchError};
-use crate::parse;
+use super::{document_text, Snapshot, WatchError};
+use crate::bounded::MAX_DOCUMENT_BYTES;
+use crate::{parse, Bound, ConfigError};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -27,8 +28,9 @@ const GRACE: Duration = Duration::from_secs(15);
 const FIRST_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A server without ETags cannot long-poll; fall back to polling at this pace.
 const PLAIN_POLL: Duration = Duration::from_secs(5);
-/// A MeshConfig is a few hundred bytes; anything near this is not one.
-const MAX_BODY: usize = 1 << 20;
+/// The body is read up to the document bound and no further: a server (or whatever answers at
+/// its address) that streams without end costs the sidecar one bound's worth of memory.
+const MAX_BODY: usize = MAX_DOCUMENT_BYTES;
 
 pub(super) struct Options {
     pub(super) wait_secs: u64,
@@ -51,6 +53,10 @@ enum Fetched {
     Changed {
         etag: Option<String>,
         body: Bytes,
+    },
+    /// A document over [`MAX_BODY`]: refused like an invalid one, unread past the bound.
+    TooLarge {
+        etag: Option<String>,
     },
     NotModified,
     /// 503 with `Retry-After`: the server is full or shutting down and says when to come back.
@@ -92,16 +98,26 @@ pub(super) async fn start(
         .await
         .map_err(|_| fetch_error("timed out".into()))?
         .map_err(fetch_error)?;
-    let Fetched::Changed { etag, body } = first else {
-        return Err(fetch_error(
-            "no document (304 or 503) for an unconditional request".into(),
-        ));
+    let (etag, body) = match first {
+        Fetched::Changed { etag, body } => (etag, body),
+        Fetched::TooLarge { .. } => {
+            return Err(WatchError::Config {
+                source_name,
+                error: too_large(),
+            })
+        }
+        Fetched::NotModified | Fetched::Busy(_) => {
+            return Err(fetch_error(
+                "no document (304 or 503) for an unconditional request".into(),
+            ))
+        }
     };
-    let text = std::str::from_utf8(&body).map_err(|_| fetch_error("body is not UTF-8".into()))?;
-    let parsed = parse(text).map_err(|error| WatchError::Config {
-        source_name: source_name.clone(),
-        error,
-    })?;
+    let parsed = document_text(&body)
+        .and_then(parse)
+        .map_err(|error| WatchError::Config {
+            source_name: source_name.clone(),
+            error,
+        })?;
     let (publisher, rx) = Publisher::new(source_name, parsed);
     let long_poll = LongPoll {
         client,
@@ -156,12 +172,18 @@ async fn fetch(
         .get(http::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = Limited::new(resp.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the body: {e}"))?
-        .to_bytes();
-    Ok(Fetched::Changed { etag, body })
+    match Limited::new(resp.into_body(), MAX_BODY).collect().await {
+        Ok(body) => Ok(Fetched::Changed {
+            etag,
+            body: body.to_bytes(),
+        }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(Fetched::TooLarge { etag }),
+        Err(e) => Err(format!("reading the body: {e}")),
+    }
+}
+
+fn too_large() -> ConfigError {
+    ConfigError::Bounds(Bound::Size { limit: MAX_BODY })
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -228,6 +250,15 @@ impl LongPoll {
                         return;
                     }
                 }
+                Ok(Fetched::TooLarge { etag }) => {
+                    backoff = BACKOFF_START;
+                    let no_etag = etag.is_none();
+                    self.etag = etag;
+                    self.refuse(too_large().to_string());
+                    if no_etag && self.pause(PLAIN_POLL).await {
+                        return;
+                    }
+                }
                 Err(e) => {
                     self.publisher
                         .set_error(Some(format!("config server {}: {e}", self.uri)));
@@ -241,20 +272,19 @@ impl LongPoll {
     }
 
     fn apply(&mut self, body: &[u8]) {
-        let result = match std::str::from_utf8(body) {
-            Ok(text) => parse(text).map_err(|e| e.to_string()),
-            Err(_) => Err("body is not UTF-8".to_string()),
-        };
-        match result {
+        match document_text(body).and_then(parse) {
             Ok(parsed) => {
                 self.doc_error = None;
                 self.publisher.accept(parsed);
             }
-            Err(e) => {
-                self.doc_error = Some(e.clone());
-                self.publisher.reject(e);
-            }
+            Err(e) => self.refuse(e.to_string()),
         }
+    }
+
+    /// The document served now is not applied; the error stays while it is served.
+    fn refuse(&mut self, error: String) {
+        self.doc_error = Some(error.clone());
+        self.publisher.reject(error);
     }
 
     /// Sleeps; true if every receiver went away meanwhile.
@@ -526,6 +556,68 @@ mod tests {
             start(uri, options()).await,
             Err(WatchError::Config { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_document_over_the_bound_is_refused_and_the_last_good_kept() {
+        let (server, addr) = serve(&doc(9411)).await;
+        let uri: http::Uri = format!("http://{addr}/v1/meshconfig").parse().unwrap();
+        let mut rx = start(uri, options()).await.unwrap();
+        // Valid JSON but for its size: only the bound can refuse it.
+        let padded = format!(
+            r#"{{"metadata":{{"name":"{}"}},"spec":{{"observability":{{"tracing":{{"port":9999}}}}}}}}"#,
+            "x".repeat(MAX_BODY)
+        );
+        server.set(&padded);
+        let s = wait_for(&mut rx, "refusal", |s| s.last_error.is_some()).await;
+        assert_eq!((s.generation, port(&s)), (1, 9411));
+        let error = s.last_error.clone().unwrap();
+        assert!(
+            error.contains("larger than the limit of 1048576 bytes"),
+            "{error}"
+        );
+        server.set(&doc(9412));
+        let s = wait_for(&mut rx, "port 9412", |s| port(s) == 9412).await;
+        assert_eq!((s.generation, s.last_error.clone()), (2, None));
+    }
+
+    /// A peer that streams a body without end: the first fetch reads up to the bound, refuses
+    /// the document for its size, and closes the connection (the peer's writes then fail).
+    #[tokio::test]
+    async fn an_endless_body_is_read_only_up_to_the_bound() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let peer = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = tcp.read(&mut request).await.unwrap();
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("4000\r\n{}\r\n", "#".repeat(0x4000));
+            while tcp.write_all(chunk.as_bytes()).await.is_ok() {
+                counter.fetch_add(0x4000, Ordering::SeqCst);
+            }
+        });
+        let uri: http::Uri = format!("http://{addr}/v1/meshconfig").parse().unwrap();
+        let result = tokio::time::timeout(WAIT, start(uri, options()))
+            .await
+            .expect("the fetch ends at the bound");
+        match result {
+            Err(WatchError::Config {
+                error: ConfigError::Bounds(Bound::Size { limit }),
+                ..
+            }) => assert_eq!(limit, MAX_DOCUMENT_BYTES),
+            other => panic!("expected a size refusal, got {other:?}"),
+        }
+        tokio::time::timeout(WAIT, peer)
+            .await
+            .expect("the connection is closed after the refusal")
+            .unwrap();
+        // What the peer managed to write: the bound, plus what the sockets buffer.
+        assert!(sent.load(Ordering::SeqCst) < 64 * MAX_DOCUMENT_BYTES);
     }
 
     /// A CA, and a server certificate for localhost/127.0.0.1 that it signed.

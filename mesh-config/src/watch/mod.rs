@@ -107,6 +107,17 @@ pub enum WatchError {
     Tls(String),
 }
 
+/// The text of a document a watcher has read: within the size bound (checked on the bytes, so
+/// a read cut at the bound in the middle of a character is refused for its size) and UTF-8.
+fn document_text(bytes: &[u8]) -> Result<&str, ConfigError> {
+    if bytes.len() > crate::bounded::MAX_DOCUMENT_BYTES {
+        return Err(ConfigError::Bounds(crate::Bound::Size {
+            limit: crate::bounded::MAX_DOCUMENT_BYTES,
+        }));
+    }
+    std::str::from_utf8(bytes).map_err(|_| ConfigError::Syntax("the document is not UTF-8".into()))
+}
+
 /// Loads the initial config (which must be valid) and keeps watching in a background task
 /// until every receiver is dropped.
 pub async fn watch(source: Source) -> Result<watch::Receiver<Arc<Snapshot>>, WatchError> {
