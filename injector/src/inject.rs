@@ -170,6 +170,13 @@ pub fn decide(
         Ok(s) => s,
         Err(e) => return Decision::Deny(e),
     };
+    if let Some(name) = taken_name(pod) {
+        // Two containers of one name are refused by the API server: say why here instead.
+        return Decision::Deny(format!(
+            "the pod already has a container named {name}, a name the mesh needs for its own; rename it, or opt the pod out with the annotation {}: disabled",
+            ann::SIDECAR_INJECTION
+        ));
+    }
     match build_patch(pod, config, settings, stitching) {
         Ok(ops) => Decision::Inject(ops),
         Err(e) => Decision::Deny(e),
@@ -185,6 +192,17 @@ fn already_injected(pod: &Pod) -> bool {
     let spec = pod.spec.as_ref();
     has_proxy(spec.map(|s| &s.containers))
         || has_proxy(spec.and_then(|s| s.init_containers.as_ref()))
+}
+
+/// A name the injection would add that one of the pod's own containers already has (the
+/// sidecar's own name means the pod is injected already, and is handled before this).
+fn taken_name(pod: &Pod) -> Option<&'static str> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == ann::INIT_CONTAINER)
+        .then_some(ann::INIT_CONTAINER)
 }
 
 /// `Some(true)` opt-in, `Some(false)` opt-out, `None` follow the namespace. The annotation wins
@@ -909,6 +927,27 @@ mod tests {
             run(&twice, Some(&enrolled()), "shop"),
             Decision::Skip(Skip::AlreadyInjected)
         );
+
+        // A container of the pod's own named like the init container: two of one name would be
+        // refused by the API server, so the webhook says why.
+        for field in ["initContainers", "containers"] {
+            let mut clash = plain();
+            let mut own = vec![json!({"name": "mesh-init", "image": "mine"})];
+            if field == "containers" {
+                own.push(json!({"name": "app", "image": "a"}));
+            }
+            clash["spec"][field] = json!(own);
+            match run(&clash, Some(&enrolled()), "shop") {
+                Decision::Deny(why) => assert!(why.contains("named mesh-init"), "{why}"),
+                other => panic!("{field}: {other:?}"),
+            }
+            // Opted out, the pod is left alone and created as it is.
+            clash["metadata"]["annotations"] = json!({ann::SIDECAR_INJECTION: "disabled"});
+            assert_eq!(
+                run(&clash, Some(&enrolled()), "shop"),
+                Decision::Skip(Skip::PodOptOut)
+            );
+        }
     }
 
     #[test]
