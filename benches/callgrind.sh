@@ -3,11 +3,12 @@
 # with the load of a shared machine, so a CPU change can be judged build against build.
 #
 # Usage: benches/callgrind.sh [--proxy target/release/mesh-proxy] [--requests 2000]
-#                             [--warmup 200] [--threads 2]
+#                             [--warmup 200] [--threads 2] [--tracing on|off|FRACTION]
 #
 # client (curl, one HTTP/1.1 keep-alive connection) → `mesh-proxy run --inbound L=server`
 # (under callgrind) → server (1 KiB responses), tracing enabled at sampledFraction 1.0 exporting
-# Zipkin v2 JSON to a local sink. Startup and a warm-up are excluded: the counters are zeroed
+# Zipkin v2 JSON to a local sink (`--tracing off`: disabled; a FRACTION: that sampledFraction, so
+# `--tracing 0` measures context propagation with nothing recorded). Startup and a warm-up are excluded: the counters are zeroed
 # after the warm-up and dumped after the measured requests. Prints instructions per request.
 set -euo pipefail
 
@@ -15,16 +16,25 @@ proxy=target/release/mesh-proxy
 requests=2000
 warmup=200
 threads=2
+tracing=on
 while [ $# -gt 0 ]; do
     case "$1" in
         --proxy) proxy=$2; shift 2 ;;
         --requests) requests=$2; shift 2 ;;
         --warmup) warmup=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
+        --tracing) tracing=$2; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 [ -x "$proxy" ] || { echo "no proxy binary at $proxy" >&2; exit 2; }
+case "$tracing" in
+    on) enable=true fraction=1.0 ;;
+    off) enable=false fraction=1.0 ;;
+    *) [[ "$tracing" =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] || {
+           echo "--tracing takes on, off or a fraction in 0..1, not $tracing" >&2; exit 2; }
+       enable=true fraction=$tracing ;;
+esac
 
 dir=$(mktemp -d)
 pids=()
@@ -76,8 +86,8 @@ kind: MeshConfig
 metadata: {name: mesh-config, namespace: mesh-system}
 spec:
   observability:
-    tracing: {enable: true, address: 127.0.0.1, port: $sink, endpoint: /api/v2/spans,
-              protocol: zipkin, sampledFraction: 1.0}
+    tracing: {enable: $enable, address: 127.0.0.1, port: $sink, endpoint: /api/v2/spans,
+              protocol: zipkin, sampledFraction: "$fraction"}
   sidecar: {logLevel: warn}
 EOF
 
@@ -110,5 +120,5 @@ kill "$vg"; wait "$vg" 2>/dev/null || true
 # The dump taken by callgrind_control -d (the final one, at exit, has the shutdown).
 dump="$dir/callgrind.out.1"
 total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "$proxy: $total instructions for $requests requests: $((total / requests)) per request"
+echo "$proxy (tracing $tracing): $total instructions for $requests requests: $((total / requests)) per request"
 callgrind_annotate "$dump" 2>/dev/null | grep -A25 "file:function" | tail -n +3 | cut -c1-200

@@ -3,9 +3,12 @@
 //!
 //! One [`Activity`] per connection is fed by [`Watched`] (bytes read and written) and by
 //! [`Activity::request`] guards (requests in flight, held until the response body ends).
-//! [`Activity::expired`] sleeps until the earliest deadline and rechecks, so a connection
-//! costs no timer wake-ups while traffic flows, and a long poll with no bytes moving is never
-//! idle: its request is in flight.
+//! [`Activity::expired`] keeps one timer and is never woken by traffic: the timer is armed at
+//! the earliest deadline the state allows, but never further ahead than the shortest timeout.
+//! A deadline that starts later (a new head, the last request ending) cannot be earlier than
+//! arming time plus that timeout, so rechecking when the timer fires is exact, and a busy
+//! connection costs one wake-up per timeout period instead of two per request. A long poll with
+//! no bytes moving is never idle: its request is in flight.
 
 use std::io;
 use std::pin::Pin;
@@ -16,7 +19,6 @@ use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// No request head is being read.
@@ -33,7 +35,6 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Whether bytes read with no request in flight start a request head (HTTP/1).
     heads: bool,
-    changed: Notify,
 }
 
 /// Why [`Activity::expired`] ended.
@@ -52,7 +53,6 @@ impl Activity {
             head_since: AtomicU64::new(NO_HEAD),
             in_flight: AtomicUsize::new(0),
             heads,
-            changed: Notify::new(),
         })
     }
 
@@ -68,12 +68,14 @@ impl Activity {
     pub fn begin_head(&self) {
         if self.heads
             && self.in_flight.load(Ordering::Acquire) == 0
-            && self
-                .head_since
-                .compare_exchange(NO_HEAD, self.now_ms(), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+            && self.head_since.load(Ordering::Relaxed) == NO_HEAD
         {
-            self.changed.notify_one();
+            let _ = self.head_since.compare_exchange(
+                NO_HEAD,
+                self.now_ms(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
@@ -94,13 +96,13 @@ impl Activity {
     /// Completes when the connection has been idle for `idle`, or a request head has been
     /// read for longer than `header` (when given).
     pub async fn expired(&self, idle: Duration, header: Option<Duration>) -> Expired {
+        // No deadline can start closer than this to the moment the timer is armed.
+        let horizon = header.map_or(idle, |h| h.min(idle));
+        let timer = tokio::time::sleep(horizon);
+        tokio::pin!(timer);
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            // Registered before reading the state, so no change slips between the two.
-            notified.as_mut().enable();
             let now = Instant::now();
-            let mut next: Option<Instant> = None;
+            let mut next = now + horizon;
             if let Some(header) = header {
                 let since = self.head_since.load(Ordering::Acquire);
                 if since != NO_HEAD {
@@ -108,7 +110,7 @@ impl Activity {
                     if now >= deadline {
                         return Expired::HeaderRead;
                     }
-                    next = Some(deadline);
+                    next = next.min(deadline);
                 }
             }
             if self.in_flight.load(Ordering::Acquire) == 0 {
@@ -116,17 +118,12 @@ impl Activity {
                 if now >= deadline {
                     return Expired::Idle;
                 }
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                next = next.min(deadline);
             }
-            match next {
-                Some(at) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        _ = notified => {}
-                    }
-                }
-                None => notified.await,
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
             }
+            timer.as_mut().await;
         }
     }
 }
@@ -141,7 +138,6 @@ impl Drop for RequestGuard {
         // The response just went out: idle time counts from now.
         self.0.touched(false);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
     }
 }
 
@@ -300,5 +296,36 @@ mod tests {
         )
         .await
         .is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_that_start_while_the_timer_is_armed_are_exact() {
+        let a = Activity::new(true);
+        let started = Instant::now();
+        let watchdog = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.expired(Duration::from_secs(60), Some(Duration::from_secs(2)))
+                    .await
+            })
+        };
+        // A head that begins after the timer was armed, at no round multiple of the timeout.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        a.begin_head();
+        assert_eq!(watchdog.await.unwrap(), Expired::HeaderRead);
+        assert_eq!(started.elapsed(), Duration::from_millis(3_500));
+
+        // A request that ends after a long time in flight: idle counts from its end.
+        let a = Activity::new(false);
+        let guard = a.request();
+        let watchdog = {
+            let a = a.clone();
+            tokio::spawn(async move { a.expired(Duration::from_secs(10), None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(25_300)).await;
+        let ended = Instant::now();
+        drop(guard);
+        assert_eq!(watchdog.await.unwrap(), Expired::Idle);
+        assert_eq!(ended.elapsed(), Duration::from_secs(10));
     }
 }

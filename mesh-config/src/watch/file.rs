@@ -25,11 +25,16 @@ const POLL: Duration = Duration::from_millis(500);
 pub(super) struct Options {
     /// Off only in tests, to prove the poll alone finds every change.
     pub(super) notify: bool,
+    /// Counts the file's reads after the first (tests only).
+    pub(super) reads: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { notify: true }
+        Options {
+            notify: true,
+            reads: None,
+        }
     }
 }
 
@@ -71,6 +76,7 @@ pub(super) async fn start(
         publisher,
         last_seen: Some(bytes),
         stamp,
+        reads: options.reads,
     };
     tokio::spawn(state.run(events, watcher));
     Ok(rx)
@@ -100,7 +106,7 @@ fn dir_watcher(
     // Any event in the directory triggers a re-read, not only events naming the file:
     // Kubernetes ConfigMap volumes swap a `..data` symlink and never touch the file's name.
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| may_change_content(&e.kind)) {
             let _ = events.send(());
         }
     };
@@ -115,12 +121,24 @@ fn dir_watcher(
     }
 }
 
+/// Opening, reading or closing a file unwritten changes nothing. Those events must not trigger
+/// a read: the read itself opens and closes the file, and would trigger the next one forever.
+fn may_change_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 struct FileWatch {
     path: PathBuf,
     publisher: Publisher,
     /// The bytes last read (valid or not): the same bytes again are not news.
     last_seen: Option<Vec<u8>>,
     stamp: Fingerprint,
+    reads: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl FileWatch {
@@ -150,6 +168,9 @@ impl FileWatch {
     }
 
     async fn reload(&mut self) {
+        if let Some(reads) = &self.reads {
+            reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.stamp = fingerprint(&self.path);
         let bytes = match read_capped(&self.path).await {
             Ok(bytes) => bytes,
@@ -307,8 +328,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reading_the_file_does_not_trigger_a_read() {
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let options = Options {
+            notify: true,
+            reads: Some(reads.clone()),
+        };
+        let (_dir, path, mut rx) = setup(options).await;
+        // One real change makes the watcher read the file, which opens and closes it.
+        std::fs::write(&path, doc("debug")).unwrap();
+        wait_for(&mut rx, "debug", |s| level(s) == "debug").await;
+        // Others reading it (kubectl, an editor, `cat`) are not changes either.
+        for _ in 0..20 {
+            std::fs::read(&path).unwrap();
+        }
+        let settled = reads.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let after = reads.load(std::sync::atomic::Ordering::Relaxed);
+        // A read per event would be ~20 a second here, each triggering the next.
+        assert!(
+            after <= settled + 1,
+            "{} reads in 1.5 s with no change",
+            after - settled
+        );
+    }
+
+    #[tokio::test]
     async fn poll_alone_finds_changes() {
-        let (dir, path, mut rx) = setup(Options { notify: false }).await;
+        let (dir, path, mut rx) = setup(Options {
+            notify: false,
+            reads: None,
+        })
+        .await;
         let tmp = dir.path().join("x.tmp");
         std::fs::write(&tmp, doc("warn")).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
@@ -325,7 +376,13 @@ mod tests {
         // A file that never ends: only a read that stops at the bound returns.
         let endless = tokio::time::timeout(
             Duration::from_secs(10),
-            start("/dev/zero".into(), Options { notify: false }),
+            start(
+                "/dev/zero".into(),
+                Options {
+                    notify: false,
+                    reads: None,
+                },
+            ),
         )
         .await
         .expect("the read stops at the bound");
