@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod echo;
 pub mod envoy;
+pub mod grpc;
 pub mod load;
 pub mod scrape;
 pub mod server;

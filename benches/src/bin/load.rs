@@ -224,6 +224,7 @@ async fn measure(args: &Args, target: &load::Target, concurrency: usize) -> Summ
         time_limit: Duration::from_secs(5),
         body: body.clone(),
         rate: None,
+        protocol: load::Protocol::Http1,
     };
     load::run(target, &warm).await;
     let plan = load::Plan {
@@ -232,6 +233,7 @@ async fn measure(args: &Args, target: &load::Target, concurrency: usize) -> Summ
         time_limit: Duration::from_secs(args.time_limit),
         body,
         rate: None,
+        protocol: load::Protocol::Http1,
     };
     load::run(target, &plan).await
 }
@@ -487,6 +489,7 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
                 time_limit: Duration::from_secs(5),
                 body: body.clone(),
                 rate: None,
+                protocol: load::Protocol::Http1,
             };
             let w = load::run(&target, &warm).await;
             let before = pair.on_cpu_ns().context("reading sidecar CPU time")?;
@@ -497,6 +500,7 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
                 time_limit: Duration::from_secs(args.time_limit),
                 body,
                 rate: (args.cpu_rate > 0.0).then_some(args.cpu_rate),
+                protocol: load::Protocol::Http1,
             };
             let s = load::run(&target, &plan).await;
             // The exporter batches off the request path: let it send this round's spans so

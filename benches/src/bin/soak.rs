@@ -212,6 +212,7 @@ async fn soak(
         time_limit: duration + Duration::from_secs(5),
         body: Bytes::from(vec![b'x'; args.body_size]),
         rate: Some(args.rate),
+        protocol: load::Protocol::Http1,
     };
     let start = Instant::now();
     let mut load = tokio::spawn(async move { load::run(&target, &plan).await });

@@ -300,6 +300,7 @@ async fn compare(args: &Args, server: SocketAddr, pairs: [&Pair; 2]) -> anyhow::
             time_limit: Duration::from_secs_f64(args.seconds + 10.0),
             body: body.clone(),
             rate: Some(rate),
+            protocol: load::Protocol::Http1,
         };
         let warm = load::Plan {
             requests: args.warmup,
