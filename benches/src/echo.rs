@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -58,12 +59,24 @@ impl Body for EchoBody {
     }
 }
 
+/// Requests that reached the echo over HTTP/2, every echo server of the process together: a
+/// bench checks with it that an h2c load stayed HTTP/2 through the sidecars.
+static HTTP2_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Requests answered over HTTP/2 so far (all echo servers of this process).
+pub fn http2_requests() -> u64 {
+    HTTP2_REQUESTS.load(Ordering::Relaxed)
+}
+
 /// gRPC status codes the echo answers with.
 const GRPC_OK: &str = "0";
 /// INTERNAL: the request body was not one uncompressed message.
 const GRPC_INTERNAL: &str = "13";
 
 async fn echo(req: http::Request<Incoming>) -> Result<http::Response<EchoBody>, Infallible> {
+    if req.version() == http::Version::HTTP_2 {
+        HTTP2_REQUESTS.fetch_add(1, Ordering::Relaxed);
+    }
     let is_grpc = grpc::is_grpc(req.headers().get(http::header::CONTENT_TYPE));
     let body = match req.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -110,6 +123,7 @@ mod tests {
     #[tokio::test]
     async fn answers_http1_and_h2c_on_one_port() {
         let addr = start().unwrap();
+        let h2_before = http2_requests();
 
         let tcp = TcpStream::connect(addr).await.unwrap();
         let (mut h1, conn) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
@@ -135,6 +149,8 @@ mod tests {
         assert_eq!(resp.version(), http::Version::HTTP_2);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"two");
+        // Other tests' servers count too, so at least the one h2c request.
+        assert!(http2_requests() > h2_before);
     }
 
     async fn grpc_call(addr: SocketAddr, body: Bytes) -> (http::HeaderMap, Bytes, HeaderMap) {

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::compare::Proc;
 use crate::compare::{self, ratio, Pair, Sample, Setup, Table, SYSTEMS};
 use crate::load::{self, Protocol};
 use crate::stats::Summary;
-use crate::{cpu, tcp};
+use crate::{cpu, echo, scrape, tcp};
 
 /// One workload of the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,7 +184,13 @@ pub async fn run(opts: &Options, setup: &Setup<'_>, selection: &Selection) -> an
 #[derive(Default)]
 struct Report {
     http: Vec<(Workload, Table)>,
+    /// For h2c and gRPC: requests that reached the app over HTTP/2, and requests answered,
+    /// sent (warm-up included), per system: both should match, the sidecars keep HTTP/2
+    /// upstream.
+    upstream_h2: Vec<(Workload, [u64; 2], [usize; 2])>,
     tcp: Option<([Vec<TcpSample>; 2], Vec<f64>)>,
+    /// Connections tracemesh's A proxied on the opaque path (detection skipped).
+    tcp_opaque: Option<f64>,
     idle: Option<[Vec<IdleSample>; 2]>,
     spans: Option<([u64; 2], [usize; 2])>,
 }
@@ -222,13 +229,18 @@ async fn shared_pairs(
         let label = format!("{w}, {rate} rps");
         let mut base: Vec<Summary> = Vec::new();
         let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        let mut h2 = [0u64; 2];
+        let mut sent_here = [0usize; 2];
         for round in 1..=opts.rounds {
             load::run(&direct, &warm).await;
             let d = load::run(&direct, &plan).await;
             println!("{label} round {round} direct     {d}");
             base.push(d);
             for i in order(round) {
+                let h2_before = echo::http2_requests();
                 let (s, sample, n) = compare::measure(pairs[i], &targets[i], &warm, &plan).await?;
+                h2[i] += echo::http2_requests() - h2_before;
+                sent_here[i] += n;
                 sent[i] += n;
                 println!(
                     "{label} round {round} {:<10} {s}  CPU {:.1} µs/request",
@@ -237,11 +249,23 @@ async fn shared_pairs(
                 samples[i].push(sample);
             }
         }
+        if matches!(protocol, Protocol::H2c { .. } | Protocol::Grpc { .. }) {
+            out.upstream_h2.push((w, h2, sent_here));
+        }
         out.http
             .push((w, Table::new(label, requests, &base, &samples)));
     }
     if list.contains(&Workload::Tcp) {
         out.tcp = Some(tcp_bulk(opts, setup, pairs).await?);
+        // As benches/tcp_bulk.sh: the transfers must have taken the opaque path.
+        if let Proc::Mesh(a) = &pairs[0].a {
+            out.tcp_opaque = scrape::get(a.admin_port, "/metrics").await.ok().and_then(|m| {
+                scrape::sum(
+                    &m,
+                    "mesh_proxy_protocol_detections_total{direction=\"outbound\",outcome=\"skipped\"}",
+                )
+            });
+        }
     }
     if !out.http.is_empty() {
         // Envoy flushes a partial span batch every 5 s: wait it out before counting.
@@ -497,6 +521,23 @@ impl Report {
                 "opaque TCP: CPU per GiB ratio per round median {m:.2}, range {lo:.2}-{hi:.2}"
             );
         }
+        for (w, h2, sent) in &self.upstream_h2 {
+            println!(
+                "{w}: requests reaching the app over HTTP/2: tracemesh {} of {} sent, Envoy {} of {}",
+                h2[0], sent[0], h2[1], sent[1]
+            );
+        }
+        if self.tcp.is_some() {
+            match self.tcp_opaque {
+                Some(n) if n > 0.0 => println!(
+                    "opaque TCP: tracemesh A proxied {n} connections as opaque (detection skipped)"
+                ),
+                _ => println!(
+                    "opaque TCP: WARNING tracemesh A reports no connection with detection skipped: \
+                     the route was not opaque"
+                ),
+            }
+        }
         if let Some((spans, sent)) = self.spans {
             for (i, name) in SYSTEMS.iter().enumerate() {
                 println!(
@@ -510,7 +551,7 @@ impl Report {
         println!();
         println!("Summary (tracemesh / Envoy; below 1: tracemesh uses less):");
         println!();
-        println!("| workload | CPU per request (or GiB) | added p50 | added p99 | errors tracemesh / Envoy |");
+        println!("| workload | CPU per request (TCP: per GiB) | added p50 (TCP: throughput) | added p99 | errors tracemesh / Envoy |");
         println!("|---|---|---|---|---|");
         for (w, t) in &self.http {
             println!(
@@ -520,6 +561,48 @@ impl Report {
                 ratio(t.added_p99[0], t.added_p99[1]),
                 t.errors[0],
                 t.errors[1]
+            );
+        }
+        if let Some((samples, direct)) = &self.tcp {
+            let ok = |i: usize, f: fn(&TcpSample) -> f64| {
+                cpu::median(
+                    &samples[i]
+                        .iter()
+                        .filter(|s| !s.failed)
+                        .map(f)
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let failed = |i: usize| samples[i].iter().filter(|s| s.failed).count();
+            println!(
+                "| opaque TCP | {} per GiB | throughput {} (tracemesh {} of direct, Envoy {}) | | {} / {} |",
+                ratio(ok(0, |s| s.cpu_ms_per_gib), ok(1, |s| s.cpu_ms_per_gib)),
+                ratio(ok(0, |s| s.gbps), ok(1, |s| s.gbps)),
+                ratio(ok(0, |s| s.gbps), cpu::median(direct)),
+                ratio(ok(1, |s| s.gbps), cpu::median(direct)),
+                failed(0),
+                failed(1)
+            );
+        }
+        if let Some(samples) = &self.idle {
+            let kib = [0, 1].map(|i| {
+                cpu::median(
+                    &samples[i]
+                        .iter()
+                        .filter(|s| s.held > 0)
+                        .map(|s| s.kib_per_conn)
+                        .collect::<Vec<_>>(),
+                )
+            });
+            let failed = |i: usize| samples[i].iter().map(|s| s.failed).sum::<usize>();
+            println!(
+                "| {} idle connections | RSS per connection {} ({:.1} vs {:.1} KiB) | | | {} / {} |",
+                opts.idle_connections,
+                ratio(kib[0], kib[1]),
+                kib[0],
+                kib[1],
+                failed(0),
+                failed(1)
             );
         }
     }
