@@ -1,6 +1,7 @@
-//! Pieces of the load bench: an echo server, a bounded load generator, latency statistics,
-//! sidecar processes (ours and Envoy), a trace sink, `/metrics` scraping and the soak verdict.
-//! The binaries in `src/bin/` compose them.
+//! Pieces of the load bench: an echo server (HTTP/1.1, h2c, gRPC unary), a bounded load
+//! generator, gRPC framing, an opaque TCP sink, latency statistics, sidecar processes (ours and
+//! Envoy) and their comparison, a trace sink, `/metrics` scraping and the soak verdict. The
+//! binaries in `src/bin/` compose them.
 
 pub mod compare;
 pub mod cpu;
