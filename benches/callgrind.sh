@@ -4,12 +4,15 @@
 #
 # Usage: benches/callgrind.sh [--proxy target/release/mesh-proxy] [--requests 2000]
 #                             [--warmup 200] [--threads 2] [--tracing on|off|FRACTION]
+#                             [--per-thread]
 #
 # client (curl, one HTTP/1.1 keep-alive connection) → `mesh-proxy run --inbound L=server`
 # (under callgrind) → server (1 KiB responses), tracing enabled at sampledFraction 1.0 exporting
 # Zipkin v2 JSON to a local sink (`--tracing off`: disabled; a FRACTION: that sampledFraction, so
 # `--tracing 0` measures context propagation with nothing recorded). Startup and a warm-up are excluded: the counters are zeroed
 # after the warm-up and dumped after the measured requests. Prints instructions per request.
+# `--per-thread` counts each thread apart (callgrind's --separate-threads) and prints the
+# instructions per request of the `trace-export` thread(s) and of the rest (the request threads).
 set -euo pipefail
 
 proxy=target/release/mesh-proxy
@@ -17,6 +20,7 @@ requests=2000
 warmup=200
 threads=2
 tracing=on
+per_thread=no
 while [ $# -gt 0 ]; do
     case "$1" in
         --proxy) proxy=$2; shift 2 ;;
@@ -24,6 +28,7 @@ while [ $# -gt 0 ]; do
         --warmup) warmup=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
         --tracing) tracing=$2; shift 2 ;;
+        --per-thread) per_thread=yes; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -48,7 +53,8 @@ cleanup() {
     done
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] && cp "$dir/callgrind.out.1" "$KEEP" 2>/dev/null; rm -rf "$dir"
+    [ -n "${KEEP:-}" ] && [ -f "$dir/callgrind.out.1" ] && cp "$dir/callgrind.out.1" "$KEEP"
+    rm -rf "$dir"
 }
 trap cleanup EXIT
 
@@ -91,7 +97,7 @@ spec:
   sidecar: {logLevel: warn}
 EOF
 
-valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+valgrind --tool=callgrind --separate-threads=$per_thread --callgrind-out-file="$dir/callgrind.out" \
     "$proxy" run --mesh-config "$dir/mesh.yaml" --bind 127.0.0.1 --threads "$threads" \
     --service bench --inbound-port "${ports[3]}" --outbound-port "${ports[4]}" \
     --admin-port "${ports[5]}" --inbound "127.0.0.1:$listen=127.0.0.1:$server" \
@@ -119,6 +125,25 @@ sleep 1
 kill "$vg"; wait "$vg" 2>/dev/null || true
 # The dump taken by callgrind_control -d (the final one, at exit, has the shutdown).
 dump="$dir/callgrind.out.1"
-total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+count() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; }
+if [ $per_thread = yes ]; then
+    # One file per thread (callgrind.out.1-NN); the export thread's is the one that ran the
+    # batch encoder.
+    export_total=0 rest_total=0
+    for f in "$dir"/callgrind.out.1-*; do
+        n=$(count "$f"); n=${n:-0}
+        if grep -q 'trace/batch\.rs' "$f"; then
+            export_total=$((export_total + n))
+        else
+            rest_total=$((rest_total + n))
+        fi
+    done
+    total=$((export_total + rest_total))
+    echo "$proxy (tracing $tracing): $total instructions for $requests requests: $((total / requests)) per request"
+    echo "  trace-export thread: $((export_total / requests)) per request; other threads: $((rest_total / requests)) per request"
+    [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$dir"/callgrind.out.1-* "$KEEP"/
+    exit 0
+fi
+total=$(count "$dump")
 echo "$proxy (tracing $tracing): $total instructions for $requests requests: $((total / requests)) per request"
 callgrind_annotate "$dump" 2>/dev/null | grep -A25 "file:function" | tail -n +3 | cut -c1-200

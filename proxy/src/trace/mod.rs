@@ -19,6 +19,7 @@
 pub mod backoff;
 pub mod batch;
 pub mod collector;
+mod deflate;
 pub mod export;
 pub mod grpc;
 pub mod gzip;
