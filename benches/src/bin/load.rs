@@ -74,9 +74,20 @@ struct Args {
     /// binary, with tracing on like `--proxy`, so a change's cost is measured in one run.
     #[arg(long)]
     cpu_baseline: Option<PathBuf>,
+    /// Tracing in both pairs when comparing builds with `--cpu-baseline`: `off` measures the
+    /// request path alone (an older build may lack some tracing features, so it is the fair
+    /// comparison), `on` at `--sampled-fraction` as without the option.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    cpu_tracing: Switch,
     /// Skip the latency comparison (direct / 1 / 2 sidecars), e.g. to run only the CPU one.
     #[arg(long)]
     skip_latency: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -432,11 +443,14 @@ async fn tracing_cpu(
     work: &Path,
     server: SocketAddr,
 ) -> anyhow::Result<()> {
+    // Comparing builds, both pairs trace alike (`--cpu-tracing`); otherwise off against on.
+    let both = args.cpu_tracing == Switch::On;
     let off = match &args.cpu_baseline {
-        Some(baseline) => Pair::start(args, baseline, work, server, true, "baseline").await?,
+        Some(baseline) => Pair::start(args, baseline, work, server, both, "baseline").await?,
         None => Pair::start(args, proxy, work, server, false, "plain").await?,
     };
-    let on = match Pair::start(args, proxy, work, server, true, "tracing").await {
+    let tracing = args.cpu_baseline.is_none() || both;
+    let on = match Pair::start(args, proxy, work, server, tracing, "tracing").await {
         Ok(p) => p,
         Err(e) => {
             off.stop().await;
@@ -467,8 +481,13 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         args.threads,
         match &args.cpu_baseline {
             Some(b) => format!(
-                "; \"off\" is {} with tracing on as well (a build against a build)",
-                b.display()
+                "; \"off\" is {}, \"on\" this build, tracing {} in both (build against build)",
+                b.display(),
+                if args.cpu_tracing == Switch::On {
+                    "on"
+                } else {
+                    "off"
+                },
             ),
             None => String::new(),
         },
@@ -587,7 +606,11 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         .sink
         .as_ref()
         .map_or(0, |(_, c)| c.posts.load(Ordering::Relaxed));
-    let expected = 2.0 * args.sampled_fraction * sent_on as f64;
+    let expected = if on.sink.is_some() {
+        2.0 * args.sampled_fraction * sent_on as f64
+    } else {
+        0.0
+    };
     let share = if expected > 0.0 {
         format!("{:.3} of expected", spans as f64 / expected)
     } else {
