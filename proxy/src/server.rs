@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -208,8 +209,9 @@ where
         if !req.body().is_end_stream() {
             req.extensions_mut().insert(requests.body());
         }
-        let response = handler(req);
-        async move { response.await.map(|body| Held::new(body, guard)) }
+        // A combinator, not an `async move` block: the handler's (large) future is stored
+        // in place instead of being moved into a second state machine on every request.
+        handler(req).map(move |response| response.map(|body| Held::new(body, guard)))
     };
     let activity = Activity::new(true);
     activity.begin_head();
@@ -290,8 +292,8 @@ where
     let handler = Arc::new(handler);
     hyper::service::service_fn(move |req| {
         let guard = activity.request();
-        let response = handler(req);
-        async move { Ok(response.await.map(|body| Tracked::new(body, guard))) }
+        // As in `serve_http1_proxied`: mapped in place rather than moved into an async block.
+        handler(req).map(move |response| Ok(response.map(|body| Tracked::new(body, guard))))
     })
 }
 
