@@ -8,7 +8,7 @@
 //! with `tcp_proxy` listeners, as Istio configures a port of protocol `tcp`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,11 +54,7 @@ impl Proc {
 
     /// Resident set size in KiB, from /proc/PID/status.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        crate::sidecar::rss_kib(self.pid()?)
     }
 
     pub async fn stop(self) {
@@ -102,6 +98,18 @@ impl Pair {
     pub async fn stop(self) {
         self.a.stop().await;
         self.b.stop().await;
+    }
+}
+
+/// Starts both pairs, tracemesh's and Envoy's (stopping the first if the second fails).
+pub async fn start_both(setup: &Setup<'_>) -> anyhow::Result<[Pair; 2]> {
+    let mesh = start(0, setup, "").await?;
+    match start(1, setup, "").await {
+        Ok(envoy) => Ok([mesh, envoy]),
+        Err(e) => {
+            mesh.stop().await;
+            Err(e)
+        }
     }
 }
 
@@ -376,19 +384,6 @@ pub fn ratio(a: f64, b: f64) -> String {
 
 pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-/// `flag` as given when it exists (or is absolute), else relative to the workspace root.
-pub fn locate_proxy(flag: &Path) -> PathBuf {
-    if flag.is_absolute() || flag.exists() {
-        return flag.to_path_buf();
-    }
-    let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(flag);
-    if from_manifest.exists() {
-        from_manifest
-    } else {
-        flag.to_path_buf()
-    }
 }
 
 #[cfg(test)]

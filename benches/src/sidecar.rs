@@ -139,11 +139,7 @@ impl Sidecar {
 
     /// Resident set size in KiB, from /proc/PID/status.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        rss_kib(self.pid()?)
     }
 
     /// Open file descriptors (entries of /proc/PID/fd): sockets, the log, epoll, pipes.
@@ -194,4 +190,27 @@ pub async fn admin_get(port: u16, path: &str) -> anyhow::Result<u16> {
         .and_then(|c| c.parse().ok())
         .context("no status line")?;
     Ok(code)
+}
+
+/// Resident set size of process `pid` in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The proxy binary named by a `--proxy` flag: as given when it exists (or is absolute), else
+/// relative to the workspace root (`cargo run` may start a bench outside it).
+pub fn locate_proxy(flag: &Path) -> PathBuf {
+    if flag.is_absolute() || flag.exists() {
+        return flag.to_path_buf();
+    }
+    let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(flag);
+    if from_manifest.exists() {
+        from_manifest
+    } else {
+        flag.to_path_buf()
+    }
 }

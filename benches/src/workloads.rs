@@ -155,20 +155,35 @@ struct IdleSample {
     failed: usize,
 }
 
+/// The median of figure `f` over the transfers that completed.
+fn tcp_median(samples: &[TcpSample], f: fn(&TcpSample) -> f64) -> f64 {
+    cpu::median(
+        &samples
+            .iter()
+            .filter(|s| !s.failed)
+            .map(f)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The median RSS growth per connection over the rounds that held any.
+fn kib_per_conn(samples: &[IdleSample]) -> f64 {
+    cpu::median(
+        &samples
+            .iter()
+            .filter(|s| s.held > 0)
+            .map(|s| s.kib_per_conn)
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// Runs the selected workloads and prints every measurement, then the Markdown tables.
 pub async fn run(opts: &Options, setup: &Setup<'_>, selection: &Selection) -> anyhow::Result<()> {
     let list = &selection.0;
     let mut out = Report::default();
     let needs_pairs = list.iter().any(|w| *w != Workload::Idle);
     if needs_pairs {
-        let mesh = compare::start(0, setup, "").await?;
-        let envoy = match compare::start(1, setup, "").await {
-            Ok(e) => e,
-            Err(e) => {
-                mesh.stop().await;
-                return Err(e);
-            }
-        };
+        let [mesh, envoy] = compare::start_both(setup).await?;
         let result = shared_pairs(opts, setup, list, [&mesh, &envoy], &mut out).await;
         mesh.stop().await;
         envoy.stop().await;
@@ -439,15 +454,7 @@ impl Report {
         }
         if let Some((samples, direct)) = &self.tcp {
             let label = format!("opaque TCP, {} MiB", opts.tcp_bytes >> 20);
-            let ok = |i: usize, f: fn(&TcpSample) -> f64| {
-                cpu::median(
-                    &samples[i]
-                        .iter()
-                        .filter(|s| !s.failed)
-                        .map(f)
-                        .collect::<Vec<_>>(),
-                )
-            };
+            let ok = |i: usize, f: fn(&TcpSample) -> f64| tcp_median(&samples[i], f);
             let gbps = [ok(0, |s| s.gbps), ok(1, |s| s.gbps)];
             let cpu = [ok(0, |s| s.cpu_ms_per_gib), ok(1, |s| s.cpu_ms_per_gib)];
             let d = cpu::median(direct);
@@ -479,15 +486,7 @@ impl Report {
         }
         if let Some(samples) = &self.idle {
             let label = format!("{} idle connections", opts.idle_connections);
-            let kib = [0, 1].map(|i| {
-                cpu::median(
-                    &samples[i]
-                        .iter()
-                        .filter(|s| s.held > 0)
-                        .map(|s| s.kib_per_conn)
-                        .collect::<Vec<_>>(),
-                )
-            });
+            let kib = [0, 1].map(|i| kib_per_conn(&samples[i]));
             println!(
                 "| {label} | RSS growth per connection, both sidecars (KiB) | {:.1} | {:.1} | {} |",
                 kib[0],
@@ -564,15 +563,7 @@ impl Report {
             );
         }
         if let Some((samples, direct)) = &self.tcp {
-            let ok = |i: usize, f: fn(&TcpSample) -> f64| {
-                cpu::median(
-                    &samples[i]
-                        .iter()
-                        .filter(|s| !s.failed)
-                        .map(f)
-                        .collect::<Vec<_>>(),
-                )
-            };
+            let ok = |i: usize, f: fn(&TcpSample) -> f64| tcp_median(&samples[i], f);
             let failed = |i: usize| samples[i].iter().filter(|s| s.failed).count();
             println!(
                 "| opaque TCP | {} per GiB | throughput {} (tracemesh {} of direct, Envoy {}) | | {} / {} |",
@@ -585,15 +576,7 @@ impl Report {
             );
         }
         if let Some(samples) = &self.idle {
-            let kib = [0, 1].map(|i| {
-                cpu::median(
-                    &samples[i]
-                        .iter()
-                        .filter(|s| s.held > 0)
-                        .map(|s| s.kib_per_conn)
-                        .collect::<Vec<_>>(),
-                )
-            });
+            let kib = [0, 1].map(|i| kib_per_conn(&samples[i]));
             let failed = |i: usize| samples[i].iter().map(|s| s.failed).sum::<usize>();
             println!(
                 "| {} idle connections | RSS per connection {} ({:.1} vs {:.1} KiB) | | | {} / {} |",

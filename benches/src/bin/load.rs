@@ -13,7 +13,7 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use mesh_config::{LogLevel, MeshConfig, Protocol};
 use mesh_proxy::trace::pipeline;
-use tracemesh_benches::sidecar::{free_port, Sidecar, Spec};
+use tracemesh_benches::sidecar::{free_port, locate_proxy, Sidecar, Spec};
 use tracemesh_benches::stats::Summary;
 use tracemesh_benches::{cpu, echo, load, sink};
 
@@ -154,19 +154,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     result
-}
-
-fn locate_proxy(flag: &Path) -> PathBuf {
-    if flag.is_absolute() || flag.exists() {
-        return flag.to_path_buf();
-    }
-    // `cargo run` may start us outside the workspace root.
-    let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(flag);
-    if from_manifest.exists() {
-        from_manifest
-    } else {
-        flag.to_path_buf()
-    }
 }
 
 async fn run_mode(

@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Parser;
 use mesh_config::{LogLevel, MeshConfig};
-use tracemesh_benches::sidecar::{free_port, Sidecar, Spec};
+use tracemesh_benches::sidecar::{free_port, locate_proxy, Sidecar, Spec};
 use tracemesh_benches::soak::{Series, SpanBalance, Tolerance, Verdict};
 use tracemesh_benches::{echo, load, scrape, sink};
 
@@ -342,18 +342,6 @@ fn pass(ok: bool) -> &'static str {
 
 fn print_verdict(v: &Verdict) {
     println!("{v}");
-}
-
-fn locate_proxy(flag: &Path) -> PathBuf {
-    if flag.is_absolute() || flag.exists() {
-        return flag.to_path_buf();
-    }
-    let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(flag);
-    if from_manifest.exists() {
-        from_manifest
-    } else {
-        flag.to_path_buf()
-    }
 }
 
 /// Warn logging and tracing at 100% (Zipkin) to the sink.

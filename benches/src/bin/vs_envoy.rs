@@ -19,7 +19,8 @@ use std::time::Duration;
 use anyhow::bail;
 use bytes::Bytes;
 use clap::Parser;
-use tracemesh_benches::compare::{self, locate_proxy, ratio, Pair, Sample, Setup, Table, SYSTEMS};
+use tracemesh_benches::compare::{self, ratio, Pair, Sample, Setup, Table, SYSTEMS};
+use tracemesh_benches::sidecar::locate_proxy;
 use tracemesh_benches::stats::Summary;
 use tracemesh_benches::workloads::{self, Selection};
 use tracemesh_benches::{echo, envoy, load, tcp};
@@ -156,14 +157,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn http1_rates(args: &Args, setup: &Setup<'_>) -> anyhow::Result<()> {
-    let mesh = compare::start(0, setup, "").await?;
-    let envoy = match compare::start(1, setup, "").await {
-        Ok(e) => e,
-        Err(e) => {
-            mesh.stop().await;
-            return Err(e);
-        }
-    };
+    let [mesh, envoy] = compare::start_both(setup).await?;
     let result = compare(args, setup.server, [&mesh, &envoy]).await;
     mesh.stop().await;
     envoy.stop().await;
