@@ -4,7 +4,7 @@
 #
 # Usage: benches/callgrind.sh [--proxy target/release/mesh-proxy] [--requests 2000]
 #                             [--warmup 200] [--threads 2] [--tracing on|off|FRACTION]
-#                             [--per-thread]
+#                             [--per-thread] [--close]
 #
 # client (curl, one HTTP/1.1 keep-alive connection) → `mesh-proxy run --inbound L=server`
 # (under callgrind) → server (1 KiB responses), tracing enabled at sampledFraction 1.0 exporting
@@ -13,6 +13,8 @@
 # after the warm-up and dumped after the measured requests. Prints instructions per request.
 # `--per-thread` counts each thread apart (callgrind's --separate-threads) and prints the
 # instructions per request of the `trace-export` thread(s) and of the rest (the request threads).
+# `--close` sends every request on a connection of its own (`connection: close`), so the figure
+# includes accepting, detecting and closing a connection: the cost of short connections.
 set -euo pipefail
 
 proxy=target/release/mesh-proxy
@@ -21,6 +23,7 @@ warmup=200
 threads=2
 tracing=on
 per_thread=no
+close=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --proxy) proxy=$2; shift 2 ;;
@@ -29,6 +32,7 @@ while [ $# -gt 0 ]; do
         --threads) threads=$2; shift 2 ;;
         --tracing) tracing=$2; shift 2 ;;
         --per-thread) per_thread=yes; shift ;;
+        --close) close=(-H 'connection: close'); shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -110,7 +114,7 @@ for _ in $(seq 600); do
 done
 get() { # n: requests on one keep-alive connection, all must answer 200
     local codes
-    codes=$(curl -s -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$listen/r/[1-$1]" \
+    codes=$(curl -s "${close[@]}" -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$listen/r/[1-$1]" \
         | sort | uniq -c)
     [ "$(echo "$codes" | awk '$2 == 200 {print $1}')" = "$1" ] || {
         echo "not every request answered 200: $codes" >&2; exit 1; }
