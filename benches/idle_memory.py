@@ -9,7 +9,11 @@ each client connection, plus its share of the pooled upstream ones) and of B (th
 connections only: 50 in flight at most, so about 50 connections each way) apart. The
 Envoy comparison is `scripts/bench-envoy --workloads idle`; this one says where it goes.
 
-  benches/idle_memory.py [--proxy PATH] [--conns 1000] [--heaptrack OUT]
+  benches/idle_memory.py [--proxy PATH] [--conns 1000] [--pause SECONDS] [--heaptrack OUT]
+
+`--pause` waits that long after each batch of 50, as connections that accumulate over time
+rather than in one burst (an idle connection parked outside hyper frees its buffers for the
+next ones; in one burst they are all allocated at once, and freed memory stays resident).
 
 `--heaptrack OUT` runs A under heaptrack and kills it with SIGKILL while the connections are
 held, so what is live at that moment is reported as leaked; then prints the live bytes per
@@ -31,6 +35,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--proxy", default=os.path.join(target, "release", "mesh-proxy"))
 ap.add_argument("--conns", type=int, default=1000)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--pause", type=float, default=0)
 ap.add_argument("--heaptrack", metavar="OUT", default="")
 args = ap.parse_args()
 
@@ -153,6 +158,7 @@ while len(held) < args.conns:
              for _ in range(min(50, args.conns - len(held)))]
     exchange(batch)
     held += batch
+    time.sleep(args.pause)
 time.sleep(1)
 a1, b1 = rss_kib(a), rss_kib(b)
 n = len(held)

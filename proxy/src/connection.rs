@@ -129,7 +129,8 @@ mod tests {
         let route = Route::Transparent;
         let served = crate::inbound::accept(shared, stream, peer, &route, shutdown.watch());
         let size = std::mem::size_of_val(&served);
-        // 2.5 KiB (release and debug builds alike), 4.9 KiB before the HTTP/2 box.
-        assert!(size <= 3 * 1024, "{size} bytes per connection task");
+        // 3.3 KiB in a debug build (2.5 before parking added its timer and parked wait),
+        // 4.9 KiB in a release build before the HTTP/2 box.
+        assert!(size <= 3584, "{size} bytes per connection task");
     }
 }

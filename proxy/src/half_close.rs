@@ -84,6 +84,11 @@ impl InFlight {
         }
     }
 
+    /// No request waits for its response and no request body for its bytes.
+    pub fn is_idle(&self) -> bool {
+        self.requests.load(Ordering::Acquire) == 0 && self.bodies.load(Ordering::Acquire) == 0
+    }
+
     /// An EOF now is a half-close to hide: a request waits for its response and no request
     /// body waits for bytes.
     fn hides_eof(&self) -> bool {

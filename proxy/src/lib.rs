@@ -31,6 +31,7 @@ pub mod log;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod park;
 pub mod peer;
 pub mod prefixed;
 pub mod probes;

@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::ConfigRx;
 use crate::half_close::{HalfClose, Held, InFlight};
 use crate::idle::{Activity, Expired, Tracked, Watched};
+use crate::park::{Parkable, PARK_AFTER};
 use crate::shutdown::Watch;
 use crate::tcp::Downstream;
 
@@ -212,6 +213,27 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_http1_parking(io, handler, limits, watch, PARK_AFTER, None).await
+}
+
+/// [`serve_http1_proxied`], parking the connection after `park_after` of quiet (see
+/// [`crate::park`]); `parks` counts the parks.
+async fn serve_http1_parking<I, F, Fut, B>(
+    io: I,
+    handler: F,
+    limits: &Sidecar,
+    mut watch: Watch,
+    park_after: Duration,
+    parks: Option<&AtomicUsize>,
+) -> Result<(), ServeError>
+where
+    I: Downstream,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let in_flight = InFlight::new();
     let requests = in_flight.clone();
     let handler = move |mut req: Request<Incoming>| {
@@ -228,20 +250,57 @@ where
     };
     let activity = Activity::new(true);
     activity.begin_head();
-    let svc = tracked_service(handler, activity.clone());
-    let io = Watched::new(HalfClose::new(io, in_flight), activity.clone());
-    let conn = std::pin::pin!(http1_builder(false)
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades());
+    let mut svc = tracked_service(handler, activity.clone());
+    let mut io = Parkable::new(Watched::new(
+        HalfClose::new(io, in_flight.clone()),
+        activity.clone(),
+    ));
+    let marks = io.marks();
     let header = Some(limits.header_read_timeout.get());
-    drive(
-        conn,
-        activity,
-        limits.http_idle_timeout.get(),
-        header,
-        watch,
-    )
-    .await
+    let idle = limits.http_idle_timeout.get();
+    loop {
+        let mut conn = http1_builder(false)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        let quiet = crate::park::quiet(&marks, &in_flight, park_after);
+        let driven = drive_until(
+            std::pin::Pin::new(&mut conn),
+            &activity,
+            idle,
+            header,
+            &mut watch,
+            quiet,
+        )
+        .await;
+        if let Some(ended) = driven {
+            return ended;
+        }
+        // Quiet: take the socket, the bytes hyper read but did not use, and the service back,
+        // dropping hyper's buffers. `None`: upgraded, so the connection is no longer HTTP.
+        let Some(parts) = conn.into_parts() else {
+            return Ok(());
+        };
+        io = parts.io.into_inner();
+        svc = parts.service;
+        io.replay(parts.read_buf);
+        if let Some(parks) = parks {
+            parks.fetch_add(1, Ordering::Relaxed);
+        }
+        if io.has_replay() {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            spoke = io.wait_for_client() => {
+                if !spoke {
+                    return Ok(());
+                }
+            }
+            expired = activity.expired(idle, header) => return Err(expired.into()),
+            // Nothing in flight: closing is all a graceful shutdown would do.
+            _ = watch.signaled() => return Ok(()),
+        }
+    }
 }
 
 /// The HTTP/1 server settings every listener shares. `half_close`: whether hyper itself
@@ -358,22 +417,47 @@ where
 /// `conn` is pinned by the caller: taken by value, it would be kept twice in the connection's
 /// task (the argument's slot and the pinned copy), 0.7 KiB more per HTTP/1 connection.
 async fn drive<C: GracefulConn>(
-    mut conn: std::pin::Pin<&mut C>,
+    conn: std::pin::Pin<&mut C>,
     activity: Arc<Activity>,
     idle: Duration,
     header: Option<Duration>,
     mut watch: Watch,
 ) -> Result<(), ServeError> {
+    let never = std::future::pending::<()>();
+    drive_until(conn, &activity, idle, header, &mut watch, never)
+        .await
+        .unwrap_or(Ok(()))
+}
+
+/// [`drive`], or `None` once `park` completes first (the connection is then untouched:
+/// no graceful shutdown has begun).
+async fn drive_until<C: GracefulConn>(
+    mut conn: std::pin::Pin<&mut C>,
+    activity: &Activity,
+    idle: Duration,
+    header: Option<Duration>,
+    watch: &mut Watch,
+    park: impl Future<Output = ()>,
+) -> Option<Result<(), ServeError>> {
     tokio::select! {
-        r = conn.as_mut() => Ok(r?),
-        expired = activity.expired(idle, header) => match expired {
-            // Nothing in flight: dropping the connection closes the socket.
-            Expired::Idle => Err(ServeError::Idle),
-            Expired::HeaderRead => Err(ServeError::HeaderTimeout),
-        },
+        // The connection first: one that is ready to end (an upgrade) is never parked.
+        biased;
+        r = conn.as_mut() => Some(r.map_err(ServeError::from)),
+        expired = activity.expired(idle, header) => Some(Err(expired.into())),
         _ = watch.signaled() => {
             conn.as_mut().graceful_shutdown();
-            Ok(conn.await?)
+            Some(conn.await.map_err(ServeError::from))
+        }
+        () = park => None,
+    }
+}
+
+impl From<Expired> for ServeError {
+    fn from(expired: Expired) -> Self {
+        match expired {
+            // Nothing in flight: dropping the connection closes the socket.
+            Expired::Idle => ServeError::Idle,
+            Expired::HeaderRead => ServeError::HeaderTimeout,
         }
     }
 }
@@ -390,6 +474,86 @@ mod tests {
             config: Arc::new(config),
             ..Snapshot::default_config()
         })
+    }
+
+    /// Reads until `needle` has arrived; the bytes read so far.
+    async fn read_until(client: &mut tokio::net::TcpStream, seen: &mut Vec<u8>, needle: &[u8]) {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !seen.windows(needle.len()).any(|w| w == needle) {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout_at(deadline, client.read(&mut buf))
+                .await
+                .expect("answer in time")
+                .unwrap();
+            assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_serves_what_comes_next() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let parks = Arc::new(AtomicUsize::new(0));
+        let counted = parks.clone();
+        let shutdown = crate::shutdown::Shutdown::new();
+        let watch = shutdown.watch();
+        let served = tokio::spawn(async move {
+            let limits = mesh_config::MeshConfig::default().spec.sidecar;
+            let echo_path = |req: Request<Incoming>| async move {
+                let path = bytes::Bytes::from(format!("<{}>", req.uri().path()));
+                Response::new(http_body_util::Full::new(path))
+            };
+            let park_after = Duration::from_millis(20);
+            serve_http1_parking(
+                server,
+                echo_path,
+                &limits,
+                watch,
+                park_after,
+                Some(&counted),
+            )
+            .await
+        });
+        let quiet = Duration::from_millis(150);
+        let mut seen = Vec::new();
+        client
+            .write_all(b"GET /one HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut client, &mut seen, b"</one>").await;
+        tokio::time::sleep(quiet).await;
+        assert!(parks.load(Ordering::Relaxed) >= 1, "parked once idle");
+        // A head cut in two around a park: the first half is read while parked, hyper takes it
+        // back unused at the next park, and the whole head reaches a new hyper connection.
+        let parked = parks.load(Ordering::Relaxed);
+        client.write_all(b"GET /two HTTP/1.1\r\nho").await.unwrap();
+        tokio::time::sleep(quiet).await;
+        assert!(parks.load(Ordering::Relaxed) > parked, "parked mid-head");
+        client.write_all(b"st: a\r\n\r\n").await.unwrap();
+        read_until(&mut client, &mut seen, b"</two>").await;
+        // Pipelined requests right after a park.
+        tokio::time::sleep(quiet).await;
+        client
+            .write_all(
+                b"GET /three HTTP/1.1\r\nhost: a\r\n\r\nGET /four HTTP/1.1\r\nhost: a\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        read_until(&mut client, &mut seen, b"</four>").await;
+        let text = String::from_utf8_lossy(&seen);
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 4, "{text}");
+        assert!(text.find("</three>") < text.find("</four>"), "{text}");
+        // The client leaving ends a parked connection.
+        tokio::time::sleep(quiet).await;
+        drop(client);
+        let ended = tokio::time::timeout(Duration::from_secs(5), served).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
     }
 
     #[test]
