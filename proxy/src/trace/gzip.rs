@@ -43,18 +43,26 @@ impl Default for Gzip {
 impl Gzip {
     /// One gzip member holding `body`.
     pub fn pack(&mut self, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER.len() + body.len() / 4 + 64);
+        let mut out = Vec::new();
+        self.pack_into(body, &mut out);
+        out
+    }
+
+    /// One gzip member holding `body`, written over `out`'s contents: a buffer kept from the
+    /// previous batch is reused, so its pages are not faulted in again for every batch.
+    pub fn pack_into(&mut self, body: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(HEADER.len() + body.len() / 4 + 64);
         out.extend_from_slice(&HEADER);
-        if body.len() < SMALL_BATCH || !self.zlib(body, &mut out) {
+        if body.len() < SMALL_BATCH || !self.zlib(body, out) {
             out.truncate(HEADER.len());
-            self.small.compress(body, &mut out);
+            self.small.compress(body, out);
         }
         let mut crc = Crc::new();
         crc.update(body);
         out.extend_from_slice(&crc.sum().to_le_bytes());
         // ISIZE is the length modulo 2^32 (RFC 1952).
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        out
     }
 
     /// Appends `body` deflated by zlib-rs; false if it failed (from memory into memory it has
