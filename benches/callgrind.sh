@@ -4,7 +4,7 @@
 #
 # Usage: benches/callgrind.sh [--proxy target/release/mesh-proxy] [--requests 2000]
 #                             [--warmup 200] [--threads 2] [--tracing on|off|FRACTION]
-#                             [--per-thread]
+#                             [--per-thread] [--context]
 #
 # client (curl, one HTTP/1.1 keep-alive connection) → `mesh-proxy run --inbound L=server`
 # (under callgrind) → server (1 KiB responses), tracing enabled at sampledFraction 1.0 exporting
@@ -13,6 +13,10 @@
 # after the warm-up and dumped after the measured requests. Prints instructions per request.
 # `--per-thread` counts each thread apart (callgrind's --separate-threads) and prints the
 # instructions per request of the `trace-export` thread(s) and of the rest (the request threads).
+# `--context` sends every request with the headers an upstream sidecar writes (`x-request-id`,
+# B3 multi-header and `traceparent`), so the sidecar does what sidecar B of the load bench does:
+# parse a caller's context, rewrite it in place and add `x-b3-parentspanid`; without it, each
+# request arrives bare, as at sidecar A, and every trace header is inserted.
 set -euo pipefail
 
 proxy=target/release/mesh-proxy
@@ -21,6 +25,7 @@ warmup=200
 threads=2
 tracing=on
 per_thread=no
+context=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --proxy) proxy=$2; shift 2 ;;
@@ -29,6 +34,11 @@ while [ $# -gt 0 ]; do
         --threads) threads=$2; shift 2 ;;
         --tracing) tracing=$2; shift 2 ;;
         --per-thread) per_thread=yes; shift ;;
+        --context) context=(-H 'x-request-id: 7b6c2f7e-4a51-4c8e-9d3b-2f1e0a9c8b7d'
+                            -H 'x-b3-traceid: 463ac35c9f6413ad48485a3953bb6124'
+                            -H 'x-b3-spanid: a2fb4a1d1a96d312' -H 'x-b3-sampled: 1'
+                            -H 'traceparent: 00-463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-01')
+                   shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -110,7 +120,8 @@ for _ in $(seq 600); do
 done
 get() { # n: requests on one keep-alive connection, all must answer 200
     local codes
-    codes=$(curl -s -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$listen/r/[1-$1]" \
+    codes=$(curl -s -o /dev/null -w '%{http_code}\n' ${context[@]+"${context[@]}"} \
+        "http://127.0.0.1:$listen/r/[1-$1]" \
         | sort | uniq -c)
     [ "$(echo "$codes" | awk '$2 == 200 {print $1}')" = "$1" ] || {
         echo "not every request answered 200: $codes" >&2; exit 1; }
