@@ -4,7 +4,7 @@
 #
 # Usage: benches/callgrind.sh [--proxy target/release/mesh-proxy] [--requests 2000]
 #                             [--warmup 200] [--threads 2] [--tracing on|off|FRACTION]
-#                             [--per-thread] [--context]
+#                             [--per-thread] [--context] [--close]
 #
 # client (curl, one HTTP/1.1 keep-alive connection) → `mesh-proxy run --inbound L=server`
 # (under callgrind) → server (1 KiB responses), tracing enabled at sampledFraction 1.0 exporting
@@ -17,6 +17,8 @@
 # B3 multi-header and `traceparent`), so the sidecar does what sidecar B of the load bench does:
 # parse a caller's context, rewrite it in place and add `x-b3-parentspanid`; without it, each
 # request arrives bare, as at sidecar A, and every trace header is inserted.
+# `--close` sends every request on a connection of its own (`connection: close`), so the figure
+# includes accepting, detecting and closing a connection: the cost of short connections.
 set -euo pipefail
 
 proxy=target/release/mesh-proxy
@@ -26,6 +28,7 @@ threads=2
 tracing=on
 per_thread=no
 context=()
+close=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --proxy) proxy=$2; shift 2 ;;
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
                             -H 'x-b3-spanid: a2fb4a1d1a96d312' -H 'x-b3-sampled: 1'
                             -H 'traceparent: 00-463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-01')
                    shift ;;
+        --close) close=(-H 'connection: close'); shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -120,8 +124,8 @@ for _ in $(seq 600); do
 done
 get() { # n: requests on one keep-alive connection, all must answer 200
     local codes
-    codes=$(curl -s -o /dev/null -w '%{http_code}\n' ${context[@]+"${context[@]}"} \
-        "http://127.0.0.1:$listen/r/[1-$1]" \
+    codes=$(curl -s ${close[@]+"${close[@]}"} -o /dev/null -w '%{http_code}\n' \
+        ${context[@]+"${context[@]}"} "http://127.0.0.1:$listen/r/[1-$1]" \
         | sort | uniq -c)
     [ "$(echo "$codes" | awk '$2 == 200 {print $1}')" = "$1" ] || {
         echo "not every request answered 200: $codes" >&2; exit 1; }

@@ -178,9 +178,9 @@ where
     let activity = Activity::new(true);
     activity.begin_head();
     let svc = tracked_service(handler, activity.clone());
-    let conn = http1_builder(true)
+    let conn = std::pin::pin!(http1_builder(true)
         .serve_connection(TokioIo::new(Watched::new(io, activity.clone())), svc)
-        .with_upgrades();
+        .with_upgrades());
     let header = Some(limits.header_read_timeout.get());
     drive(
         conn,
@@ -230,9 +230,9 @@ where
     activity.begin_head();
     let svc = tracked_service(handler, activity.clone());
     let io = Watched::new(HalfClose::new(io, in_flight), activity.clone());
-    let conn = http1_builder(false)
+    let conn = std::pin::pin!(http1_builder(false)
         .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
+        .with_upgrades());
     let header = Some(limits.header_read_timeout.get());
     drive(
         conn,
@@ -282,8 +282,19 @@ where
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .keep_alive_interval(limits.http2_keepalive_interval.non_zero())
         .keep_alive_timeout(limits.http2_keepalive_timeout.get());
-    let conn = builder.serve_connection(TokioIo::new(Watched::new(io, activity.clone())), svc);
-    drive(conn, activity, limits.http_idle_timeout.get(), None, watch).await
+    // Boxed: an HTTP/2 connection's state is several KiB, and the future of a proxied
+    // connection is as large as its largest branch, so inline it would size every HTTP/1
+    // connection's task too (4.4 KiB instead of 2.8). HTTP/2 connections are few and long.
+    let mut conn =
+        Box::pin(builder.serve_connection(TokioIo::new(Watched::new(io, activity.clone())), svc));
+    drive(
+        conn.as_mut(),
+        activity,
+        limits.http_idle_timeout.get(),
+        None,
+        watch,
+    )
+    .await
 }
 
 /// The hyper service around `handler`: each request holds a guard until its response body
@@ -343,14 +354,16 @@ where
 }
 
 /// Runs `conn` until it ends, a deadline of `activity` passes, or shutdown.
+///
+/// `conn` is pinned by the caller: taken by value, it would be kept twice in the connection's
+/// task (the argument's slot and the pinned copy), 0.7 KiB more per HTTP/1 connection.
 async fn drive<C: GracefulConn>(
-    conn: C,
+    mut conn: std::pin::Pin<&mut C>,
     activity: Arc<Activity>,
     idle: Duration,
     header: Option<Duration>,
     mut watch: Watch,
 ) -> Result<(), ServeError> {
-    tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => Ok(r?),
         expired = activity.expired(idle, header) => match expired {
