@@ -38,6 +38,11 @@ impl<I: AsyncRead> AsyncRead for Prefixed<I> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if !this.prefix.has_remaining() {
+                // Advancing keeps the allocation (detection's 1 KiB): free it now rather than
+                // hold it for the life of a keep-alive connection that may idle for an hour.
+                *this.prefix = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.inner.poll_read(cx, buf)
@@ -88,5 +93,19 @@ mod tests {
         let mut out = String::new();
         p.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn frees_the_prefix_once_replayed() {
+        let (_a, b) = tokio::io::duplex(64);
+        let mut prefix = BytesMut::with_capacity(1024);
+        prefix.extend_from_slice(b"hello");
+        let mut p = Prefixed::new(prefix, b);
+        let mut out = [0u8; 3];
+        p.read_exact(&mut out).await.unwrap();
+        assert!(p.prefix.capacity() >= 2, "still replaying");
+        p.read_exact(&mut out[..2]).await.unwrap();
+        assert_eq!(&out[..2], b"lo");
+        assert_eq!(p.prefix.capacity(), 0, "the detection buffer is released");
     }
 }
