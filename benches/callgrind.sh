@@ -4,7 +4,7 @@
 #
 # Usage: benches/callgrind.sh [--proxy target/release/mesh-proxy] [--requests 2000]
 #                             [--warmup 200] [--threads 2] [--tracing on|off|FRACTION]
-#                             [--per-thread] [--close]
+#                             [--per-thread] [--context] [--close] [--cache]
 #
 # client (curl, one HTTP/1.1 keep-alive connection) → `mesh-proxy run --inbound L=server`
 # (under callgrind) → server (1 KiB responses), tracing enabled at sampledFraction 1.0 exporting
@@ -13,8 +13,15 @@
 # after the warm-up and dumped after the measured requests. Prints instructions per request.
 # `--per-thread` counts each thread apart (callgrind's --separate-threads) and prints the
 # instructions per request of the `trace-export` thread(s) and of the rest (the request threads).
+# `--context` sends every request with the headers an upstream sidecar writes (`x-request-id`,
+# B3 multi-header and `traceparent`), so the sidecar does what sidecar B of the load bench does:
+# parse a caller's context, rewrite it in place and add `x-b3-parentspanid`; without it, each
+# request arrives bare, as at sidecar A, and every trace header is inserted.
 # `--close` sends every request on a connection of its own (`connection: close`), so the figure
 # includes accepting, detecting and closing a connection: the cost of short connections.
+# `--cache` adds callgrind's cache simulation (first-level and last-level, sized like this
+# machine's) and prints data reads, writes and misses per request beside the instructions: two
+# builds can run the same instructions and differ in the memory they touch.
 set -euo pipefail
 
 proxy=target/release/mesh-proxy
@@ -23,7 +30,9 @@ warmup=200
 threads=2
 tracing=on
 per_thread=no
+context=()
 close=()
+cache=no
 while [ $# -gt 0 ]; do
     case "$1" in
         --proxy) proxy=$2; shift 2 ;;
@@ -32,7 +41,13 @@ while [ $# -gt 0 ]; do
         --threads) threads=$2; shift 2 ;;
         --tracing) tracing=$2; shift 2 ;;
         --per-thread) per_thread=yes; shift ;;
+        --context) context=(-H 'x-request-id: 7b6c2f7e-4a51-4c8e-9d3b-2f1e0a9c8b7d'
+                            -H 'x-b3-traceid: 463ac35c9f6413ad48485a3953bb6124'
+                            -H 'x-b3-spanid: a2fb4a1d1a96d312' -H 'x-b3-sampled: 1'
+                            -H 'traceparent: 00-463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-01')
+                   shift ;;
         --close) close=(-H 'connection: close'); shift ;;
+        --cache) cache=yes; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -101,7 +116,7 @@ spec:
   sidecar: {logLevel: warn}
 EOF
 
-valgrind --tool=callgrind --separate-threads=$per_thread --callgrind-out-file="$dir/callgrind.out" \
+valgrind --tool=callgrind --separate-threads=$per_thread --cache-sim=$cache --callgrind-out-file="$dir/callgrind.out" \
     "$proxy" run --mesh-config "$dir/mesh.yaml" --bind 127.0.0.1 --threads "$threads" \
     --service bench --inbound-port "${ports[3]}" --outbound-port "${ports[4]}" \
     --admin-port "${ports[5]}" --inbound "127.0.0.1:$listen=127.0.0.1:$server" \
@@ -114,7 +129,8 @@ for _ in $(seq 600); do
 done
 get() { # n: requests on one keep-alive connection, all must answer 200
     local codes
-    codes=$(curl -s "${close[@]}" -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$listen/r/[1-$1]" \
+    codes=$(curl -s ${close[@]+"${close[@]}"} -o /dev/null -w '%{http_code}\n' \
+        ${context[@]+"${context[@]}"} "http://127.0.0.1:$listen/r/[1-$1]" \
         | sort | uniq -c)
     [ "$(echo "$codes" | awk '$2 == 200 {print $1}')" = "$1" ] || {
         echo "not every request answered 200: $codes" >&2; exit 1; }
@@ -150,4 +166,14 @@ if [ $per_thread = yes ]; then
 fi
 total=$(count "$dump")
 echo "$proxy (tracing $tracing): $total instructions for $requests requests: $((total / requests)) per request"
+if [ $cache = yes ]; then
+    # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw, summed over the dump.
+    awk -v n="$requests" '
+        /^events:/ { for (i = 2; i <= NF; i++) name[i] = $i }
+        /^(summary|totals):/ {
+            line = "per request:"
+            for (i = 2; i <= NF; i++) line = line sprintf(" %s %.0f", name[i], $i / n)
+            print line; exit
+        }' "$dump"
+fi
 callgrind_annotate "$dump" 2>/dev/null | grep -A25 "file:function" | tail -n +3 | cut -c1-200

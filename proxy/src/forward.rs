@@ -2,6 +2,7 @@
 //! proxied like transparent ones; CONNECT opens a tunnel whose content goes through the same
 //! detection, so HTTP inside a tunnel is still traced.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -97,54 +98,73 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, wat
     }
 }
 
-async fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<ResponseBodyOrError> {
-    let target = match parse(&req) {
-        Ok(t) => t,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, e.message()),
-    };
-    let (ProxyRequest::Connect { host, port } | ProxyRequest::Absolute { host, port }) = &target;
-    let dst = match crate::connect::resolve(host, *port).await {
-        Ok(dst) => dst,
-        Err(_) => {
-            return error_response(StatusCode::BAD_GATEWAY, "cannot resolve the target host\n")
-        }
-    };
-    if ctx.shared.self_addrs.contains(dst) {
-        return error_response(StatusCode::BAD_GATEWAY, "destination is the proxy itself\n");
-    }
-    match target {
-        ProxyRequest::Connect { .. } => {
-            // Answered only once the target is connected: a refused or silent target must
-            // not look like a successful tunnel that then ends.
-            let shared = &ctx.shared;
-            let upstream = match shared.upstream.connector().dial(dst).await {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    shared.metrics.connect_errors.inc();
-                    tracing::debug!(%dst, error = %e, "CONNECT target failed");
-                    return error_response(e.status(), crate::http::connect_failure(&e).message);
-                }
-            };
-            let upgrade = hyper::upgrade::on(&mut req);
-            let shared = ctx.shared.clone();
-            let (peer, watch) = (ctx.peer, ctx.watch.clone());
-            tokio::spawn(async move {
-                if let Ok(upgraded) = upgrade.await {
-                    crate::tunnel::serve_dialed(shared, upgraded, peer, dst, upstream, watch).await;
-                }
-            });
-            Response::new(Either::Right(Full::new(Bytes::new())))
-        }
-        ProxyRequest::Absolute { .. } => match Authority::try_from(dst.to_string()) {
-            Ok(authority) => {
-                // This proxy is the one addressed: from here the request goes to its origin,
-                // in origin form (an absolute target would be relayed as one for a proxy).
-                to_origin_form(&mut req);
-                crate::http::forward(&ctx, dst, &authority, req).await
+/// One forward-proxy request. An async block rather than an `async fn`: an `async fn` keeps
+/// its arguments in its future besides the locals they are moved into, which would hold the
+/// request (264 bytes) twice in a future hyper moves by value.
+#[allow(clippy::manual_async_fn)]
+fn handle(
+    ctx: Arc<Ctx>,
+    mut req: Request<Incoming>,
+) -> impl Future<Output = Response<ResponseBodyOrError>> + Send {
+    async move {
+        let target = match parse(&req) {
+            Ok(t) => t,
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, e.message()),
+        };
+        let (ProxyRequest::Connect { host, port } | ProxyRequest::Absolute { host, port }) =
+            &target;
+        let dst = match crate::connect::resolve(host, *port).await {
+            Ok(dst) => dst,
+            Err(_) => {
+                return error_response(StatusCode::BAD_GATEWAY, "cannot resolve the target host\n")
             }
-            Err(_) => error_response(StatusCode::BAD_REQUEST, "invalid target\n"),
-        },
+        };
+        if ctx.shared.self_addrs.contains(dst) {
+            return error_response(StatusCode::BAD_GATEWAY, "destination is the proxy itself\n");
+        }
+        match target {
+            // Once per tunnel rather than per request, and its dial is a large future: boxed, so
+            // it does not set the size of every forwarded request's future.
+            ProxyRequest::Connect { .. } => Box::pin(open_tunnel(&ctx, dst, req)).await,
+            ProxyRequest::Absolute { .. } => match Authority::try_from(dst.to_string()) {
+                Ok(authority) => {
+                    // This proxy is the one addressed: from here the request goes to its origin,
+                    // in origin form (an absolute target would be relayed as one for a proxy).
+                    to_origin_form(&mut req);
+                    crate::http::forward(&ctx, dst, &authority, req).await
+                }
+                Err(_) => error_response(StatusCode::BAD_REQUEST, "invalid target\n"),
+            },
+        }
     }
+}
+
+/// Answers a CONNECT once its target `dst` is connected, then serves the tunnel.
+async fn open_tunnel(
+    ctx: &Ctx,
+    dst: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBodyOrError> {
+    // Answered only once the target is connected: a refused or silent target must not look
+    // like a successful tunnel that then ends.
+    let shared = &ctx.shared;
+    let upstream = match shared.upstream.connector().dial(dst).await {
+        Ok(s) => s.into_inner(),
+        Err(e) => {
+            shared.metrics.connect_errors.inc();
+            tracing::debug!(%dst, error = %e, "CONNECT target failed");
+            return error_response(e.status(), crate::http::connect_failure(&e).message);
+        }
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let shared = ctx.shared.clone();
+    let (peer, watch) = (ctx.peer, ctx.watch.clone());
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            crate::tunnel::serve_dialed(shared, upgraded, peer, dst, upstream, watch).await;
+        }
+    });
+    Response::new(Either::Right(Full::new(Bytes::new())))
 }
 
 /// `GET http://host/path` → `GET /path` with `Host: host` (kept when the client sent one).
@@ -223,6 +243,16 @@ mod tests {
         assert_eq!(
             parse(&req("CONNECT", "db.local")),
             Err(ForwardError::ConnectTarget)
+        );
+    }
+
+    #[test]
+    fn the_request_future_stays_small() {
+        // See `http::tests::the_request_futures_stay_small`.
+        let size = crate::http::tests::future_size(handle);
+        assert!(
+            size <= 768,
+            "a forward-proxy request's future takes {size} bytes"
         );
     }
 }

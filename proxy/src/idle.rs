@@ -12,7 +12,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +33,9 @@ pub struct Activity {
     /// Milliseconds since `start` when the current request head began, or [`NO_HEAD`].
     head_since: AtomicU64,
     in_flight: AtomicUsize,
+    /// `last` was stamped when the last request ended, and no write has completed or waited
+    /// since: the response's own bytes, written in the same turn, need no second stamp.
+    fresh: AtomicBool,
     /// Whether bytes read with no request in flight start a request head (HTTP/1).
     heads: bool,
 }
@@ -52,6 +55,7 @@ impl Activity {
             last: AtomicU64::new(0),
             head_since: AtomicU64::new(NO_HEAD),
             in_flight: AtomicUsize::new(0),
+            fresh: AtomicBool::new(false),
             heads,
         })
     }
@@ -66,24 +70,57 @@ impl Activity {
 
     /// A request head starts now (detection already read the first bytes of the first one).
     pub fn begin_head(&self) {
-        if self.heads
-            && self.in_flight.load(Ordering::Acquire) == 0
-            && self.head_since.load(Ordering::Relaxed) == NO_HEAD
-        {
-            let _ = self.head_since.compare_exchange(
-                NO_HEAD,
-                self.now_ms(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            self.begin_head_at(self.now_ms());
         }
     }
 
-    fn touched(&self, read: bool) {
-        self.last.store(self.now_ms(), Ordering::Release);
-        if read {
-            self.begin_head();
+    fn begin_head_at(&self, now: u64) {
+        if self.heads && self.head_since.load(Ordering::Relaxed) == NO_HEAD {
+            let _ =
+                self.head_since
+                    .compare_exchange(NO_HEAD, now, Ordering::AcqRel, Ordering::Acquire);
         }
+    }
+
+    /// Bytes moved. Reading the clock is the cost here (two reads and a write per request
+    /// before), so it is read only when the time can matter: with a request in flight the
+    /// connection cannot be idle and no head is being timed, and the request's end stamps
+    /// `last` itself; a write completing right after that stamp is the response going out.
+    fn touched(&self, read: bool) {
+        if self.in_flight.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        if !read && self.fresh.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let now = self.now_ms();
+        self.last.store(now, Ordering::Release);
+        if read {
+            self.begin_head_at(now);
+        }
+    }
+
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Ready(Ok(n)) if *n > 0 => self.touched(false),
+            Poll::Pending => self.write_waits(),
+            Poll::Ready(_) => {}
+        }
+    }
+
+    /// A write is waiting on the socket: the bytes that go out later must stamp their own time.
+    fn write_waits(&self) {
+        if self.fresh.load(Ordering::Relaxed) {
+            self.fresh.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The last request in flight ended now.
+    fn ended(&self) {
+        self.last.store(self.now_ms(), Ordering::Release);
+        self.fresh.store(true, Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Marks a request in flight (its head is complete) until the guard drops.
@@ -136,8 +173,7 @@ pub struct RequestGuard(Arc<Activity>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         // The response just went out: idle time counts from now.
-        self.0.touched(false);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended();
     }
 }
 
@@ -181,9 +217,7 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.inner.poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touched(false);
-        }
+        this.activity.wrote(&polled);
         polled
     }
 
@@ -194,9 +228,7 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touched(false);
-        }
+        this.activity.wrote(&polled);
         polled
     }
 
@@ -327,5 +359,45 @@ mod tests {
         drop(guard);
         assert_eq!(watchdog.await.unwrap(), Expired::Idle);
         assert_eq!(ended.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_written_late_counts_from_its_last_byte() {
+        let idle = Duration::from_secs(10);
+        // Bytes moving while a request is in flight stamp nothing; the end does.
+        let a = Activity::new(true);
+        let guard = a.request();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        a.touched(true);
+        assert_eq!(a.head_since.load(Ordering::Relaxed), NO_HEAD);
+        drop(guard);
+        let ended = Instant::now();
+        // The response going out at once: idle counts from the request's end.
+        a.wrote(&Poll::Ready(Ok(100)));
+        assert_eq!(a.expired(idle, None).await, Expired::Idle);
+        assert_eq!(ended.elapsed(), idle);
+
+        // A response that waited on a full socket: idle counts from when its bytes left.
+        let a = Activity::new(false);
+        drop(a.request());
+        a.wrote(&Poll::Pending);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        a.wrote(&Poll::Ready(Ok(100)));
+        let written = Instant::now();
+        assert_eq!(a.expired(idle, None).await, Expired::Idle);
+        assert_eq!(written.elapsed(), idle);
+
+        // A read with nothing in flight starts a head and restarts the idle count.
+        let a = Activity::new(true);
+        drop(a.request());
+        a.wrote(&Poll::Ready(Ok(100)));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        a.touched(true);
+        let read = Instant::now();
+        let got = a
+            .expired(Duration::from_secs(60), Some(Duration::from_secs(2)))
+            .await;
+        assert_eq!(got, Expired::HeaderRead);
+        assert_eq!(read.elapsed(), Duration::from_secs(2));
     }
 }

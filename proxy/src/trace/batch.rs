@@ -73,8 +73,21 @@ impl Encoder {
         max_spans: usize,
         max_bytes: usize,
     ) -> Batch {
+        self.encode_into(pending, max_spans, max_bytes, Vec::new())
+    }
+
+    /// [`Encoder::encode`], writing a JSON body into `buffer` (cleared first): the exporter
+    /// hands back the previous batch's body, so a full batch (about 160 KiB) is not allocated,
+    /// page-faulted in and given back to the kernel every time.
+    pub fn encode_into(
+        &self,
+        pending: &mut Vec<SpanRecord>,
+        max_spans: usize,
+        max_bytes: usize,
+        buffer: Vec<u8>,
+    ) -> Batch {
         match self {
-            Encoder::Zipkin(encoder) => zipkin(encoder, pending, max_spans, max_bytes),
+            Encoder::Zipkin(encoder) => zipkin(encoder, pending, max_spans, max_bytes, buffer),
             Encoder::Otlp {
                 resource,
                 scope,
@@ -89,8 +102,10 @@ fn zipkin(
     pending: &mut Vec<SpanRecord>,
     max_spans: usize,
     max_bytes: usize,
+    mut out: Vec<u8>,
 ) -> Batch {
-    let mut out = Vec::with_capacity(pending.len().min(max_spans) * 640 + 2);
+    out.clear();
+    out.reserve(pending.len().min(max_spans) * 640 + 2);
     out.push(b'[');
     let (mut spans, mut too_large) = (0, 0);
     while spans < max_spans {

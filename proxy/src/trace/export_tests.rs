@@ -717,3 +717,45 @@ async fn a_grpc_receiver_without_gzip_gets_the_call_again_uncompressed() {
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(refused[0].contains("refuses gzip"), "{refused:?}");
 }
+
+/// Batch after batch, the exporter writes the JSON body and the gzip member into the buffers
+/// of the batch before (no fresh 160 KiB allocation per batch), and every batch still arrives
+/// whole and in order.
+#[tokio::test]
+async fn batches_reuse_the_buffers_of_the_batch_before() {
+    let mut r = receiver(Arc::new(|_| (202, vec![], ""))).await;
+    let collector = super::collector::Collector::of(&config(Protocol::Zipkin, r.addr));
+    let mut exporter = export::Exporter::build(&collector, &identity()).unwrap();
+    let mut pointers = Vec::new();
+    for round in 0..3 {
+        let mut pending: Vec<_> = (0..40)
+            .map(|i| {
+                super::span::tests::fixture(
+                    Direction::Inbound,
+                    &format!("http://b.default/{round}/{i}"),
+                    200,
+                )
+            })
+            .collect();
+        let batch = exporter.encode(&mut pending, 40);
+        assert_eq!(batch.spans, 40);
+        let batch::Body::Json(json) = &batch.body else {
+            panic!("a Zipkin body")
+        };
+        pointers.push(json.as_ptr());
+        exporter.send(&batch).await.unwrap();
+        exporter.recycle(batch);
+        assert!(exporter.holds_spare_buffers(), "buffers not kept");
+    }
+    assert_eq!(pointers[1], pointers[0], "the body buffer was not reused");
+    assert_eq!(pointers[2], pointers[0], "the body buffer was not reused");
+    r.wait_for_requests(3).await;
+    let seen = r.seen();
+    for (round, s) in seen.iter().enumerate() {
+        let urls = s.zipkin_urls();
+        assert_eq!(urls.len(), 40);
+        // The newest span goes first.
+        assert_eq!(urls[0], format!("http://b.default/{round}/39"));
+        assert_eq!(urls[39], format!("http://b.default/{round}/0"));
+    }
+}

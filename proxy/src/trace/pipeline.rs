@@ -418,11 +418,12 @@ impl Task {
                 self.queue.done(batch.too_large);
             }
             if batch.spans == 0 {
+                self.exporter.recycle(batch);
                 continue;
             }
             let n = batch.spans as u64;
             let result = self.exporter.send(&batch).await;
-            drop(batch);
+            self.exporter.recycle(batch);
             self.queue.done(n as usize);
             match result {
                 Ok(sent) => {

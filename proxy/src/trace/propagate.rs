@@ -91,32 +91,62 @@ pub fn sampling_of(decided: &Decided) -> Sampling {
     }
 }
 
-/// Keeps the caller's `x-request-id` or adds a random UUID (v4 form), as Envoy does.
+/// Keeps the caller's `x-request-id` or adds a random UUID (v4 form), as Envoy does. One hashed
+/// look-up either way (the entry API), and the id written a byte at a time: this runs on every
+/// traced request that came without an id.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if headers.contains_key(&REQUEST_ID) {
+    let http::header::Entry::Vacant(slot) = headers.entry(REQUEST_ID) else {
         return;
-    }
+    };
     let hi = (fastrand::u64(..) & !0xf000) | 0x4000; // version 4
     let lo = (fastrand::u64(..) & !(0xc << 60)) | (0x8 << 60); // RFC 4122 variant
-    let bits = (u128::from(hi) << 64) | u128::from(lo);
-    // 8-4-4-4-12 hex digits, written on the stack.
+    if let Ok(v) = HeaderValue::from_bytes(&uuid_text(hi, lo)) {
+        slot.insert(v);
+    }
+}
+
+/// 8-4-4-4-12 lower-hex digits of the 128 bits `hi`, `lo`, written on the stack.
+fn uuid_text(hi: u64, lo: u64) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [b'-'; 36];
-    let mut nibble = 0;
-    for (i, slot) in id.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
+    let mut at = 0;
+    let bits = (u128::from(hi) << 64) | u128::from(lo);
+    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
+        // A dash before the 5th, 7th, 9th and 11th byte.
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
         }
-        *slot = b"0123456789abcdef"[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
+        id[at] = HEX[usize::from(byte >> 4)];
+        id[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
-    if let Ok(v) = HeaderValue::from_bytes(&id) {
-        headers.insert(REQUEST_ID, v);
-    }
+    id
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_text() {
+        assert_eq!(
+            &uuid_text(0x0123_4567_89ab_4def, 0x8edc_ba98_7654_3210),
+            b"01234567-89ab-4def-8edc-ba9876543210"
+        );
+        for _ in 0..1000 {
+            let (hi, lo) = (fastrand::u64(..), fastrand::u64(..));
+            let want = format!("{:016x}{:016x}", hi, lo);
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &want[..8],
+                &want[8..12],
+                &want[12..16],
+                &want[16..20],
+                &want[20..]
+            );
+            assert_eq!(std::str::from_utf8(&uuid_text(hi, lo)).unwrap(), want);
+        }
+    }
 
     #[test]
     fn request_id_kept_or_added() {

@@ -68,10 +68,10 @@ impl HttpSender {
     }
 
     /// One POST and its answer, bounded by [`EXPORT_TIMEOUT`]; a non-2xx answer is an error.
-    pub async fn post(&self, body: Vec<u8>, gzip: bool) -> Result<Accepted, ExportError> {
+    pub async fn post(&self, body: Bytes, gzip: bool) -> Result<Accepted, ExportError> {
         let mut request = http::Request::post(self.url.clone())
             .header(http::header::CONTENT_TYPE, self.content_type)
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| ExportError::Closed(e.to_string()))?;
         if gzip {
             request.headers_mut().insert(
