@@ -14,6 +14,7 @@ pub mod server;
 pub mod sidecar;
 pub mod sink;
 pub mod soak;
+pub mod spans;
 pub mod stats;
 pub mod tcp;
 pub mod workloads;

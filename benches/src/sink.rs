@@ -1,6 +1,8 @@
 //! A trace sink for the tracing-cost runs: accepts any POST (Zipkin JSON or OTLP/HTTP) and
 //! answers 202, counting requests and bytes so the report shows spans really left the sidecars.
-//! Decoding them would measure the collector, not the sidecar.
+//! Decoding them would measure the collector, not the sidecar. A body it cannot read whole or
+//! inflate is counted apart ([`Counts::undecodable`]) and logged, never as the spans it
+//! inflated before failing: a shortfall then says which side lost the spans.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +23,9 @@ pub struct Counts {
     /// Spans received: `"traceId"` keys in the JSON bodies (one per span in Zipkin v2 and
     /// OTLP/JSON), counted after inflating gzip bodies (the sidecars compress by default).
     pub spans: AtomicU64,
+    /// Export bodies the sink could not read whole or inflate: the spans they carried are not
+    /// in [`Counts::spans`], so a shortfall shows whether the sink lost them.
+    pub undecodable: AtomicU64,
 }
 
 /// How the sink answers, to measure requests through sidecars whose collector misbehaves.
@@ -48,11 +53,11 @@ pub fn count_spans(body: &[u8]) -> u64 {
 
 const SPAN_KEY: &[u8] = b"\"traceId\"";
 
-/// A gzip body inflated (empty if it is not gzip: the count then shows nothing arrived).
-fn gunzip(body: &[u8]) -> Vec<u8> {
+/// A gzip body inflated, or why it could not be (not gzip, cut short, a bad checksum).
+fn gunzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(body.len() * 6);
-    let _ = std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out);
-    out
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out)?;
+    Ok(out)
 }
 
 /// Starts the sink on 127.0.0.1 on a dedicated single-threaded runtime, as the echo server
@@ -82,16 +87,36 @@ async fn serve(tcp: tokio::net::TcpStream, c: Arc<Counts>, behaviour: Behaviour)
                 .headers()
                 .get(http::header::CONTENT_ENCODING)
                 .is_some_and(|e| e == "gzip");
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    c.undecodable.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("trace sink: export body not read whole: {e}");
+                    Bytes::new()
+                }
+            };
             c.posts.fetch_add(1, Ordering::Relaxed);
             c.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
             let spans = if gzip {
-                count_spans(&gunzip(&body))
+                match gunzip(&body) {
+                    Ok(json) => count_spans(&json),
+                    Err(e) => {
+                        // The first such body is kept whole, to find what wrote it wrong.
+                        let kept = if c.undecodable.fetch_add(1, Ordering::Relaxed) == 0 {
+                            let path = std::env::temp_dir()
+                                .join(format!("trace-sink-undecodable-{}.gz", std::process::id()));
+                            std::fs::write(&path, &body)
+                                .map_or(String::new(), |()| format!(", kept in {}", path.display()))
+                        } else {
+                            String::new()
+                        };
+                        eprintln!(
+                            "trace sink: gzip body of {} bytes not inflated ({e}){kept}",
+                            body.len()
+                        );
+                        0
+                    }
+                }
             } else {
                 count_spans(&body)
             };
@@ -127,6 +152,41 @@ mod tests {
         packed
             .write_all(br#"[{"traceId":"a"},{"traceId":"b"}]"#)
             .unwrap();
-        assert_eq!(count_spans(&gunzip(&packed.finish().unwrap())), 2);
+        assert_eq!(count_spans(&gunzip(&packed.finish().unwrap()).unwrap()), 2);
+        assert!(gunzip(b"not gzip").is_err());
+    }
+
+    /// A gzip body cut before its trailer inflates to whole spans, then fails: the sink counts
+    /// it as undecodable, not as the spans it saw, and still answers (the sidecar cannot tell).
+    #[tokio::test]
+    async fn a_body_that_does_not_inflate_whole_is_counted_apart() {
+        use std::io::Write as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (addr, counts) = start(Behaviour::Ok).unwrap();
+        let mut packed = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        packed
+            .write_all(br#"[{"traceId":"a"},{"traceId":"b"}]"#)
+            .unwrap();
+        let whole = packed.finish().unwrap();
+        for body in [&whole[..], &whole[..whole.len() - 8]] {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "POST /api/v2/spans HTTP/1.1\r\nhost: sink\r\ncontent-encoding: gzip\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            tcp.write_all(body).await.unwrap();
+            let mut answer = String::new();
+            tcp.read_to_string(&mut answer).await.unwrap();
+            assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        }
+        assert_eq!(counts.posts.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            counts.spans.load(Ordering::Relaxed),
+            2,
+            "the whole body only"
+        );
+        assert_eq!(counts.undecodable.load(Ordering::Relaxed), 1);
     }
 }

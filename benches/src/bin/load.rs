@@ -15,7 +15,7 @@ use mesh_config::{LogLevel, MeshConfig, Protocol};
 use mesh_proxy::trace::pipeline;
 use tracemesh_benches::sidecar::{free_port, locate_proxy, Sidecar, Spec};
 use tracemesh_benches::stats::Summary;
-use tracemesh_benches::{cpu, echo, load, sink};
+use tracemesh_benches::{cpu, echo, load, scrape, sink, spans};
 
 #[derive(Parser, Debug)]
 #[command(about = "Latency and throughput through tracemesh sidecars vs a direct baseline")]
@@ -368,10 +368,31 @@ impl Pair {
         Some((a, b, a_export + b_export))
     }
 
-    fn spans(&self) -> u64 {
-        self.sink
-            .as_ref()
-            .map_or(0, |(_, c)| c.spans.load(Ordering::Relaxed))
+    /// The run's spans so far: `expected` from the requests sent, each sidecar's counters from
+    /// its `/metrics`, the sink's count read after them.
+    async fn tally(&self, expected: u64) -> anyhow::Result<spans::Tally> {
+        let mut sidecars = Vec::with_capacity(2);
+        for side in [&self.a, &self.b] {
+            let text = scrape::get(side.admin_port, "/metrics").await?;
+            sidecars.push(spans::SidecarSpans::from_metrics(&text));
+        }
+        let (received, undecodable) = self.sink.as_ref().map_or((0, 0), |(_, c)| {
+            (
+                c.spans.load(Ordering::Relaxed),
+                c.undecodable.load(Ordering::Relaxed),
+            )
+        });
+        Ok(spans::Tally {
+            expected,
+            sidecars,
+            received,
+            undecodable,
+        })
+    }
+
+    /// [`Pair::tally`] once every started span is exported or dropped (within `limit`).
+    async fn settled_tally(&self, expected: u64, limit: Duration) -> anyhow::Result<spans::Tally> {
+        spans::settle(|| self.tally(expected), limit).await
     }
 
     async fn stop(self) {
@@ -403,6 +424,27 @@ fn write_config(args: &Args, path: &Path, sink: Option<SocketAddr>) -> anyhow::R
     config.validate().context("bench mesh config")?;
     std::fs::write(path, config.to_yaml())?;
     Ok(())
+}
+
+/// How long the tracing sidecars get to export or drop every started span before the sink's
+/// count is read: a batch leaves within `BATCH_DELAY` (100 ms) of its first span, so anything
+/// still held after this is a stuck exporter, and the reading says so.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Spans the tracing pair should have produced for `sent` requests: one per sidecar each.
+fn expected_spans(args: &Args, sent: usize) -> u64 {
+    (2.0 * args.sampled_fraction * sent as f64).round() as u64
+}
+
+/// Whether a round's tally shows nothing amiss: no span dropped, lost or undecodable, and at
+/// `sampledFraction` 1 (where the count is exact) every expected span received.
+fn round_is_whole(args: &Args, t: &spans::Tally) -> bool {
+    let exact = args.sampled_fraction >= 1.0;
+    t.settled()
+        && t.lost() == 0
+        && t.undecodable == 0
+        && t.dropped().is_empty()
+        && (!exact || t.complete())
 }
 
 /// One figure taken from a round.
@@ -538,6 +580,23 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
                 r.cpu.0 + r.cpu.1
             );
             rounds[i].push(r);
+            if i == 1 && pair.sink.is_some() {
+                // Checked every round, outside its CPU window, so a shortfall is pinned to the
+                // round it happened in; a round with every span accounted for prints nothing.
+                // A failing or slow collector holds spans for its backoff or answer: one reading
+                // then, rather than a wait per round.
+                let limit = if args.collector == sink::Behaviour::Ok {
+                    SETTLE_LIMIT
+                } else {
+                    Duration::ZERO
+                };
+                let t = pair
+                    .settled_tally(expected_spans(args, sent_on), limit)
+                    .await?;
+                if !round_is_whole(args, &t) {
+                    println!("  spans after round {round}: {t}");
+                }
+            }
         }
     }
     let med = |rs: &[Round], f: Metric| cpu::median(&rs.iter().map(f).collect::<Vec<_>>());
@@ -587,26 +646,29 @@ async fn tracing_cpu_rounds(args: &Args, off: &Pair, on: &Pair) -> anyhow::Resul
         kib(on.a.rss_kib()),
         kib(on.b.rss_kib())
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let spans = on.spans();
     let posts = on
         .sink
         .as_ref()
         .map_or(0, |(_, c)| c.posts.load(Ordering::Relaxed));
-    let expected = if on.sink.is_some() {
-        2.0 * args.sampled_fraction * sent_on as f64
+    let (spans, share, tally) = if on.sink.is_some() {
+        let expected = expected_spans(args, sent_on);
+        let t = on.settled_tally(expected, SETTLE_LIMIT).await?;
+        let share = if expected > 0 {
+            format!("{:.3} of expected", t.received as f64 / expected as f64)
+        } else {
+            "none expected".to_owned()
+        };
+        (t.received, share, Some(t))
     } else {
-        0.0
-    };
-    let share = if expected > 0.0 {
-        format!("{:.3} of expected", spans as f64 / expected)
-    } else {
-        "none expected".to_owned()
+        (0, "none expected".to_owned(), None)
     };
     println!(
         "trace sink ({:?} collector): {spans} spans in {posts} exports for {sent_on} requests \
          through the tracing sidecars (2 x sampledFraction spans expected per request: {share})",
         args.collector
     );
+    if let Some(t) = tally {
+        println!("spans: {t}");
+    }
     Ok(())
 }

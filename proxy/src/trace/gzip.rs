@@ -143,6 +143,61 @@ mod tests {
         }
     }
 
+    /// Zipkin-like spans, as the exporter writes them: fixed keys, random hex ids, numbers
+    /// and URLs of varying length.
+    fn span_stream(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut s = String::from("[");
+        while s.len() < len {
+            let path = "r/".repeat((next() % 12) as usize);
+            s += &format!(
+                r#"{{"traceId":"{:016x}{:016x}","id":"{:016x}","parentId":"{:016x}","kind":"CLIENT","name":"post","timestamp":{},"duration":{},"localEndpoint":{{"serviceName":"a.bench","ipv4":"127.0.0.1"}},"tags":{{"http.method":"POST","http.status_code":"200","http.url":"http://127.0.0.1:{}/{path}echo","upstream_cluster":"outbound|{}||b"}}}},"#,
+                next(),
+                next(),
+                next(),
+                next(),
+                1_765_000_000_000_000 + next() % 1_000_000_000,
+                next() % 100_000,
+                next() % 65_536,
+                next() % 65_536,
+            );
+        }
+        s.into_bytes()
+    }
+
+    /// Span batches of every size the small-batch deflate takes, through one state (so
+    /// earlier batches' positions fill its table, as in a running exporter) and one reused
+    /// output buffer, each decoded by flate2's `GzDecoder` (which checks the CRC and length):
+    /// an undecodable body would be a batch the collector accepts at the HTTP level and loses.
+    /// Every size up to 4 KiB, then every 7th (a prime stride, so sizes meet every alignment
+    /// of the 32-bit bit writer) up to [`SMALL_BATCH`]; with a stride of 1 throughout it takes
+    /// 26 s in a debug build and found nothing either (benches/README.md).
+    #[test]
+    fn span_batches_of_every_size_up_to_the_small_batch_bound_decode() {
+        let stream = span_stream(4 * SMALL_BATCH);
+        let mut gzip = Gzip::default();
+        let mut packed = Vec::new();
+        let sizes = (0..4096).chain((4096..=SMALL_BATCH).step_by(7));
+        for len in sizes {
+            // A different stretch of spans for each size, so matches start at every offset.
+            let from = (len * 7919) % (stream.len() - SMALL_BATCH);
+            let body = &stream[from..from + len];
+            gzip.pack_into(body, &mut packed);
+            let mut out = Vec::new();
+            let decoded = flate2::read::GzDecoder::new(packed.as_slice()).read_to_end(&mut out);
+            assert!(
+                decoded.is_ok() && out == body,
+                "{len}-byte batch from {from}: {decoded:?}"
+            );
+        }
+    }
+
     #[test]
     fn decodes_like_zlib_output_after_earlier_batches() {
         use std::io::Write as _;
