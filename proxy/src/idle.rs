@@ -45,6 +45,9 @@ pub struct Activity {
 pub enum Expired {
     Idle,
     HeaderRead,
+    /// The periodic check of [`Activity::expired_or_quiet`] found the connection quiet (only
+    /// that method returns it).
+    Quiet,
 }
 
 impl Activity {
@@ -133,10 +136,27 @@ impl Activity {
     /// Completes when the connection has been idle for `idle`, or a request head has been
     /// read for longer than `header` (when given).
     pub async fn expired(&self, idle: Duration, header: Option<Duration>) -> Expired {
+        self.expired_or_quiet(idle, header, None::<(Duration, fn() -> bool)>)
+            .await
+    }
+
+    /// [`Activity::expired`], or [`Expired::Quiet`] once `quiet`'s check, called every
+    /// `period` from now, returns `true`. The check rides on the same timer as the deadlines
+    /// (one more candidate for its next firing), so a connection that wakes for its traffic
+    /// polls one timer, not two.
+    pub async fn expired_or_quiet(
+        &self,
+        idle: Duration,
+        header: Option<Duration>,
+        mut quiet: Option<(Duration, impl FnMut() -> bool)>,
+    ) -> Expired {
         // No deadline can start closer than this to the moment the timer is armed.
         let horizon = header.map_or(idle, |h| h.min(idle));
         let timer = tokio::time::sleep(horizon);
         tokio::pin!(timer);
+        let mut check = quiet
+            .as_ref()
+            .map(|(period, _)| timer.deadline() - horizon + *period);
         loop {
             let now = Instant::now();
             let mut next = now + horizon;
@@ -156,6 +176,15 @@ impl Activity {
                     return Expired::Idle;
                 }
                 next = next.min(deadline);
+            }
+            if let (Some(at), Some((period, is_quiet))) = (check.as_mut(), quiet.as_mut()) {
+                if now >= *at {
+                    if is_quiet() {
+                        return Expired::Quiet;
+                    }
+                    *at = now + *period;
+                }
+                next = next.min(*at);
             }
             if timer.deadline() != next {
                 timer.as_mut().reset(next);
@@ -399,5 +428,48 @@ mod tests {
             .await;
         assert_eq!(got, Expired::HeaderRead);
         assert_eq!(read.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_quiet_check_runs_every_period_on_the_deadlines_timer() {
+        let ms = Duration::from_millis;
+        // In flight, so no idle deadline: the check alone ends it, on its third call.
+        let a = Activity::new(true);
+        let guard = a.request();
+        let started = Instant::now();
+        let mut calls = Vec::new();
+        let check = || {
+            calls.push(started.elapsed());
+            calls.len() == 3
+        };
+        let got = a
+            .expired_or_quiet(ms(60_000), Some(ms(10_000)), Some((ms(500), check)))
+            .await;
+        assert_eq!(got, Expired::Quiet);
+        assert_eq!(calls, [ms(500), ms(1_000), ms(1_500)]);
+
+        // A check that never finds it quiet leaves the deadlines exact.
+        drop(guard);
+        let ended = Instant::now();
+        let mut checks = 0;
+        let check = || {
+            checks += 1;
+            false
+        };
+        let got = a
+            .expired_or_quiet(ms(1_000), Some(ms(10_000)), Some((ms(400), check)))
+            .await;
+        assert_eq!(got, Expired::Idle);
+        assert_eq!(ended.elapsed(), ms(1_000));
+        assert_eq!(checks, 2);
+
+        let a = Activity::new(true);
+        a.begin_head();
+        let started = Instant::now();
+        let got = a
+            .expired_or_quiet(ms(60_000), Some(ms(2_000)), Some((ms(300), || false)))
+            .await;
+        assert_eq!(got, Expired::HeaderRead);
+        assert_eq!(started.elapsed(), ms(2_000));
     }
 }

@@ -118,18 +118,17 @@ impl<I: AsyncRead + Unpin> Parkable<I> {
     }
 }
 
-/// Completes once the connection has been quiet for a whole check period with nothing in
-/// flight and hyper's write buffer flushed: it can be taken from hyper without losing a
-/// byte (unread bytes come back with it).
-pub async fn quiet(marks: &Marks, in_flight: &InFlight, after: Duration) {
+/// The parking check, for [`crate::idle::Activity::expired_or_quiet`] to call every
+/// period: `true` once the connection has had no I/O since the previous call (or since this
+/// one was made), nothing is in flight and hyper's write buffer is flushed, so it can be taken
+/// from hyper without losing a byte (unread bytes come back with it).
+pub fn quiet<'a>(marks: &'a Marks, in_flight: &'a InFlight) -> impl FnMut() -> bool + 'a {
     let mut seen = marks.ops.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(after).await;
+    move || {
         let ops = marks.ops.load(Ordering::Relaxed);
-        if ops == seen && marks.flushed.load(Ordering::Relaxed) && in_flight.is_idle() {
-            return;
-        }
+        let quiet = ops == seen && marks.flushed.load(Ordering::Relaxed) && in_flight.is_idle();
         seen = ops;
+        quiet
     }
 }
 
