@@ -182,16 +182,20 @@ impl<'a> Wanted<'a> {
                 Sampling::Deferred => None,
             },
             Slot::Flags => (ctx.sampling == Sampling::Debug).then_some(Want::Static("1")),
-            Slot::B3 => self
-                .b3
-                .get_or_insert_with(|| single_b3(ctx))
-                .as_ref()
-                .map(|w| Want::Bytes(w.as_bytes())),
-            Slot::TraceParent => self
-                .traceparent
-                .get_or_insert_with(|| traceparent(ctx))
-                .as_ref()
-                .map(|w| Want::Bytes(w.as_bytes())),
+            Slot::B3 => {
+                let hex = (&self.trace_id, &self.span_id, &self.parent_id);
+                self.b3
+                    .get_or_insert_with(|| single_b3(ctx, hex))
+                    .as_ref()
+                    .map(|w| Want::Bytes(w.as_bytes()))
+            }
+            Slot::TraceParent => {
+                let hex = (&self.trace_id, &self.span_id);
+                self.traceparent
+                    .get_or_insert_with(|| traceparent(ctx, hex))
+                    .as_ref()
+                    .map(|w| Want::Bytes(w.as_bytes()))
+            }
             Slot::TraceState => ctx.ids.and(ctx.tracestate.as_ref()).map(Want::Header),
         }
     }
@@ -249,20 +253,38 @@ impl Wire {
     }
 }
 
-/// `00-{trace}-{span}-{flags}`, the trace id widened to 128 bits.
-fn traceparent(ctx: &TraceContext) -> Option<Wire> {
-    let ids = ctx.ids.as_ref()?;
+/// `00-{trace}-{span}-{flags}`, the trace id widened to 128 bits (a 64-bit id's high half is
+/// zero). Built from the ids [`Wanted::new`] encoded already, so no id is encoded twice.
+fn traceparent(
+    ctx: &TraceContext,
+    (trace_id, span_id): (&Option<HexBuf<32>>, &Option<HexBuf<16>>),
+) -> Option<Wire> {
+    let (Some(trace_id), Some(span_id)) = (trace_id, span_id) else {
+        return None;
+    };
     let mut w = Wire::new();
     w.push(b"00-");
-    w.push(ids.trace_id.encode_128().as_bytes());
+    if trace_id.as_bytes().len() == 16 {
+        w.push(b"0000000000000000");
+    }
+    w.push(trace_id.as_bytes());
     w.push(b"-");
-    w.push(ids.span_id.encode().as_bytes());
+    w.push(span_id.as_bytes());
     let sampled = matches!(ctx.sampling, Sampling::Sampled | Sampling::Debug);
     w.push(if sampled { b"-01" } else { b"-00" });
     Some(w)
 }
 
-fn single_b3(ctx: &TraceContext) -> Option<Wire> {
+/// `{trace}-{span}[-{flag}[-{parent}]]`, or the flag alone without ids, from the ids
+/// [`Wanted::new`] encoded.
+fn single_b3(
+    ctx: &TraceContext,
+    (trace_id, span_id, parent_id): (
+        &Option<HexBuf<32>>,
+        &Option<HexBuf<16>>,
+        &Option<HexBuf<16>>,
+    ),
+) -> Option<Wire> {
     let flag: &[u8] = match ctx.sampling {
         Sampling::Deferred => b"",
         Sampling::Sampled => b"1",
@@ -270,19 +292,19 @@ fn single_b3(ctx: &TraceContext) -> Option<Wire> {
         Sampling::Debug => b"d",
     };
     let mut w = Wire::new();
-    let Some(ids) = &ctx.ids else {
+    let (Some(trace_id), Some(span_id)) = (trace_id, span_id) else {
         w.push(flag);
         return (!flag.is_empty()).then_some(w);
     };
-    w.push(ids.trace_id.encode().as_bytes());
+    w.push(trace_id.as_bytes());
     w.push(b"-");
-    w.push(ids.span_id.encode().as_bytes());
+    w.push(span_id.as_bytes());
     if !flag.is_empty() {
         w.push(b"-");
         w.push(flag);
-        if let Some(parent) = ids.parent_id {
+        if let Some(parent) = parent_id {
             w.push(b"-");
-            w.push(parent.encode().as_bytes());
+            w.push(parent.as_bytes());
         }
     }
     Some(w)
