@@ -154,9 +154,7 @@ impl Activity {
         let horizon = header.map_or(idle, |h| h.min(idle));
         let timer = tokio::time::sleep(horizon);
         tokio::pin!(timer);
-        let mut check = quiet
-            .as_ref()
-            .map(|(period, _)| timer.deadline() - horizon + *period);
+        let mut check = quiet.as_ref().map(|(period, _)| Instant::now() + *period);
         loop {
             let now = Instant::now();
             let mut next = now + horizon;
